@@ -1,0 +1,70 @@
+"""The ``svdh`` command line: thin wrappers over the package's functions.
+
+Each pipeline stage keeps its commands in ``svdh/commands/<stage>.py`` with a
+``register(app)`` function; this module only assembles them, prints the version,
+and turns :class:`svdh.errors.SvdhError` into a one-line message and exit code.
+Heavy imports (torch) happen inside the commands, so ``svdh --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from svdh import __version__
+from svdh.errors import SvdhError
+
+#: Command modules under svdh.commands, in the order of the pipeline.
+COMMAND_MODULES = ()
+
+app = typer.Typer(
+    name="svdh",
+    help="Score rheumatoid-arthritis joint damage (van der Heijde-modified Sharp) on hand radiographs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"svdh {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Score rheumatoid-arthritis joint damage (van der Heijde-modified Sharp) on hand radiographs."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"svdh.commands.{_name}").register(app)
+
+
+def main() -> None:
+    """Console entry point: run the app, print user errors on one line."""
+    try:
+        app(standalone_mode=False)
+    except SvdhError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; finished work is kept, rerun to continue", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
