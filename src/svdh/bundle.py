@@ -1,0 +1,422 @@
+"""One-file model bundles (``.svdh``): every member's weights plus everything needed to score.
+
+A bundle is a plain `safetensors <https://huggingface.co/docs/safetensors>`_ file. Its tensors are
+the state dicts of every model of every ensemble member, named ``m{i}.f{k}.{parameter}`` (member
+``i``, fold model ``k``). Its string metadata holds:
+
+``format``          ``"svdh-bundle"``
+``format_version``  an integer; this code reads versions up to :data:`FORMAT_VERSION`
+``manifest``        JSON: members' architectures, preprocessing, task, class bins, the way members
+                    are combined (meta-learner), conformal quantiles, model card (see
+                    :func:`save_bundle`)
+``sha256``          SHA-256 over the manifest and every tensor's name, dtype, shape and bytes
+
+Loading parses JSON and raw tensor bytes only, so it never executes code from the file (no
+pickle anywhere). Any byte flipped, a truncated file, or a manifest from a newer format raises
+:class:`~svdh.errors.BadBundleError` with a message saying what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdh import __version__
+from svdh.errors import BadBundleError
+from svdh.scoring import SeverityBins
+
+FORMAT = "svdh-bundle"
+#: Bump when a reader of the previous version could misread a new bundle.
+FORMAT_VERSION = 1
+SUFFIX = ".svdh"
+
+
+@dataclass
+class Member:
+    """One ensemble member (one training run): its architecture and its fold models' weights.
+
+    ``arch`` holds the keyword arguments that rebuild the network with
+    :func:`svdh.models.build_model` (``backbone``, ``task``, ``n_classes``, ``extra_heads``...).
+    ``state_dicts`` has one state dict per fold model; a member's prediction is the mean over them.
+    """
+
+    name: str
+    arch: dict[str, Any]
+    state_dicts: list[Mapping[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return str(self.arch.get("task", "regression"))
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the manifest (plain JSON data) and the tensors of every fold model."""
+
+    manifest: dict[str, Any]
+    tensors: dict[str, Any]
+    path: Path | None = None
+    sha256: str = ""
+
+    # ---------------------------------------------------------------- manifest views
+    @property
+    def members(self) -> list[dict[str, Any]]:
+        return list(self.manifest["members"])
+
+    @property
+    def task(self) -> str:
+        """What the bundle predicts: ``regression`` (a score), ``classification`` or ``ordinal``."""
+        return str(self.manifest["task"])
+
+    @property
+    def bins(self) -> SeverityBins:
+        return SeverityBins.from_dict(self.manifest["bins"])
+
+    @property
+    def score_scope(self) -> str:
+        """``hand`` (one hand per image, 0-140) or ``patient`` (both hands in one image, 0-280)."""
+        return str(self.manifest.get("score_scope", "hand"))
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return dict(self.manifest["preprocess"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def combine(self) -> dict[str, Any]:
+        return dict(self.manifest.get("combine") or {"method": "mean"})
+
+    @property
+    def conformal(self) -> dict[str, Any] | None:
+        c = self.manifest.get("conformal")
+        return dict(c) if c else None
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return dict(self.manifest.get("card") or {})
+
+    @property
+    def has_subscores(self) -> bool:
+        """True when every member predicts erosion and JSN beside the total."""
+        return all(bool(m["arch"].get("extra_heads")) for m in self.members)
+
+    # ---------------------------------------------------------------- weights
+    def state_dict(self, member: int, fold: int) -> dict[str, Any]:
+        """The state dict of fold model ``fold`` of member ``member``."""
+        prefix = f"m{member}.f{fold}."
+        sd = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        if not sd:
+            raise BadBundleError(f"{self._where()}: no weights for member {member} fold model {fold}")
+        return sd
+
+    def build_models(
+        self,
+        device: str | Any = "cpu",
+        factory: Callable[..., Any] | None = None,
+    ) -> list[list[Any]]:
+        """Rebuild every fold model of every member in eval mode: ``models[member][fold]``.
+
+        ``factory(**arch)`` builds an untrained network (default :func:`svdh.models.build_model`
+        with ``init="scratch"``); the bundle's weights are then loaded strictly, so an
+        architecture that does not match its weights is a :class:`BadBundleError`.
+        """
+        if factory is None:
+            from svdh.models import build_model
+
+            def factory(**arch: Any) -> Any:
+                return build_model(**{**arch, "init": "scratch"})
+
+        out: list[list[Any]] = []
+        for i, m in enumerate(self.members):
+            models = []
+            for k in range(int(m["n_models"])):
+                try:
+                    net = factory(**m["arch"])
+                    net.load_state_dict(self.state_dict(i, k), strict=True)
+                except BadBundleError:
+                    raise
+                except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise BadBundleError(
+                        f"{self._where()}: member {m.get('name', i)!r} fold model {k} does not match "
+                        f"its architecture {m['arch']} ({first}); re-export it with this svdh version"
+                    ) from None
+                net.eval()
+                models.append(net.to(device))
+            out.append(models)
+        return out
+
+    def _where(self) -> str:
+        return str(self.path) if self.path else "bundle"
+
+    def summary(self) -> dict[str, Any]:
+        """A short description for logs, the web page and ``GET /api/v1/model``."""
+        return {
+            "format_version": self.manifest.get("format_version"),
+            "sha256": self.sha256,
+            "kind": self.manifest.get("kind"),
+            "task": self.task,
+            "score_scope": self.score_scope,
+            "image_size": self.image_size,
+            "members": [
+                {"name": m.get("name"), "backbone": m["arch"].get("backbone"), "task": m["arch"].get("task"),
+                 "n_models": m["n_models"]}
+                for m in self.members
+            ],
+            "combine": self.combine.get("method"),
+            "conformal": self.conformal,
+            "bins": self.manifest.get("bins"),
+            "card": self.card,
+        }
+
+
+# --------------------------------------------------------------------------- hashing
+def _tensor_bytes(t: Any) -> memoryview:
+    """Raw little-endian bytes of a tensor (any dtype, bf16 included) without copying twice."""
+    import torch
+
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    if flat.dtype == torch.uint8:
+        return memoryview(flat.numpy())
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def _digest(manifest_json: str, tensors: Mapping[str, Any]) -> str:
+    """SHA-256 over the manifest and, in sorted name order, each tensor's name, dtype, shape, bytes."""
+    h = hashlib.sha256()
+    h.update(b"svdh-bundle\0")
+    h.update(manifest_json.encode("utf-8"))
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(b"\0" + name.encode("utf-8") + b"\0")
+        h.update(f"{str(t.dtype)}{tuple(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays and paths inside manifest values into JSON types."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"svdh": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "numpy", "safetensors"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover - always installed with svdh
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------- save
+def save_bundle(
+    path: str | Path,
+    members: Sequence[Member],
+    *,
+    task: str,
+    bins: SeverityBins,
+    preprocess: Mapping[str, Any],
+    image_size: int,
+    score_scope: str = "hand",
+    combine: Mapping[str, Any] | None = None,
+    conformal: Mapping[str, Any] | None = None,
+    card: Mapping[str, Any] | None = None,
+    kind: str = "run",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle file and return its path.
+
+    ``combine`` says how member predictions become one: ``{"method": "mean"}`` or the ensemble's
+    meta-learner (``{"method": "stacking", "meta_learner": {...}}``); ``conformal`` the interval
+    quantiles (``{"level": 0.9, "quantile": q, ...}``); ``card`` the model card (training data,
+    metrics...; versions and date are added here). ``extra`` adds further manifest keys
+    (e.g. the ONNX companion file's name and hash).
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if not members:
+        raise BadBundleError("a bundle needs at least one member model")
+    tensors: dict[str, torch.Tensor] = {}
+    member_entries = []
+    for i, m in enumerate(members):
+        if not m.state_dicts:
+            raise BadBundleError(f"member {m.name!r} has no fold models to export")
+        for k, sd in enumerate(m.state_dicts):
+            for name, value in sd.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                # clone: safetensors refuses tensors that share storage (tied weights, views)
+                tensors[f"m{i}.f{k}.{name}"] = value.detach().cpu().contiguous().clone()
+        member_entries.append(
+            {"name": m.name, "arch": _jsonable(dict(m.arch)), "n_models": len(m.state_dicts),
+             "info": _jsonable(dict(m.info))}
+        )
+    card_d = dict(card or {})
+    card_d.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    card_d.setdefault("versions", _versions())
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "task": task,
+        "score_scope": score_scope,
+        "bins": bins.to_dict(),
+        "preprocess": _jsonable(dict(preprocess)),
+        "image_size": int(image_size),
+        "members": member_entries,
+        "combine": _jsonable(dict(combine or {"method": "mean"})),
+        "conformal": _jsonable(dict(conformal)) if conformal else None,
+        "card": _jsonable(card_d),
+        **_jsonable(dict(extra or {})),
+    }
+    manifest_json = json.dumps(manifest, sort_keys=True, allow_nan=False)
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "manifest": manifest_json,
+        "sha256": _digest(manifest_json, tensors),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)  # atomic: a reader never sees a half-written bundle
+    return path
+
+
+# --------------------------------------------------------------------------- load
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of a bundle without loading or verifying its weights (fast; for listings)."""
+    meta = _read_metadata(Path(path))
+    return _parse_manifest(Path(path), meta)
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    if not path.exists():
+        raise BadBundleError(f"{path}: no such model bundle; make one with `svdh export RUN -o {path.name}`")
+    if path.is_dir():
+        raise BadBundleError(
+            f"{path} is a directory; pass a .svdh bundle file (make one with `svdh export {path} -o model.svdh`)"
+        )
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise BadBundleError(f"{path}: file is empty or truncated ({size} bytes); not an svdh bundle")
+        n = int.from_bytes(head, "little")
+        if n <= 1 or n > min(size - 8, 100 * 2**20):
+            raise BadBundleError(
+                f"{path}: not an svdh bundle (no valid safetensors header; truncated or another file "
+                "type). Export one with `svdh export`"
+            )
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadBundleError(f"{path}: bundle header is corrupt (not valid JSON); re-export or re-copy the file") from None
+    if not isinstance(header, dict):
+        raise BadBundleError(f"{path}: bundle header is corrupt; re-export or re-copy the file")
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise BadBundleError(
+            f"{path}: a safetensors file but not an svdh bundle (no svdh manifest); export one with `svdh export`"
+        )
+    # the data section must be as long as the header promises: catches truncation early
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if 8 + n + end != size:
+        raise BadBundleError(
+            f"{path}: bundle is truncated or has trailing bytes ({size} bytes, expected {8 + n + end}); "
+            "re-copy or re-export it"
+        )
+    return meta
+
+
+def _parse_manifest(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise BadBundleError(f"{path}: bundle format version {meta.get('format_version')!r} is not a number") from None
+    if version > FORMAT_VERSION:
+        raise BadBundleError(
+            f"{path}: bundle format version {version} is newer than this svdh ({__version__}) reads "
+            f"(<= {FORMAT_VERSION}); upgrade svdh to load it"
+        )
+    if version < 1:
+        raise BadBundleError(f"{path}: bundle format version {version} is not supported; re-export it")
+    try:
+        manifest = json.loads(meta["manifest"])
+    except (KeyError, json.JSONDecodeError):
+        raise BadBundleError(f"{path}: bundle manifest is missing or corrupt; re-export the model") from None
+    if not isinstance(manifest, dict) or int(manifest.get("format_version", -1)) != version:
+        raise BadBundleError(f"{path}: bundle manifest does not match its header; the file was tampered with")
+    for key in ("members", "task", "bins", "preprocess", "image_size"):
+        if key not in manifest:
+            raise BadBundleError(f"{path}: bundle manifest lacks {key!r}; re-export the model with svdh export")
+    return manifest
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Load and verify a bundle. Only JSON and raw tensors are read: no code runs from the file.
+
+    Raises :class:`BadBundleError` for a missing, truncated, corrupt, tampered-with (hash
+    mismatch) or newer-format file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = _read_metadata(path)
+    manifest = _parse_manifest(path, meta)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise BadBundleError(f"{path}: bundle weights cannot be read ({str(exc)[:120]}); re-copy or re-export it") from None
+    digest = _digest(meta["manifest"], tensors)
+    if verify and digest != meta.get("sha256"):
+        raise BadBundleError(
+            f"{path}: bundle checksum mismatch (SHA-256 of weights and manifest differs from the one "
+            "stored): the file is corrupt or was modified; re-copy or re-export it"
+        )
+    n_expected = sum(int(m["n_models"]) for m in manifest["members"])
+    found = {tuple(k.split(".", 2)[:2]) for k in tensors}
+    if len(found) != n_expected:
+        raise BadBundleError(f"{path}: bundle holds weights of {len(found)} models, its manifest lists {n_expected}")
+    return Bundle(manifest=manifest, tensors=tensors, path=path, sha256=digest)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a whole file, read in chunks (for companion files such as the ONNX graph)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
