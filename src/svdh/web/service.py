@@ -1,0 +1,400 @@
+"""The scoring service behind the web page and the API: a bounded inference pool.
+
+Why a pool and an admission gate: decoding, preprocessing, the forward pass and Grad-CAM are
+CPU work that would block the event loop. They run in a small thread pool
+(``max_concurrency`` workers), so ``/healthz`` and static pages stay answered on the event
+loop whatever the load. Memory stays bounded because a score request is admitted (and only
+then has its body read into memory) when fewer than ``max_concurrency + queue_size``
+requests are in the service; later requests wait for a slot with nothing in memory, and
+past ``max_waiting`` of them the server answers 503 at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdh.errors import BadRadiographError
+from svdh.web.uploads import FORMATS, UploadedFile, UploadError, sniff_format
+
+log = logging.getLogger("svdh.web")
+
+
+def default_concurrency() -> int:
+    """Inference workers: at most 2, since each forward pass already uses several cores."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+@dataclass
+class Stats:
+    """Counts only: what the server may report and log about its work."""
+
+    inflight: int = 0  # inference jobs running in the pool
+    admitted: int = 0  # score requests holding a slot (reading, queued or running)
+    waiting: int = 0  # score requests waiting for a slot, nothing read yet
+    peak_inflight: int = 0
+    peak_admitted: int = 0
+    requests: int = 0
+    images_scored: int = 0
+    images_failed: int = 0
+    rejected_busy: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FileOutcome:
+    """One uploaded file after scoring: a result dict, or an error with its HTTP status."""
+
+    name: str
+    result: dict[str, Any] | None = None
+    status: int = 200
+    error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Busy(Exception):
+    """Too many score requests already waiting."""
+
+
+class ScoringService:
+    """Runs uploads through a Predictor in a bounded thread pool."""
+
+    def __init__(
+        self,
+        predictor: Any,
+        *,
+        keep_dir: Path | None = None,
+        max_concurrency: int | None = None,
+        queue_size: int = 4,
+        max_waiting: int = 256,
+    ) -> None:
+        self.predictor = predictor
+        self.keep_dir = Path(keep_dir) if keep_dir is not None else None
+        self.max_concurrency = max(1, int(max_concurrency or default_concurrency()))
+        self.queue_size = max(0, int(queue_size))
+        self.max_admitted = self.max_concurrency + self.queue_size
+        self.max_waiting = max_waiting
+        self.stats = Stats()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_concurrency, thread_name_prefix="svdh-infer"
+        )
+        self._gate: asyncio.Semaphore | None = None
+        self._lock = threading.Lock()  # the pool's threads update the counters
+
+    # ------------------------------------------------------------------ admission
+    def _sem(self) -> asyncio.Semaphore:
+        # Created lazily so it binds to the server's running event loop.
+        if self._gate is None:
+            self._gate = asyncio.Semaphore(self.max_admitted)
+        return self._gate
+
+    async def admit(self) -> None:
+        """Wait for a slot; raise :class:`Busy` when too many requests already wait."""
+        if self.stats.waiting >= self.max_waiting:
+            self.stats.rejected_busy += 1
+            raise Busy()
+        self.stats.waiting += 1
+        try:
+            await self._sem().acquire()
+        finally:
+            self.stats.waiting -= 1
+        self.stats.admitted += 1
+        self.stats.peak_admitted = max(self.stats.peak_admitted, self.stats.admitted)
+
+    def release(self) -> None:
+        self.stats.admitted -= 1
+        self._sem().release()
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ scoring
+    async def score(
+        self,
+        files: Sequence[UploadedFile],
+        *,
+        patient_ids: Sequence[str | None],
+        sides: Sequence[str | None],
+        render: bool,
+        max_file_bytes: int,
+    ) -> list[FileOutcome]:
+        """Score ``files`` in the pool; one outcome per file, in order."""
+        self.stats.requests += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            self._score_sync,
+            list(files),
+            list(patient_ids),
+            list(sides),
+            render,
+            max_file_bytes,
+        )
+
+    def _score_sync(
+        self,
+        files: list[UploadedFile],
+        patient_ids: list[str | None],
+        sides: list[str | None],
+        render: bool,
+        max_file_bytes: int,
+    ) -> list[FileOutcome]:
+        with self._lock:
+            self.stats.inflight += 1
+            self.stats.peak_inflight = max(self.stats.peak_inflight, self.stats.inflight)
+        try:
+            outcomes = [FileOutcome(name=f.filename) for f in files]
+            decoded: list[tuple[int, Any]] = []
+            for i, f in enumerate(files):
+                out = outcomes[i]
+                try:
+                    rad, fmt = check_and_decode(f, max_file_bytes)
+                except UploadError as exc:
+                    out.status, out.error = exc.status, exc.message
+                    continue
+                out.meta = _meta(rad, fmt, patient_ids[i], sides[i])
+                decoded.append((i, rad))
+            if decoded:
+                self._predict(decoded, outcomes, render)
+            with self._lock:
+                for out in outcomes:
+                    if out.error is None:
+                        self.stats.images_scored += 1
+                    else:
+                        self.stats.images_failed += 1
+            if self.keep_dir is not None:
+                self._keep(files, outcomes)
+            return outcomes
+        finally:
+            with self._lock:
+                self.stats.inflight -= 1
+
+    def _predict(self, decoded: list[tuple[int, Any]], outcomes: list[FileOutcome], render: bool) -> None:
+        items = [(outcomes[i].name, rad) for i, rad in decoded]
+        results = list(predict_images(self.predictor, items, cam=render))
+        for (i, rad), res in zip(decoded, results, strict=True):
+            out = outcomes[i]
+            if res.get("error"):
+                out.status, out.error = 422, f"'{out.name}': {res['error']}"
+                continue
+            result = to_json_result(res)
+            result.update({k: v for k, v in out.meta.items() if v is not None})
+            if render:
+                result["views"] = render_views(self.predictor, rad, res)
+            out.result = result
+
+    def _keep(self, files: list[UploadedFile], outcomes: list[FileOutcome]) -> None:
+        """Write the uploads and their results under ``keep_dir`` (only when asked for)."""
+        assert self.keep_dir is not None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        d = self.keep_dir / f"{stamp}-{uuid.uuid4().hex[:8]}"
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        summary = []
+        for i, (f, out) in enumerate(zip(files, outcomes, strict=True)):
+            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f.filename)[:100] or "upload"
+            if not f.oversize:
+                fd = os.open(d / f"{i:02d}-{safe}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(f.data)
+            res = dict(out.result or {})
+            res.pop("views", None)
+            summary.append({"file": f"{i:02d}-{safe}", "status": out.status, "error": out.error, **res})
+        (d / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
+    """Size, content type and decoding of one upload; an :class:`UploadError` says what failed."""
+    if f.oversize:
+        raise UploadError(
+            413, f"'{f.filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
+            f.filename,
+        )
+    if f.size == 0:
+        raise UploadError(422, f"'{f.filename}' is empty", f.filename)
+    fmt = sniff_format(f.data)
+    if fmt is None:
+        raise UploadError(
+            415, f"'{f.filename}' is not an image the scorer reads ({FORMATS}); "
+            "the type is judged by the file's content, not its name", f.filename,
+        )
+    from svdh.io import read_radiograph_bytes
+
+    try:
+        rad = read_radiograph_bytes(bytes(f.data), f.filename)
+    except BadRadiographError as exc:
+        raise UploadError(422, str(exc), f.filename) from None
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as exc:  # a decoder library's own error on a damaged file
+        raise UploadError(
+            422, f"'{f.filename}' looks like {fmt.upper()} but cannot be decoded "
+            f"({type(exc).__name__}); the file may be truncated or damaged", f.filename,
+        ) from None
+    return rad, fmt
+
+
+def _meta(rad: Any, fmt: str, patient_id: str | None, side: str | None) -> dict[str, Any]:
+    meta = getattr(rad, "meta", {}) or {}
+    pid = patient_id or meta.get("patient_id") or None
+    lat = side or meta.get("laterality") or None
+    return {
+        "format": fmt,
+        "patient_id": str(pid).strip() if pid else None,
+        "side": str(lat).strip().upper()[:1] if lat else None,
+        "width": meta.get("width"),
+        "height": meta.get("height"),
+    }
+
+
+# --------------------------------------------------------------------------- predictor glue
+
+
+def predict_images(predictor: Any, items: list[tuple[str, Any]], cam: bool) -> list[dict]:
+    """Call the predictor (``svdh.predict.Predictor`` contract), asking for Grad-CAM if wanted."""
+    try:
+        return list(predictor.predict_images(items, cam=cam))
+    except TypeError:  # a predictor without the cam option
+        return list(predictor.predict_images(items))
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def to_json_result(res: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-safe fields of one prediction (no arrays)."""
+    out: dict[str, Any] = {"image": res.get("image")}
+    out["score"] = _num(res.get("score"))
+    iv = res.get("interval")
+    out["interval"] = [_num(iv[0]), _num(iv[1])] if iv is not None else None
+    out["severity_class"] = int(res["severity_class"]) if res.get("severity_class") is not None else None
+    out["severity_label"] = res.get("severity_label")
+    probs = res.get("probs")
+    out["probabilities"] = [float(p) for p in np.asarray(probs).ravel()] if probs is not None else None
+    for k in ("erosion", "jsn", "member_spread"):
+        out[k] = _num(res.get(k))
+    out["warnings"] = [str(w) for w in (res.get("warnings") or [])]
+    return out
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def png_data_url(img: np.ndarray) -> str:
+    """A PNG data URL of a uint8 greyscale (H x W) or RGB (H x W x 3) array."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", optimize=False)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_views(predictor: Any, rad: Any, res: dict[str, Any]) -> dict[str, str | None]:
+    """PNG data URLs of the preprocessed image and of its Grad-CAM overlay.
+
+    Browsers cannot show DICOM, and the model sees the cropped, normalised image, so both
+    views are rendered server-side from what the model actually scored.
+    """
+    from svdh.explain import overlay  # the CLI's overlay style, so page and files agree
+
+    base = preprocessed_image(predictor, rad, res)
+    # alpha=0 gives the plain image at the overlay's (upscaled) size, so the toggle lines up.
+    views: dict[str, str | None] = {"image": png_data_url(overlay(base, np.zeros(base.shape, np.float32), alpha=0.0)),
+                                    "overlay": None}
+    cam = res.get("cam")
+    if cam is not None:
+        views["overlay"] = png_data_url(overlay(base, np.asarray(cam, dtype=np.float32)))
+    return views
+
+
+def preprocessed_image(predictor: Any, rad: Any, res: dict[str, Any]) -> np.ndarray:
+    """The uint8 image the model scored: from the result if given, else preprocessed again."""
+    img = res.get("preprocessed")
+    if img is None:
+        from svdh.preprocess import preprocess
+
+        img = preprocess(rad.pixels, preprocess_config(predictor))
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = (np.clip(img, 0, 1) * 255).astype(np.uint8) if img.max() <= 1.0 else img.astype(np.uint8)
+    return img
+
+
+def preprocess_config(predictor: Any) -> Any:
+    """The predictor's :class:`svdh.preprocess.PreprocessConfig` (from its bundle's manifest)."""
+    from svdh.preprocess import PreprocessConfig
+
+    cfg = getattr(predictor, "preprocess_config", None)
+    if cfg is None:
+        cfg = predictor.bundle.preprocess
+    return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.from_dict(cfg)
+
+
+# --------------------------------------------------------------------------- patients
+
+
+def patient_totals(
+    outcomes: Sequence[FileOutcome], score_scope: str, bins_for_patient: Callable[[float], tuple[int, str]]
+) -> list[dict[str, Any]]:
+    """Hands-and-wrists totals of patients with two hand images in one upload.
+
+    Only for models that score one hand per image (scope ``hand``): the total is the sum of
+    the two hands, its interval the sum of the bounds (conservative: each hand's interval
+    holds with 90%, so both together hold with at least 80% and usually close to 90%).
+    Where a patient has one image, or more than two, the entry says why there is no total.
+    """
+    groups: dict[str, list[FileOutcome]] = {}
+    for o in outcomes:
+        pid = (o.result or {}).get("patient_id")
+        if o.result is not None and pid:
+            groups.setdefault(pid, []).append(o)
+    patients = []
+    for pid, outs in groups.items():
+        entry: dict[str, Any] = {"patient_id": pid, "images": [o.name for o in outs], "total": None}
+        sides = [o.result.get("side") for o in outs if o.result]
+        if score_scope != "hand":
+            entry["note"] = "this model scores hands-and-wrists totals per image; no sum is needed"
+        elif len(outs) == 1:
+            entry["note"] = "one hand uploaded; upload both hands for the hands-and-wrists total"
+        elif len(outs) > 2:
+            entry["note"] = f"{len(outs)} images for one patient; a total needs exactly two hands"
+        elif sides[0] and sides[1] and sides[0] == sides[1]:
+            entry["note"] = f"both images are marked side {sides[0]}; a total needs a left and a right hand"
+        else:
+            a, b = (o.result for o in outs)
+            total = a["score"] + b["score"]
+            entry["total"] = total
+            if a.get("interval") and b.get("interval") and None not in a["interval"] + b["interval"]:
+                entry["interval"] = [a["interval"][0] + b["interval"][0], a["interval"][1] + b["interval"][1]]
+            for k in ("erosion", "jsn"):
+                if a.get(k) is not None and b.get(k) is not None:
+                    entry[k] = a[k] + b[k]
+            entry["severity_class"], entry["severity_label"] = bins_for_patient(total)
+        patients.append(entry)
+    return patients
