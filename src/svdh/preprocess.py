@@ -1,0 +1,380 @@
+"""Turn a decoded radiograph into the square uint8 image every model sees.
+
+The one function :func:`preprocess` is used for training caches, evaluation and new images
+alike, so a model never sees differently prepared pixels. Steps, in order:
+
+1. **Crop to the hand.** On a copy reduced to ~256 px, (a) straight, featureless bands at the
+   image edges are peeled off (collimation borders: unexposed film, scanner frames); (b) within
+   the remaining field an Otsu threshold separates tissue from background; (c) a small opening
+   cuts thin bright lines (tilted borders, rulers) and the connected components are filtered:
+   border strips (long and thin along an edge) and small blobs (side markers "L"/"R", labels,
+   dust) are dropped, every component of at least :data:`_KEEP_FRACTION` of the largest one is
+   kept (both hands of a dual-hand film). Rings and other metal sit on the finger component and
+   stay inside the box. The box gets a margin of ``cfg.margin`` of its longer side.
+2. **Normalise intensities.** ``cfg.low_pct`` / ``cfg.high_pct`` percentiles of the cropped
+   region map to 0 / 1 (exposure, film density and bit depth no longer matter).
+3. **Pad to square** with black (the normalised background), keeping the aspect ratio.
+4. **Resize** to ``cfg.size`` (area averaging when shrinking, bilinear when enlarging).
+5. **Optional CLAHE** (OpenCV) on the uint8 result.
+
+Everything is deterministic: the same pixels and config give the same bytes.
+:func:`preprocess` can also return the :class:`Transform` it applied, which maps pixel
+coordinates of the original image to the output (e.g. phantom joint landmarks to model input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, overload
+
+import numpy as np
+
+from svdh.errors import BadConfigError
+
+#: Bump when the algorithm changes output bytes: caches keyed on the config are then rebuilt.
+ALGORITHM_VERSION = 1
+
+#: Working resolution (longer side) of the hand detection.
+_WORK = 256
+#: A component is part of the hand when at least this fraction of the largest component.
+_KEEP_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Parameters of :func:`preprocess` (stored with every cache, run and model bundle).
+
+    ``size``: output side in pixels. ``crop``: crop to the hand (else the whole image is padded).
+    ``margin``: margin around the hand box, as a fraction of its longer side.
+    ``low_pct`` / ``high_pct``: percentiles mapped to black / white.
+    ``clahe``: contrast-limited adaptive histogram equalisation after resizing, with
+    ``clahe_clip`` (clip limit) and ``clahe_tiles`` (tiles per side).
+    """
+
+    size: int = 256
+    crop: bool = True
+    margin: float = 0.04
+    low_pct: float = 0.5
+    high_pct: float = 99.5
+    clahe: bool = False
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, (int, np.integer)) or not 8 <= int(self.size) <= 4096:
+            raise BadConfigError(f"preprocess size must be an integer 8-4096, got {self.size!r}")
+        if not 0 <= self.margin <= 1:
+            raise BadConfigError(f"preprocess margin must be 0-1 (a fraction of the hand box), got {self.margin}")
+        if not 0 <= self.low_pct < self.high_pct <= 100:
+            raise BadConfigError(
+                f"percentiles must satisfy 0 <= low_pct < high_pct <= 100, got {self.low_pct}, {self.high_pct}"
+            )
+        if self.clahe_clip <= 0 or int(self.clahe_tiles) < 1:
+            raise BadConfigError("clahe_clip must be > 0 and clahe_tiles >= 1")
+        object.__setattr__(self, "size", int(self.size))
+        object.__setattr__(self, "clahe_tiles", int(self.clahe_tiles))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML-safe) including the algorithm version."""
+        return {**asdict(self), "algorithm_version": ALGORITHM_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known - {"algorithm_version"}
+        if extra:
+            raise BadConfigError(f"unknown preprocessing option(s): {', '.join(sorted(extra))}")
+        version = d.get("algorithm_version", ALGORITHM_VERSION)
+        if version != ALGORITHM_VERSION:
+            raise BadConfigError(
+                f"preprocessing algorithm version {version} differs from this svdh's "
+                f"{ALGORITHM_VERSION}; re-prepare the cache (or retrain) with this version"
+            )
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Transform:
+    """The geometry :func:`preprocess` applied: a square window of the original image, scaled.
+
+    The window ``[x0, x0 + side) x [y0, y0 + side)`` (original pixel units; it may reach past
+    the image, where it was padded) is resized to ``size x size``. ``box`` is the detected
+    hand box ``(x0, y0, x1, y1)`` before the margin and squaring. Coordinates follow the
+    pixel-centre convention: ``(0, 0)`` is the centre of the top-left pixel, in and out.
+    """
+
+    x0: int
+    y0: int
+    side: int
+    size: int
+    width: int
+    height: int
+    box: tuple[int, int, int, int]
+
+    @property
+    def scale(self) -> float:
+        """Output pixels per original pixel."""
+        return self.size / self.side
+
+    def map_points(self, xy: Any) -> np.ndarray:
+        """Map original (x, y) pixel coordinates (array ... x 2) to output coordinates."""
+        p = np.asarray(xy, dtype=np.float64)
+        return (p + 0.5 - np.array([self.x0, self.y0])) * self.scale - 0.5
+
+    def inverse(self, xy: Any) -> np.ndarray:
+        """Map output (x, y) coordinates back to the original image."""
+        p = np.asarray(xy, dtype=np.float64)
+        return (p + 0.5) / self.scale + np.array([self.x0, self.y0]) - 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["box"] = list(self.box)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Transform:
+        return cls(
+            int(d["x0"]), int(d["y0"]), int(d["side"]), int(d["size"]), int(d["width"]),
+            int(d["height"]), tuple(int(v) for v in d["box"]),  # type: ignore[arg-type]
+        )
+
+
+def as_float_image(image: Any) -> np.ndarray:
+    """Pixels of a :class:`svdh.io.Radiograph` or an array, as float32 in [0, 1]."""
+    arr = getattr(image, "pixels", image)
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = arr[..., :3].mean(axis=2)
+    if arr.ndim != 2:
+        raise BadConfigError(f"preprocess expects a 2-D greyscale image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    out = arr.astype(np.float32, copy=False)
+    if not np.isfinite(float(out.min()) + float(out.max())):  # NaN/inf anywhere shows here
+        out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    return out
+
+
+@overload
+def preprocess(image: Any, cfg: PreprocessConfig | None = ..., *, return_transform: Literal[False] = ...) -> np.ndarray: ...
+@overload
+def preprocess(image: Any, cfg: PreprocessConfig | None = ..., *, return_transform: Literal[True]) -> tuple[np.ndarray, Transform]: ...
+
+
+def preprocess(
+    image: Any, cfg: PreprocessConfig | None = None, *, return_transform: bool = False
+) -> np.ndarray | tuple[np.ndarray, Transform]:
+    """Crop to the hand, normalise, pad to square, resize: uint8 ``cfg.size x cfg.size``.
+
+    ``image``: a :class:`svdh.io.Radiograph`, or a 2-D array (float in [0, 1], uint8 or uint16).
+    With ``return_transform=True`` returns ``(array, Transform)``.
+    """
+    import cv2
+
+    cfg = cfg or PreprocessConfig()
+    img = as_float_image(image)
+    h, w = img.shape
+    if h == 0 or w == 0:
+        raise BadConfigError("preprocess got an empty image")
+    det = detect_hand(img) if cfg.crop else HandDetection((0, 0, w, h), None, False)
+    box = det.box
+    bx0, by0, bx1, by1 = box
+    m = int(round(cfg.margin * max(bx1 - bx0, by1 - by0)))
+    cx0, cy0, cx1, cy1 = max(0, bx0 - m), max(0, by0 - m), min(w, bx1 + m), min(h, by1 + m)
+    crop = img[cy0:cy1, cx0:cx1]
+
+    lo, hi = _percentiles(crop, cfg.low_pct, cfg.high_pct)
+    # Black is the film around the hand where it is visible: a percentile would land on frame
+    # lines or markers in the crop and wash the hand out.
+    if det.background is not None and det.background < hi:
+        lo = max(lo, det.background)
+    norm = np.clip((crop - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(crop)
+
+    ch, cw = norm.shape
+    side = max(ch, cw)
+    top, left = (side - ch) // 2, (side - cw) // 2
+    square = np.zeros((side, side), np.float32)
+    square[top : top + ch, left : left + cw] = norm
+    interp = cv2.INTER_AREA if side >= cfg.size else cv2.INTER_LINEAR
+    out = cv2.resize(square, (cfg.size, cfg.size), interpolation=interp)
+    out = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+    if cfg.clahe:
+        clahe = cv2.createCLAHE(clipLimit=float(cfg.clahe_clip), tileGridSize=(cfg.clahe_tiles, cfg.clahe_tiles))
+        out = clahe.apply(out)
+    if not return_transform:
+        return out
+    return out, Transform(cx0 - left, cy0 - top, side, cfg.size, w, h, tuple(int(v) for v in box))  # type: ignore[arg-type]
+
+
+def _percentiles(a: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
+    # A strided subsample of ~250k pixels gives the same percentiles as the full image to
+    # within a grey level, at a fraction of the cost for 20-megapixel films.
+    step = max(1, int(np.sqrt(a.size / 250_000)))
+    sub = a[::step, ::step]
+    lo, hi = np.percentile(sub, [lo_pct, hi_pct])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- hand detection
+
+
+@dataclass(frozen=True)
+class HandDetection:
+    """Where the hand is: ``box`` (x0, y0, x1, y1; exclusive ends) in original pixels, and
+    the ``background`` grey level around it (None where the hand leaves too little film)."""
+
+    box: tuple[int, int, int, int]
+    background: float | None
+    found: bool
+
+
+def detect_hand(img: np.ndarray) -> HandDetection:
+    """Find the hand(s) in a float image; the whole image where none is found."""
+    h, w = img.shape
+    mask, (fx0, fy0), f, background = hand_mask_small(img)
+    if mask is None or not mask.any():
+        return HandDetection((0, 0, w, h), background, False)
+    ys, xs = np.nonzero(mask)
+    x0 = (xs.min() + fx0) / f
+    x1 = (xs.max() + 1 + fx0) / f
+    y0 = (ys.min() + fy0) / f
+    y1 = (ys.max() + 1 + fy0) / f
+    x0, y0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
+    x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return HandDetection((0, 0, w, h), background, False)
+    return HandDetection((x0, y0, x1, y1), background, True)
+
+
+def hand_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box ``(x0, y0, x1, y1)`` (exclusive ends) of the hand(s) in original pixels."""
+    return detect_hand(img).box
+
+
+def hand_mask_small(
+    img: np.ndarray,
+) -> tuple[np.ndarray | None, tuple[int, int], float, float | None]:
+    """The hand mask at working resolution, restricted to the collimated field.
+
+    Returns ``(mask, (field_x0, field_y0), scale, background)``: ``mask`` covers the field,
+    whose top-left lies at ``field_x0, field_y0`` in working pixels (working = original *
+    ``scale``); ``background`` is the grey level of the film around the hand (None when too
+    little background is visible). ``mask`` is None when the image is too small or blank.
+    """
+    import cv2
+
+    h, w = img.shape
+    f = min(1.0, _WORK / max(h, w))
+    small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else img.copy()
+    sh, sw = small.shape
+    if min(sh, sw) < 16:
+        return None, (0, 0), f, None
+    small = cv2.GaussianBlur(small, (0, 0), 1.0)
+    p1, p99 = np.percentile(small, [1, 99])
+    span = float(p99 - p1)
+    if span <= 1e-6:
+        return None, (0, 0), f, None
+
+    # (a) Collimation borders: peel edge rows/columns that are flat (no anatomy crosses them).
+    fy0, fy1, fx0, fx1 = _field(small, 0.08 * span)
+    field = small[fy0:fy1, fx0:fx1]
+
+    # (b) Otsu threshold inside the field (computed there so that the frame does not bias it).
+    lo, hi = np.percentile(field, [0.5, 99.5])
+    if hi - lo <= 1e-6:
+        return None, (fx0, fy0), f, None
+    u8 = np.clip((field - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    mask = (u8 > _tissue_threshold(u8)).astype(np.uint8)
+
+    # (c) A small opening cuts thin lines and specks joined to the hand, then keep the hand
+    # components and drop border strips and markers.
+    k = max(3, int(round(min(field.shape) * 0.015)) | 1)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    # Thin bright lines hugging the image edge (scanner frames) would join everything that
+    # touches the edge; a band of 2% is left out of the component analysis and given back below.
+    band = max(2, int(round(0.02 * min(field.shape))))
+    inner = mask.copy()
+    inner[:band], inner[-band:], inner[:, :band], inner[:, -band:] = 0, 0, 0, 0
+    opened = cv2.morphologyEx(inner, cv2.MORPH_OPEN, kernel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    fh, fw = field.shape
+    candidates = []
+    for i in range(1, n):
+        x, y, cw, ch, area = (int(v) for v in stats[i])
+        if area < 0.002 * fh * fw:
+            continue
+        if _is_border_strip(x, y, cw, ch, area, fw, fh):
+            continue
+        candidates.append((area, i))
+    if not candidates:
+        return None, (fx0, fy0), f, None
+    biggest = max(a for a, _ in candidates)
+    keep = [i for a, i in candidates if a >= _KEEP_FRACTION * biggest]
+    hand = np.isin(labels, keep).astype(np.uint8)
+    # The opening trimmed fingertips and thin soft tissue: take back the thresholded pixels
+    # within reach of the kept components (not the markers, which were dropped).
+    grown = cv2.dilate(hand, kernel, iterations=2)
+    hand = (mask & grown).astype(bool)
+    # The background level (for intensity normalisation): field pixels well away from the hand
+    # and below the tissue threshold (markers and frames are above it).
+    away = ~cv2.dilate(grown, kernel, iterations=2).astype(bool) & (mask == 0)
+    background = float(np.median(field[away])) if away.sum() >= 0.02 * away.size else None
+    return hand, (fx0, fy0), f, background
+
+
+def _tissue_threshold(u8: np.ndarray) -> float:
+    """Grey level separating background from soft tissue.
+
+    A two-class Otsu threshold often falls between soft tissue and bone when the hand fills
+    much of the film, which splits the fingers off the palm. Three-class Otsu separates
+    background | soft tissue | bone; its lower threshold is preferred, unless it marks more
+    than 85% of the field (then it lies inside an uneven background) and the next higher
+    candidate is taken.
+    """
+    import cv2
+    from skimage.filters import threshold_multiotsu
+
+    hist = np.bincount(u8.ravel(), minlength=256).astype(np.float64)
+    otsu, _ = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    try:
+        t_low, t_high = (float(t) for t in threshold_multiotsu(hist=hist, classes=3))
+        candidates = sorted({t_low, float(otsu), t_high})
+    except ValueError:  # too few grey levels for three classes
+        candidates = [float(otsu)]
+    n = u8.size
+    for t in candidates:
+        if float(hist[int(np.floor(t)) + 1 :].sum()) / n <= 0.85:
+            return t
+    return candidates[-1]
+
+
+def _field(small: np.ndarray, tol: float) -> tuple[int, int, int, int]:
+    """Rows/columns kept after peeling flat bands from each edge: (y0, y1, x0, x1)."""
+    sh, sw = small.shape
+    row_spread = np.subtract(*np.percentile(small, [98, 2], axis=1))
+    col_spread = np.subtract(*np.percentile(small, [98, 2], axis=0))
+
+    def peel(spread: np.ndarray, limit: int) -> int:
+        flat = spread < tol
+        n = int(np.argmin(flat)) if not flat.all() else len(flat)
+        return min(n, limit)
+
+    # No more than 35% from any side: a frame is never thicker, and a flat (blank) image
+    # keeps its middle.
+    y0 = peel(row_spread, int(0.35 * sh))
+    y1 = sh - peel(row_spread[::-1], int(0.35 * sh))
+    x0 = peel(col_spread, int(0.35 * sw))
+    x1 = sw - peel(col_spread[::-1], int(0.35 * sw))
+    return y0, y1, x0, x1
+
+
+def _is_border_strip(x: int, y: int, cw: int, ch: int, area: int, fw: int, fh: int) -> bool:
+    """A component lying along one edge, long and thin: a collimation or scanner border."""
+    fill = area / max(1, cw * ch)
+    touches_h = (y <= 1 or y + ch >= fh - 1) and cw >= 0.5 * fw and ch <= 0.12 * fh
+    touches_v = (x <= 1 or x + cw >= fw - 1) and ch >= 0.5 * fh and cw <= 0.12 * fw
+    return (touches_h or touches_v) and fill > 0.3
