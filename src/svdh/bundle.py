@@ -128,15 +128,15 @@ class Bundle:
     ) -> list[list[Any]]:
         """Rebuild every fold model of every member in eval mode: ``models[member][fold]``.
 
-        ``factory(**arch)`` builds an untrained network (default :func:`svdh.models.build_model`
-        with ``init="scratch"``); the bundle's weights are then loaded strictly, so an
+        ``factory(**arch)`` builds an untrained network (default
+        :func:`svdh.models.net.model_from_config`, i.e. ``SvdhNet`` from its ``config``); the bundle's weights are then loaded strictly, so an
         architecture that does not match its weights is a :class:`BadBundleError`.
         """
         if factory is None:
-            from svdh.models import build_model
+            from svdh.models.net import model_from_config
 
             def factory(**arch: Any) -> Any:
-                return build_model(**{**arch, "init": "scratch"})
+                return model_from_config(arch)
 
         out: list[list[Any]] = []
         for i, m in enumerate(self.members):
@@ -420,3 +420,230 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- export from runs
+def _member_weights(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """State dicts of every fold model of a run (``fold_*/best.safetensors``) and the
+    architecture stored with them (``SvdhNet.config``)."""
+    from svdh.errors import BadRunError
+    from svdh.models.net import read_weights_file
+
+    files = sorted(run_dir.glob("fold_*/best.safetensors"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if not files:
+        raise BadRunError(
+            f"{run_dir}: no fold_*/best.safetensors; is it a finished `svdh train` run? "
+            "(rerun `svdh train ... --resume` to finish it)"
+        )
+    states, arch = [], None
+    for f in files:
+        state, cfg = read_weights_file(f)
+        if not cfg:
+            raise BadRunError(f"{f}: weights without their model description (svdh_model metadata); retrain with this svdh")
+        if arch is not None and cfg != arch:
+            raise BadRunError(f"{f}: architecture differs from the run's other folds ({cfg} vs {arch})")
+        arch = cfg
+        states.append(state)
+    assert arch is not None
+    return states, dict(arch)
+
+
+def _training_summary(run: Any) -> dict[str, Any]:
+    """What the model card says about the training data (from the run's oof.csv and config)."""
+    oof = run.oof
+    y = oof["y_true"].to_numpy(dtype=float)
+    out: dict[str, Any] = {
+        "source": run.config.get("source") or run.config.get("data"),
+        "n_images": int(len(oof)),
+        "n_patients": int(oof["patient_id"].nunique()),
+        "n_folds": int(oof["fold"].nunique()),
+        "phantom": bool(run.is_phantom),
+        "score_scope": run.score_scope,
+        "score_distribution": {
+            "mean": float(np.mean(y)), "median": float(np.median(y)),
+            "p90": float(np.percentile(y, 90)), "max": float(np.max(y)),
+            "fraction_zero": float(np.mean(y == 0)),
+        },
+    }
+    if run.test is not None:
+        out["n_test_images"] = int(len(run.test))
+    return out
+
+
+def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
+    """Make a bundle from a run directory (``svdh train``) or an ensemble directory
+    (``svdh ensemble``); with ``onnx`` also write the ONNX graph beside it (``out`` with suffix
+    ``.onnx``), recorded with its hash in the manifest.
+
+    A single run becomes a one-member bundle whose prediction is the mean of its fold models, and
+    whose 90% interval is calibrated on its out-of-fold residuals (split conformal).
+    """
+    from svdh.errors import BadRunError
+    from svdh.metrics import DEFAULT_ALPHA, ConformalModel, headline
+    from svdh.runs import read_run
+
+    src = Path(src)
+    run = read_run(src)
+    if run.task == "boneage":
+        raise BadRunError(f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble")
+    bins = run.bins
+    assert bins is not None
+    if run.is_ensemble:
+        meta_path = src / "meta_learner.json"
+        if not meta_path.is_file():
+            raise BadRunError(f"{src}: ensemble without meta_learner.json; rerun `svdh ensemble`")
+        meta = json.loads(meta_path.read_text())
+        member_dirs = [Path(m["path"]) for m in run.config.get("members", [])]
+        names = [str(m.get("name", Path(m["path"]).name)) for m in run.config.get("members", [])]
+        if not member_dirs:
+            raise BadRunError(f"{src}/config.yaml lists no members")
+        combine = {"method": meta.get("method", "stacking"), "meta_learner": meta}
+        conformal = run.conformal
+        if not conformal:
+            raise BadRunError(f"{src}: ensemble without conformal.json; rerun `svdh ensemble`")
+    else:
+        member_dirs, names = [src], [run.name]
+        combine = {"method": "mean"}
+        cm = ConformalModel.fit(run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=bins)
+        conformal = cm.to_dict()
+        conformal["calibration"] = "out-of-fold residuals of the run (oof.csv)"
+
+    members, preprocess = [], None
+    for d, name in zip(member_dirs, names, strict=True):
+        if not d.is_dir():
+            raise BadRunError(f"{src}: member run {d} is missing; the ensemble needs its members' weights")
+        mrun = read_run(d) if d != src else run
+        cfg = mrun.config
+        pp = cfg.get("preprocess")
+        if not isinstance(pp, dict):
+            raise BadRunError(f"{d}/config.yaml has no 'preprocess' settings; retrain with this svdh")
+        if preprocess is not None and pp != preprocess:
+            raise BadRunError(
+                f"{d}: preprocessing differs from the other members ({pp} vs {preprocess}); "
+                "members of one bundle must see identically prepared images"
+            )
+        preprocess = pp
+        states, arch = _member_weights(d)
+        info = {k: cfg.get(k) for k in ("backbone", "init", "scheme", "task", "image_size", "seed")}
+        if mrun.metrics:
+            info["metrics"] = headline(mrun.metrics)
+        members.append(Member(name=name, arch=arch, state_dicts=states, info=info))
+    assert preprocess is not None
+    card: dict[str, Any] = {
+        "name": Path(out).stem,
+        "source_dir": str(src.resolve()),
+        "kind": "ensemble" if run.is_ensemble else "run",
+        "training_data": _training_summary(run),
+        "metrics": headline(run.metrics) if run.metrics else None,
+        "interval_coverage": ((run.metrics or {}).get("interval") or {}).get("coverage"),
+        "intended_use": "research software, not a medical device; not validated for clinical decisions",
+    }
+    if run.is_phantom:
+        card["warning"] = "trained on phantom (synthetic) radiographs: not a clinical model"
+    kwargs: dict[str, Any] = dict(
+        task=str(run.config.get("task")), bins=bins, preprocess=preprocess,
+        image_size=int(preprocess.get("size", run.config.get("image_size", 256))),
+        score_scope=run.score_scope, combine=combine, conformal=conformal, card=card,
+        kind="ensemble" if run.is_ensemble else "run",
+    )
+    out = Path(out)
+    extra: dict[str, Any] = {}
+    if onnx:
+        onnx_path = out.with_suffix(".onnx")
+        export_onnx(members, onnx_path, image_size=kwargs["image_size"],
+                    doc={k: v for k, v in kwargs.items() if k not in ("bins",)} | {"bins": bins.to_dict()})
+        extra["onnx"] = {"file": onnx_path.name, "sha256": file_sha256(onnx_path),
+                         "inputs": {"image": "float32 B x 1 x S x S in [0, 1] (preprocessed)"},
+                         "outputs": "m{member}_f{fold}: raw model outputs, combined as in svdh.predict"}
+    return save_bundle(out, members, extra=extra, **kwargs)
+
+
+# --------------------------------------------------------------------------- ONNX
+def _build(arch: Mapping[str, Any]) -> Any:
+    from svdh.models.net import model_from_config
+
+    return model_from_config(arch)
+
+
+def export_onnx(
+    members: Sequence[Member],
+    path: str | Path,
+    *,
+    image_size: int,
+    doc: Mapping[str, Any] | None = None,
+    opset: int = 17,
+    factory: Callable[[Mapping[str, Any]], Any] | None = None,
+    check: bool = True,
+) -> Path:
+    """Write one ONNX graph holding every fold model of every member.
+
+    Input ``image``: float32 ``B x 1 x S x S`` in [0, 1] (dynamic batch). Outputs
+    ``m{i}_f{k}``: each fold model's raw ``forward`` output; :class:`svdh.predict.Predictor`
+    combines them exactly as it does torch outputs. The manifest is stored in the graph's
+    metadata. With ``check``, onnxruntime re-runs a random batch and the export is refused if any
+    output differs from torch by more than 1e-3.
+    """
+    import warnings
+
+    import torch
+
+    factory = factory or _build
+    nets, names = [], []
+    for i, m in enumerate(members):
+        for k, sd in enumerate(m.state_dicts):
+            net = factory(m.arch)
+            net.load_state_dict(dict(sd), strict=True)
+            nets.append(net.eval())
+            names.append(f"m{i}_f{k}")
+
+    class AllModels(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.nets = torch.nn.ModuleList(nets)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(n(x) for n in self.nets)
+
+    graph = AllModels().eval()
+    x = torch.rand(2, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    with warnings.catch_warnings():
+        # torch's TorchScript-based exporter is deprecated in favour of the dynamo one, which
+        # needs the extra onnxscript package; the legacy path works from torch 2.4 on.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=names,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+        except TypeError:  # a torch without the dynamo switch
+            torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=names,
+                              dynamic_axes=axes, opset_version=opset)
+    import onnx
+
+    model = onnx.load(str(tmp))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "svdh_manifest", json.dumps(_jsonable(dict(doc or {})), sort_keys=True)
+    onnx.save(model, str(tmp))
+    if check:
+        diff = onnx_parity(graph, tmp, torch.rand(3, 1, image_size, image_size,
+                                                   generator=torch.Generator().manual_seed(1)))
+        if diff > 1e-3:
+            tmp.unlink(missing_ok=True)
+            raise BadBundleError(f"ONNX export differs from torch by {diff:.2e} (> 1e-3); not written")
+    tmp.replace(path)
+    return path
+
+
+def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> float:
+    """Largest absolute difference between ``module(x)`` (torch) and onnxruntime on the graph."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        ref = module(x)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    outs = sess.run(None, {"image": x.numpy().astype(np.float32)})
+    return max(float(np.max(np.abs(np.asarray(o) - r.numpy()))) for o, r in zip(outs, ref, strict=True))
