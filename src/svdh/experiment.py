@@ -1,0 +1,367 @@
+"""Whole studies from one YAML file: ``svdh run EXPERIMENT.yaml`` and ``svdh demo``.
+
+An experiment file declares the data (sources, or phantom cohorts to generate), the
+bone-age pretraining, the ensemble members (backbone, initialisation, scheme, task), the
+ensemble, the export, the Grad-CAM measurement and the report. It is validated as a whole
+before anything trains (pydantic, so every mistake is named by its path in the file).
+
+Every step writes into its own folder under the experiment's output directory and is
+skipped when its outputs already exist, so re-running after a crash continues where the
+crash happened; the training steps themselves resume from their last checkpoint.
+
+```
+OUT/
+  experiment.yaml        the resolved experiment (after profile and --out)
+  data/<name>/           generated phantom cohorts
+  pretrain/<backbone>/   bone-age runs (one per backbone that a member initialises from)
+  members/<name>/        one training run per ensemble member
+  ensemble/              the stacked (or averaged) ensemble, a run directory
+  model.svdh             the model bundle
+  report.html            the self-contained report
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from svdh.errors import BadConfigError
+
+#: The experiments shipped with the package (``configs/`` at the repository root links here).
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+PRETRAIN_INIT = "pretrain"  # a member's ``init: pretrain`` = the bone-age run of its backbone
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthSpec(_Strict):
+    """A phantom cohort to generate (``svdh synth``)."""
+
+    mode: Literal["ra", "child"] = "ra"
+    n: int = Field(100, ge=2)
+    size: int = Field(256, ge=64)
+    seed: int = 0
+    severity: str = "cohort"
+    workers: int = Field(2, ge=1)
+
+
+class DataSpec(_Strict):
+    """One data set: an existing source spec, or a phantom cohort to generate."""
+
+    source: str | None = None
+    synth: SynthSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DataSpec:
+        if (self.source is None) == (self.synth is None):
+            raise ValueError("give exactly one of 'source' (e.g. ra2-dream:DIR) or 'synth'")
+        return self
+
+
+class DataSection(_Strict):
+    train: DataSpec
+    pretrain: DataSpec | None = None
+    explain: DataSpec | None = None  # a phantom cohort with landmarks.json for measured Grad-CAM
+
+
+class PretrainSection(_Strict):
+    """Bone-age pretraining; ``train`` holds TrainConfig overrides (task is boneage)."""
+
+    train: dict[str, Any] = Field(default_factory=dict)
+
+
+class MemberSpec(_Strict):
+    name: str
+    backbone: str
+    task: Literal["regression", "classification", "ordinal"] = "regression"
+    init: str = "scratch"
+    scheme: str = "full"
+    train: dict[str, Any] = Field(default_factory=dict)  # further TrainConfig overrides
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\ ") or v.startswith("."):
+            raise ValueError(f"member name {v!r} must be a plain folder name (no slashes or spaces)")
+        return v
+
+
+class EnsembleSection(_Strict):
+    method: Literal["stacking", "mean", "weighted"] = "stacking"
+    level: float = Field(0.9, gt=0.5, lt=1.0)
+
+
+class ExplainSection(_Strict):
+    max_images: int = Field(40, ge=1)
+    gallery: int = Field(8, ge=0)
+
+
+class Experiment(_Strict):
+    """The whole study. See ``configs/demo.yaml`` and ``configs/bo2024.yaml``."""
+
+    name: str = "experiment"
+    description: str = ""
+    out: str = "runs/experiment"
+    data: DataSection
+    defaults: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields for every run
+    pretrain: PretrainSection | None = None
+    members: list[MemberSpec] = Field(min_length=1)
+    ensemble: EnsembleSection | None = EnsembleSection()
+    export: bool = True
+    explain: ExplainSection | None = ExplainSection()
+    report: bool = True
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        names = [m.name for m in self.members]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"member names must be unique; repeated: {', '.join(dup)}")
+        if any(m.init == PRETRAIN_INIT for m in self.members) and (
+            self.pretrain is None or self.data.pretrain is None
+        ):
+            raise ValueError("a member has 'init: pretrain' but the file has no 'pretrain' section "
+                             "and 'data.pretrain' source")
+        if self.ensemble is not None and len(self.members) < 2:
+            raise ValueError("an ensemble needs at least 2 members (or set 'ensemble: null')")
+        if self.explain is not None and self.data.explain is None:
+            raise ValueError("'explain' needs 'data.explain': a phantom cohort with landmarks.json")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _format_validation(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        parts.append(f"{where}: {e['msg']}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_experiment(path: str | Path, profile: str | None = None,
+                    out: str | Path | None = None) -> Experiment:
+    """Read, apply ``profile`` and ``out``, and validate an experiment file, including every
+    member's training settings, before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadConfigError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise BadConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise BadConfigError(f"{path}: expected a mapping of sections (data, members, ...) at the top")
+    if profile:
+        profiles = raw.get("profiles") or {}
+        if profile not in profiles:
+            raise BadConfigError(f"{path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
+        raw = _merge(raw, profiles[profile])
+    if out is not None:
+        raw["out"] = str(out)
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise BadConfigError(_format_validation(path, err)) from None
+    for cfg, where in _all_train_configs(exp):
+        try:
+            cfg.validate()
+        except BadConfigError as exc:
+            raise BadConfigError(f"{path}: {where}: {exc}") from None
+    return exp
+
+
+def _train_config(exp: Experiment, overrides: dict[str, Any], where: str):
+    from svdh.train import TrainConfig
+
+    d = _merge(exp.defaults, overrides)
+    unknown = sorted(set(d) - set(TrainConfig().to_dict()))
+    if unknown:
+        raise BadConfigError(f"{where}: unknown training setting(s): {', '.join(unknown)}")
+    return TrainConfig.from_dict(d)
+
+
+def _all_train_configs(exp: Experiment):
+    if exp.pretrain is not None:
+        yield _pretrain_config(exp, "resnet18", "placeholder"), "pretrain"
+    for m in exp.members:
+        yield _member_config(exp, m, "placeholder", "checkpoint:placeholder"), f"members.{m.name}"
+
+
+def _pretrain_config(exp: Experiment, backbone: str, source: str):
+    assert exp.pretrain is not None
+    over = _merge(exp.pretrain.train, {"task": "boneage", "backbone": backbone, "source": source})
+    over.setdefault("test_fraction", 0.0)
+    return _train_config(exp, over, "pretrain")
+
+
+def _member_config(exp: Experiment, m: MemberSpec, source: str, pretrain_init: str):
+    init = pretrain_init if m.init == PRETRAIN_INIT else m.init
+    over = _merge(m.train, {"task": m.task, "backbone": m.backbone, "init": init,
+                            "scheme": m.scheme, "source": source})
+    return _train_config(exp, over, f"members.{m.name}")
+
+
+# --------------------------------------------------------------------------- running
+
+
+class Runner:
+    """Carries out an :class:`Experiment` step by step, skipping finished steps."""
+
+    def __init__(self, exp: Experiment, log: Callable[[str], None] = print,
+                 runtime: dict[str, Any] | None = None) -> None:
+        self.exp = exp
+        self.out = Path(exp.out)
+        self.log = log
+        self.runtime = runtime or {}  # accelerator/devices/strategy... from the command line
+        self.made: dict[str, Path] = {}
+
+    # each step returns what it made and logs whether it ran or was skipped
+    def _step(self, title: str, done: bool, fn: Callable[[], Any]) -> Any:
+        if done:
+            self.log(f"[skip] {title}: already done")
+            return None
+        self.log(f"[run ] {title}")
+        t0 = time.perf_counter()
+        result = fn()
+        self.log(f"[done] {title} ({time.perf_counter() - t0:.0f} s)")
+        return result
+
+    def data_source(self, key: str) -> str | None:
+        spec: DataSpec | None = getattr(self.exp.data, key)
+        if spec is None:
+            return None
+        if spec.source is not None:
+            return spec.source
+        assert spec.synth is not None
+        s = spec.synth
+        folder = self.out / "data" / key
+        marker = folder / ".complete"
+
+        def make() -> None:
+            from svdh.synth import generate_cohort
+
+            generate_cohort(folder, n=s.n, mode=s.mode, size=s.size, seed=s.seed,
+                            severity=s.severity, workers=s.workers)
+            marker.write_text("ok\n")
+
+        self._step(f"phantom cohort '{key}' ({s.n} {'patients' if s.mode == 'ra' else 'children'})",
+                   marker.exists(), make)
+        return f"{'ra2-dream' if s.mode == 'ra' else 'rsna-boneage'}:{folder}"
+
+    def _train(self, cfg, run_dir: Path, title: str) -> Path:
+        from svdh.train import train_run
+
+        for k, v in self.runtime.items():
+            setattr(cfg, k, v)
+        done = (run_dir / "metrics.json").exists() and (run_dir / "oof.csv").exists()
+        resume = (run_dir / "config.yaml").exists()
+        self._step(title, done, lambda: train_run(cfg, run_dir, resume=resume))
+        return run_dir
+
+    def run(self) -> dict[str, Path]:
+        exp = self.exp
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "experiment.yaml").write_text(
+            yaml.safe_dump(exp.model_dump(exclude={"profiles"}), sort_keys=False))
+
+        train_src = self.data_source("train")
+        pre_src = self.data_source("pretrain")
+        explain_src = self.data_source("explain") if exp.explain is not None else None
+
+        pretrained: dict[str, Path] = {}
+        if exp.pretrain is not None and pre_src is not None:
+            for backbone in dict.fromkeys(m.backbone for m in exp.members if m.init == PRETRAIN_INIT):
+                cfg = _pretrain_config(exp, backbone, pre_src)
+                pretrained[backbone] = self._train(
+                    cfg, self.out / "pretrain" / backbone, f"bone-age pretraining of {backbone}")
+
+        members = []
+        for m in exp.members:
+            init = f"checkpoint:{pretrained[m.backbone]}" if m.init == PRETRAIN_INIT else m.init
+            cfg = _member_config(exp, m, train_src, init)
+            members.append(self._train(cfg, self.out / "members" / m.name,
+                                       f"member {m.name} ({m.backbone}, {m.task}, {m.init}, {m.scheme})"))
+        self.made["members"] = self.out / "members"
+
+        final = members[0]
+        if exp.ensemble is not None:
+            ens = self.out / "ensemble"
+
+            def make_ensemble() -> None:
+                from svdh.ensemble import build_ensemble
+
+                build_ensemble(members, ens, method=exp.ensemble.method, alpha=1 - exp.ensemble.level)
+
+            self._step(f"{exp.ensemble.method} ensemble of {len(members)} members",
+                       (ens / "meta_learner.json").exists() and (ens / "metrics.json").exists(),
+                       make_ensemble)
+            final = ens
+        self.made["final"] = final
+
+        bundle = self.out / "model.svdh"
+        if exp.export:
+            def make_bundle() -> None:
+                from svdh.bundle import export_bundle
+
+                export_bundle(final, bundle)
+
+            self._step("model bundle", bundle.exists(), make_bundle)
+            self.made["bundle"] = bundle
+
+        if exp.explain is not None and explain_src is not None and bundle.exists():
+            folder = Path(explain_src.split(":", 1)[1])
+
+            def make_explain() -> None:
+                from svdh.bundle import load_bundle
+                from svdh.explain import explain_cohort
+                from svdh.predict import Predictor
+
+                explain_cohort(Predictor(load_bundle(bundle)), folder, final,
+                               gallery=exp.explain.gallery, max_images=exp.explain.max_images)
+
+            self._step("Grad-CAM and its measured localisation", (final / "localisation.json").exists(),
+                       make_explain)
+
+        if exp.report:
+            report = self.out / "report.html"
+
+            def make_report() -> None:
+                from svdh.report.html import build_report
+
+                runs = [final, *members] if final not in members else members
+                build_report(runs, report, title=f"svdh: {exp.name}")
+
+            self._step("HTML report", report.exists(), make_report)
+            self.made["report"] = report
+        return self.made
+
+
+def run_experiment(path: str | Path, profile: str | None = None, out: str | Path | None = None,
+                   log: Callable[[str], None] = print, runtime: dict[str, Any] | None = None
+                   ) -> dict[str, Path]:
+    """Validate then run an experiment file; returns the paths of what it made."""
+    exp = load_experiment(path, profile=profile, out=out)
+    return Runner(exp, log=log, runtime=runtime).run()
