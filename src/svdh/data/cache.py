@@ -1,0 +1,493 @@
+"""The preprocessed-image cache: decode and preprocess every image once, read it many times.
+
+A cache is a folder::
+
+    images.npy     uint8 N x S x S, memory-mapped (row i = manifest row with cache_index i)
+    manifest.csv   the manifest rows (in order) plus ``cache_index``
+    geometry.npy   int32 N x 9: the preprocessing Transform of each row
+    keys.npy       uint64 N: per-row key of the finished row (0 = not done yet)
+    meta.json      preprocessing config, source, input fingerprint, status, failures
+
+:func:`prepare` fills it in parallel worker processes that write straight into the
+memory-mapped array. Each row's key hashes the image path, size and modification time and the
+preprocessing parameters, so a rerun redoes only rows whose input changed: a second run on the
+same inputs does nothing (idempotent), a run killed half-way continues where it stopped
+(resumable), and a changed config or row count rebuilds the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from svdh.data.manifest import COLUMNS, Problem, describe, read_manifest_csv
+from svdh.errors import BadConfigError, BadDatasetError, SvdhError
+from svdh.preprocess import PreprocessConfig, Transform
+
+CACHE_FORMAT = 1
+_GEOMETRY_FIELDS = ("x0", "y0", "side", "width", "height", "bx0", "by0", "bx1", "by1")
+
+
+@dataclass
+class Cache:
+    """An opened cache: ``images`` (read-only uint8 memmap N x S x S), ``manifest`` (with
+    ``cache_index``, the row of ``images`` for each manifest row), ``config``, ``meta``."""
+
+    path: Path
+    images: np.ndarray
+    manifest: pd.DataFrame
+    config: PreprocessConfig
+    meta: dict[str, Any]
+    geometry: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def batch(self, cache_indices: Iterable[int]) -> np.ndarray:
+        """Images for the given cache indices (in that order), as one uint8 array B x S x S.
+
+        Reads in ascending order (sequential access on disk), then restores the order asked.
+        """
+        idx = np.asarray(list(cache_indices) if not isinstance(cache_indices, np.ndarray) else cache_indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx), *self.images.shape[1:]), dtype=np.uint8)
+        out[order] = self.images[idx[order]]
+        return out
+
+    def transform(self, cache_index: int) -> Transform:
+        """The geometric :class:`Transform` that produced row ``cache_index``."""
+        g = [int(v) for v in self.geometry[int(cache_index)]]
+        return Transform(g[0], g[1], g[2], self.config.size, g[3], g[4], (g[5], g[6], g[7], g[8]))
+
+
+# --------------------------------------------------------------------------- prepare
+
+
+def prepare(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    cfg: PreprocessConfig | None = None,
+    workers: int | None = None,
+    *,
+    skip_invalid: bool = False,
+    progress: bool = True,
+    max_pixels: int | None = None,
+) -> Path:
+    """Build (or finish, or reuse) the cache of ``source`` in ``out_dir``; returns its path.
+
+    ``source``: a source spec (``ra2-dream:DIR``...) or a manifest DataFrame (``image`` column
+    at least). ``workers``: processes (default: CPU count, at most 8; 1 runs in-process).
+    Images that cannot be decoded raise one error listing them after every other row is
+    done, unless ``skip_invalid`` (then they are left out of ``manifest.csv``).
+    """
+    cfg = cfg or PreprocessConfig()
+    out = Path(out_dir).expanduser().resolve()
+    if isinstance(source, pd.DataFrame):
+        df = _normalise_frame(source)
+        spec = str(source.attrs.get("source", "dataframe"))
+    else:
+        from svdh.data.sources import load_source
+
+        df = load_source(source, skip_invalid=skip_invalid)
+        spec = str(df.attrs.get("source", source))
+    n, size = len(df), cfg.size
+    if n == 0:
+        raise BadDatasetError(f"{spec}: no images to prepare")
+
+    expected, stat_problems = _row_keys(df, cfg, max_pixels)
+    meta_path = out / "meta.json"
+    old = _read_meta(meta_path) if meta_path.exists() else None
+    if old is None:
+        if out.exists() and any(out.iterdir()):
+            raise BadConfigError(
+                f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+    fingerprint = hashlib.sha256(expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    compatible = (
+        old is not None
+        and old.get("format") == CACHE_FORMAT
+        and old.get("n") == n
+        and old.get("config") == cfg.to_dict()
+        and all((out / f).exists() for f in ("images.npy", "keys.npy", "geometry.npy"))
+    )
+    if compatible:
+        images = np.load(out / "images.npy", mmap_mode="r+")
+        keys = np.load(out / "keys.npy", mmap_mode="r+")
+        geometry = np.load(out / "geometry.npy", mmap_mode="r+")
+        if images.shape != (n, size, size) or keys.shape != (n,) or geometry.shape != (n, len(_GEOMETRY_FIELDS)):
+            compatible = False
+            del images, keys, geometry
+    if not compatible:
+        for f in ("images.npy", "keys.npy", "geometry.npy", "manifest.csv", "meta.json"):
+            (out / f).unlink(missing_ok=True)
+        images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+        keys = np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.uint64, shape=(n,))
+        geometry = np.lib.format.open_memmap(
+            out / "geometry.npy", mode="w+", dtype=np.int32, shape=(n, len(_GEOMETRY_FIELDS))
+        )
+        old = None
+    failed: dict[str, dict[str, Any]] = dict((old or {}).get("failed", {}))
+    # Failures are remembered with the key of the input that failed: the same unchanged file
+    # is not retried, a replaced one is.
+    failed = {k: v for k, v in failed.items() if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])}
+    for i, msg in stat_problems.items():
+        failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
+
+    meta = {
+        "format": CACHE_FORMAT,
+        "svdh_version": _version(),
+        "source": spec,
+        "n": n,
+        "size": size,
+        "config": cfg.to_dict(),
+        "max_pixels": max_pixels,
+        "fingerprint": fingerprint,
+        "status": "building",
+        "created": (old or {}).get("created", _now()),
+        "updated": _now(),
+        "failed": failed,
+    }
+    if todo:
+        _write_json(meta_path, meta)
+        images.flush()
+        del images  # workers open their own mapping
+        try:
+            new_failed = _run(out / "images.npy", todo, df["image"].tolist(), cfg, max_pixels,
+                              expected, keys, geometry, workers, progress)
+        finally:
+            keys.flush()
+            geometry.flush()
+        for i, msg in new_failed.items():
+            failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    if failed and not skip_invalid:
+        _write_json(meta_path, {**meta, "failed": failed, "updated": _now()})
+        problems = [Problem(Path(df["image"].iat[int(i)]).name, v["error"]) for i, v in sorted(failed.items(), key=lambda kv: int(kv[0]))]
+        raise BadDatasetError(
+            f"{spec}: {len(problems)} image(s) could not be prepared: {describe(problems)}; fix or "
+            "remove them (rerunning redoes only those), or pass --skip-invalid to leave them out"
+        )
+    manifest = df.copy()
+    manifest["cache_index"] = np.arange(n, dtype=np.int64)
+    if failed:
+        manifest = manifest.drop(index=[int(i) for i in failed]).reset_index(drop=True)
+    manifest.attrs = {}
+    text = manifest.to_csv(index=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if old is None or old.get("manifest_sha256") != digest or not (out / "manifest.csv").exists():
+        _write_text(out / "manifest.csv", text)
+    meta.update(status="complete", failed=failed, manifest_sha256=digest, n_images=len(manifest))
+    if todo or old is None or {k: v for k, v in old.items() if k != "updated"} != {k: v for k, v in meta.items() if k != "updated"}:
+        meta["updated"] = _now()
+        _write_json(meta_path, meta)
+    return out
+
+
+def _normalise_frame(source: pd.DataFrame) -> pd.DataFrame:
+    if "image" not in source:
+        raise BadDatasetError("the manifest DataFrame has no 'image' column")
+    df = source.drop(columns=[c for c in ("cache_index",) if c in source]).reset_index(drop=True).copy()
+    for c in COLUMNS:
+        if c not in df:
+            df[c] = "" if c in ("image_id", "patient_id", "side", "visit", "score_scope") else np.nan
+    if (df["image_id"] == "").all():
+        df["image_id"] = [Path(p).stem for p in df["image"]]
+    return df
+
+
+def _row_keys(df: pd.DataFrame, cfg: PreprocessConfig, max_pixels: int | None) -> tuple[np.ndarray, dict[int, str]]:
+    """Per-row key of (path, size, mtime, config, pixel limit); never 0. Unreadable paths listed."""
+    params = json.dumps({"cfg": cfg.to_dict(), "max_pixels": max_pixels}, sort_keys=True)
+    keys = np.empty(len(df), dtype=np.uint64)
+    problems: dict[int, str] = {}
+    for i, path in enumerate(df["image"].astype(str)):
+        try:
+            st = os.stat(path)
+            ident = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{params}"
+        except OSError as exc:
+            ident = f"{path}\0missing\0{params}"
+            problems[i] = f"cannot read {path} ({exc.strerror or exc})"
+        k = int.from_bytes(hashlib.blake2b(ident.encode(), digest_size=8).digest(), "little")
+        keys[i] = k or 1
+    return keys, problems
+
+
+def _run(
+    images_path: Path, todo: list[int], paths: list[str], cfg: PreprocessConfig, max_pixels: int | None,
+    expected: np.ndarray, keys: np.ndarray, geometry: np.ndarray, workers: int | None, progress: bool,
+) -> dict[int, str]:
+    """Preprocess rows ``todo``; mark each finished row's key as soon as its chunk returns."""
+    workers = _workers(workers, len(todo))
+    chunk = int(np.clip(len(todo) // (workers * 8) or 1, 8, 256))
+    chunks = [todo[s : s + chunk] for s in range(0, len(todo), chunk)]
+    failed: dict[int, str] = {}
+
+    def done(results: list[tuple[int, list[int] | None, str | None]]) -> None:
+        for i, geo, err in results:
+            if err is not None:
+                failed[i] = err
+            else:
+                geometry[i] = geo
+                keys[i] = expected[i]
+
+    bar = _progress(progress, len(todo))
+    try:
+        if workers <= 1:
+            _init_worker(str(images_path), cfg.to_dict(), max_pixels)
+            for c in chunks:
+                res = _work([(i, paths[i]) for i in c])
+                done(res)
+                bar.advance(len(c))
+            return failed
+        ctx = _mp_context()
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(str(images_path), cfg.to_dict(), max_pixels),
+        ) as pool:
+            pending = set()
+            it = iter(chunks)
+            try:
+                # Keep a bounded number of chunks in flight so an interruption loses little.
+                for c in it:
+                    pending.add(pool.submit(_work, [(i, paths[i]) for i in c]))
+                    if len(pending) >= 3 * workers:
+                        break
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        try:
+                            res = fut.result()
+                        except BrokenProcessPool:
+                            raise BadConfigError(
+                                "a worker process died (out of memory?); finished images are kept: "
+                                "rerun to continue, with fewer --workers"
+                            ) from None
+                        done(res)
+                        bar.advance(len(res))
+                        nxt = next(it, None)
+                        if nxt is not None:
+                            pending.add(pool.submit(_work, [(i, paths[i]) for i in nxt]))
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return failed
+    finally:
+        bar.close()
+
+
+def _workers(workers: int | None, n_todo: int) -> int:
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 1:
+        raise BadConfigError(f"--workers must be at least 1, got {workers}")
+    # Starting processes costs ~0.3 s each: not worth it for a handful of images.
+    return 1 if n_todo < 16 else int(workers)
+
+
+def _mp_context() -> mp.context.BaseContext:
+    if sys.platform.startswith("linux"):
+        # fork starts workers at once and needs no importable __main__; it is unsafe once
+        # torch's OpenMP threads exist in the parent (svdh train calls prepare), so then
+        # forkserver: workers forked from a clean server that preloads only this module.
+        if "torch" not in sys.modules:
+            return mp.get_context("fork")
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["svdh.data.cache"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+# --------------------------------------------------------------------------- worker side
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(images_path: str, cfg: dict[str, Any], max_pixels: int | None) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+    _STATE.clear()
+    _STATE.update(
+        images=np.load(images_path, mmap_mode="r+"),
+        cfg=PreprocessConfig.from_dict(cfg),
+        max_pixels=max_pixels,
+    )
+
+
+def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str | None]]:
+    from svdh.io import read_radiograph
+    from svdh.preprocess import preprocess
+
+    images, cfg = _STATE["images"], _STATE["cfg"]
+    out: list[tuple[int, list[int] | None, str | None]] = []
+    for i, path in items:
+        try:
+            rad = read_radiograph(path, max_pixels=_STATE["max_pixels"])
+            arr, t = preprocess(rad, cfg, return_transform=True)
+        except SvdhError as exc:
+            msg = str(exc)
+            out.append((i, None, msg.removeprefix(f"{path}: ")))
+            continue
+        except Exception as exc:  # an unexpected decoder failure must not kill the whole run
+            out.append((i, None, f"{type(exc).__name__}: {exc}"))
+            continue
+        images[i] = arr
+        out.append((i, [t.x0, t.y0, t.side, t.width, t.height, *t.box], None))
+    images.flush()
+    return out
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_cache(path: str | os.PathLike[str]) -> Cache:
+    """Open a finished cache written by :func:`prepare`."""
+    root = Path(path).expanduser()
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise BadDatasetError(f"{root}: not a svdh cache (no meta.json); build one with svdh prepare")
+    meta = _read_meta(meta_path)
+    if meta.get("format") != CACHE_FORMAT:
+        raise BadDatasetError(
+            f"{root}: cache format {meta.get('format')} is not this svdh's {CACHE_FORMAT}; rerun svdh prepare"
+        )
+    if meta.get("status") != "complete":
+        raise BadDatasetError(
+            f"{root}: the cache is incomplete (interrupted or with failed images); rerun svdh prepare to finish it"
+        )
+    try:
+        images = np.load(root / "images.npy", mmap_mode="r")
+        geometry = np.load(root / "geometry.npy", mmap_mode="r")
+        manifest = read_manifest_csv(root / "manifest.csv")
+    except (OSError, ValueError) as exc:
+        raise BadDatasetError(f"{root}: damaged cache ({exc}); delete the folder and rerun svdh prepare") from None
+    if "cache_index" not in manifest or images.ndim != 3:
+        raise BadDatasetError(f"{root}: damaged cache (manifest or images malformed); rerun svdh prepare")
+    manifest["cache_index"] = manifest["cache_index"].astype(np.int64)
+    if len(manifest) and int(manifest["cache_index"].max()) >= len(images):
+        raise BadDatasetError(f"{root}: manifest.csv points past images.npy; rerun svdh prepare")
+    manifest.attrs["source"] = meta.get("source", "")
+    return Cache(root, images, manifest, PreprocessConfig.from_dict(meta["config"]), meta, geometry)
+
+
+def ensure_cache(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    size: int,
+    cache_root: str | os.PathLike[str] | None = None,
+    *,
+    cfg: PreprocessConfig | None = None,
+    clahe: bool = False,
+    workers: int | None = None,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> Cache:
+    """A ready cache for ``source`` at ``size`` px, built once under ``cache_root``.
+
+    The folder name is derived from the source and the preprocessing config, so each
+    combination has its own cache; ``cache_root`` defaults to ``$SVDH_CACHE_DIR`` or
+    ``~/.cache/svdh``. ``cfg`` overrides ``size``/``clahe`` when given.
+    """
+    cfg = cfg or PreprocessConfig(size=size, clahe=clahe)
+    root = Path(cache_root or os.environ.get("SVDH_CACHE_DIR") or Path.home() / ".cache" / "svdh").expanduser()
+    if isinstance(source, pd.DataFrame):
+        label = str(source.attrs.get("source", "dataframe"))
+        ident = label + "\0" + "\0".join(source["image"].astype(str))
+    else:
+        from svdh.data.sources import parse_spec
+
+        kind, path = parse_spec(source)
+        label = f"{kind}:{path}"
+        ident = label
+    digest = hashlib.sha1((ident + json.dumps(cfg.to_dict(), sort_keys=True)).encode()).hexdigest()[:10]
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label.split(":", 1)[0] + "-" + Path(label.split(":", 1)[-1]).name)
+    out = root / f"{slug.strip('-')}-{cfg.size}px-{digest}"
+    prepare(source, out, cfg, workers, skip_invalid=skip_invalid, progress=progress)
+    return open_cache(out)
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+class _NoBar:
+    def advance(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        )
+        self._p.start()
+        self._task = self._p.add_task("prepare", total=total)
+
+    def advance(self, n: int) -> None:
+        self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+def _progress(enabled: bool, total: int) -> _NoBar | _RichBar:
+    return _RichBar(total) if enabled else _NoBar()
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadDatasetError(f"{path}: unreadable cache metadata ({exc}); delete the folder and rerun svdh prepare") from None
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    # Write then rename: a reader (or a kill) never sees half a file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _version() -> str:
+    from svdh import __version__
+
+    return __version__
+
+
+__all__ = ["Cache", "prepare", "open_cache", "ensure_cache"]

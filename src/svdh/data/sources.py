@@ -1,0 +1,437 @@
+"""Dataset sources: read each native layout into one validated manifest.
+
+* ``rsna-boneage:DIR``: the Kaggle layout (``boneage-training-dataset.csv`` beside a folder
+  ``boneage-training-dataset/``, possibly nested once more) or a flat folder with
+  ``boneage.csv`` (``id, boneage, male``) beside ``<id>.png`` or under ``images/``.
+* ``ra2-dream:DIR``: ``training.csv`` (RA2-DREAM columns) beside ``<Patient_ID>-LH.jpg`` and
+  ``-RH.jpg``; one row per hand image with that hand's erosion, JSN and total, and the patient's
+  hands-and-wrists total. A dual-hand film ``<Patient_ID>-BH.*`` gives one row with side
+  ``both`` scored on the patient scale. Images may be JPEG, PNG, DICOM or TIFF. Feet ignored.
+* ``csv:FILE``: columns ``image``, ``patient_id``, ``svdh`` and optionally ``erosion``, ``jsn``,
+  ``side``, ``visit``, ``reader2``, ``image_id``, ``patient_svdh``, ``score_scope``; image
+  paths relative to the CSV's folder.
+
+A spec without a prefix is recognised from what lies there (a ``.csv`` file, a folder with
+``training.csv`` or a bone-age CSV).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from svdh.data.manifest import Problem, finalize, new_row
+from svdh.errors import BadDatasetError
+from svdh.scoring import MAX_EROSION_HAND, MAX_HAND, MAX_JSN_HAND, MAX_PATIENT, hand_score
+
+#: File extensions of images that sources link to rows (case-insensitive), in order of preference.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+KINDS = ("rsna-boneage", "ra2-dream", "csv")
+#: Bone age range accepted (months): RSNA labels lie within 1-228.
+MAX_BONEAGE_MONTHS = 240.0
+
+
+def load_source(spec: str | os.PathLike[str], skip_invalid: bool = False) -> pd.DataFrame:
+    """Read a data source into a manifest DataFrame (one row per image).
+
+    ``spec``: ``rsna-boneage:DIR``, ``ra2-dream:DIR``, ``csv:FILE``, or a bare path whose
+    layout is recognised. Problems (missing images, duplicate ids, NaN or out-of-range labels)
+    raise one :class:`BadDatasetError` listing the offending rows, unless ``skip_invalid``:
+    then they are left out, with a warning, and counted in ``df.attrs['n_skipped']``.
+    """
+    kind, path = parse_spec(spec)
+    if kind == "rsna-boneage":
+        return _rsna(path, f"{kind}:{path}", skip_invalid)
+    if kind == "ra2-dream":
+        return _ra2_dream(path, f"{kind}:{path}", skip_invalid)
+    return _csv(path, f"{kind}:{path}", skip_invalid)
+
+
+def parse_spec(spec: str | os.PathLike[str]) -> tuple[str, Path]:
+    """Split ``kind:path`` (or recognise a bare path); check that the path exists."""
+    text = os.fspath(spec)
+    kind, sep, rest = text.partition(":")
+    if sep and kind in KINDS:
+        path = Path(rest).expanduser()
+        if not rest:
+            raise BadDatasetError(f"{text}: the source needs a path after '{kind}:'")
+    elif sep and kind and "/" not in kind and len(kind) > 1:
+        raise BadDatasetError(
+            f"{text}: unknown source kind {kind!r}; use one of {', '.join(k + ':PATH' for k in KINDS)}"
+        )
+    else:
+        path = Path(text).expanduser()
+        kind = _guess_kind(path, text)
+    if not path.exists():
+        raise BadDatasetError(f"{text}: {path} does not exist")
+    if kind == "csv" and not path.is_file():
+        raise BadDatasetError(f"{text}: csv: needs a CSV file, {path} is a folder")
+    if kind != "csv" and not path.is_dir():
+        raise BadDatasetError(f"{text}: {kind}: needs a folder, {path} is a file")
+    return kind, path.resolve()
+
+
+def _guess_kind(path: Path, text: str) -> str:
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        return "csv"
+    if path.is_dir():
+        if (path / "training.csv").is_file():
+            return "ra2-dream"
+        if (path / "boneage.csv").is_file() or (path / "boneage-training-dataset.csv").is_file():
+            return "rsna-boneage"
+    if not path.exists():
+        raise BadDatasetError(f"{text}: no such file or folder")
+    raise BadDatasetError(
+        f"{text}: cannot tell the layout; name it: rsna-boneage:DIR, ra2-dream:DIR or csv:FILE"
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _index_images(*folders: Path) -> dict[str, list[Path]]:
+    """Map file stem -> image files in the given folders (non-recursive, first folder first)."""
+    found: dict[str, list[Path]] = defaultdict(list)
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:
+            entries = sorted((e.name for e in it if e.is_file()), key=lambda n: (_ext_rank(n), n))
+        for name in entries:
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                found[stem].append(folder / name)
+    return found
+
+
+def _ext_rank(name: str) -> int:
+    ext = os.path.splitext(name)[1].lower()
+    return IMAGE_EXTENSIONS.index(ext) if ext in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
+
+
+def _read_csv(path: Path, spec: str) -> pd.DataFrame:
+    try:
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise BadDatasetError(f"{spec}: {path.name} is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0]
+        raise BadDatasetError(f"{spec}: {path.name} is not a readable CSV ({first})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _columns(df: pd.DataFrame, wanted: dict[str, tuple[str, ...]], required: set[str], where: str) -> dict[str, str]:
+    """Find columns case-insensitively; ``wanted`` maps canonical name -> accepted spellings."""
+    lower = {c.lower(): c for c in df.columns}
+    found = {}
+    for name, spellings in wanted.items():
+        for s in spellings:
+            if s.lower() in lower:
+                found[name] = lower[s.lower()]
+                break
+    missing = sorted(required - set(found))
+    if missing:
+        raise BadDatasetError(
+            f"{where}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, df.columns)) or 'none'}"
+        )
+    return found
+
+
+def _number(value: Any) -> float:
+    """A CSV cell as float: '' -> NaN; raises ValueError for text."""
+    if value is None:
+        return math.nan
+    s = str(value).strip()
+    if s == "" or s.lower() in ("nan", "na", "n/a", "none", "null"):
+        return math.nan
+    return float(s)
+
+
+def _bool(value: Any) -> float:
+    s = str(value).strip().lower()
+    if s in ("true", "1", "1.0", "m", "male", "yes", "y", "t"):
+        return 1.0
+    if s in ("false", "0", "0.0", "f", "female", "no", "n"):
+        return 0.0
+    raise ValueError(value)
+
+
+# --------------------------------------------------------------------------- RSNA Bone Age
+
+
+def _rsna(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
+    kaggle = root / "boneage-training-dataset.csv"
+    flat = root / "boneage.csv"
+    if flat.is_file():
+        csv_path, folders = flat, (root, root / "images")
+    elif kaggle.is_file():
+        sub = root / "boneage-training-dataset"
+        csv_path, folders = kaggle, (sub / "boneage-training-dataset", sub, root)
+    else:
+        raise BadDatasetError(
+            f"{spec}: no boneage.csv (flat layout: id, boneage, male beside <id>.png or images/) "
+            "nor boneage-training-dataset.csv (Kaggle layout) in the folder"
+        )
+    table = _read_csv(csv_path, spec)
+    cols = _columns(
+        table,
+        {"id": ("id", "image_id", "Image ID"), "boneage": ("boneage", "bone_age", "Bone Age (months)"),
+         "male": ("male", "sex")},
+        {"id", "boneage"},
+        f"{spec}: {csv_path.name}",
+    )
+    images = _index_images(*folders)
+    rows: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(table.to_dict("records")):
+        line = i + 2  # 1-based, after the header: what a spreadsheet shows
+        image_id = str(rec[cols["id"]]).strip()
+        where = f"{csv_path.name} row {line} (id {image_id or '?'})"
+        idx = len(rows)
+        row = new_row(image_id=image_id, patient_id=image_id, score_scope="hand")
+        rows.append(row)
+        if not image_id:
+            problems.append(Problem(where, "empty id", idx))
+            continue
+        if image_id in seen:
+            problems.append(Problem(where, f"duplicate id (first on row {seen[image_id]})", idx))
+            continue
+        seen[image_id] = line
+        files = images.get(image_id)
+        if not files:
+            problems.append(Problem(where, f"image {image_id}.png not found in {_folders(folders, root)}", idx))
+        else:
+            row["image"] = str(files[0])
+        try:
+            age = _number(rec[cols["boneage"]])
+        except ValueError:
+            problems.append(Problem(where, f"boneage {rec[cols['boneage']]!r} is not a number", idx))
+            continue
+        if not np.isfinite(age):
+            problems.append(Problem(where, "boneage is missing", idx))
+        elif not 0 <= age <= MAX_BONEAGE_MONTHS:
+            problems.append(Problem(where, f"boneage {age:g} months is out of range 0-{MAX_BONEAGE_MONTHS:g}", idx))
+        row["boneage"] = age
+        if "male" in cols:
+            raw = rec[cols["male"]]
+            try:
+                row["male"] = _bool(raw) if str(raw).strip() != "" else math.nan
+            except ValueError:
+                problems.append(Problem(where, f"male {raw!r} is not True/False", idx))
+    linked = {Path(r["image"]).stem for r in rows if r["image"]}
+    n_unlinked = sum(1 for stem in images if stem not in linked)
+    return finalize(rows, problems, spec, skip_invalid, n_unlinked=n_unlinked)
+
+
+def _folders(folders: tuple[Path, ...], root: Path) -> str:
+    names = []
+    for f in folders:
+        if f.is_dir():
+            rel = os.path.relpath(f, root)
+            names.append("./" if rel == "." else f"{rel}/")
+    return " or ".join(names) or str(root)
+
+
+# --------------------------------------------------------------------------- RA2-DREAM
+
+
+def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
+    csv_path = root / "training.csv"
+    if not csv_path.is_file():
+        raise BadDatasetError(
+            f"{spec}: no training.csv in the folder (RA2-DREAM layout: training.csv beside "
+            "<Patient_ID>-LH.jpg and -RH.jpg)"
+        )
+    table = _read_csv(csv_path, spec)
+    cols = _columns(table, {"pid": ("Patient_ID", "patient_id")}, {"pid"}, f"{spec}: training.csv")
+    images = _index_images(root)
+    rows: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(table.to_dict("records")):
+        line = i + 2
+        pid = str(rec[cols["pid"]]).strip()
+        where = f"training.csv row {line} ({pid or '?'})"
+        if not pid:
+            problems.append(Problem(where, "empty Patient_ID"))
+            continue
+        if pid in seen:
+            problems.append(Problem(where, f"duplicate Patient_ID (first on row {seen[pid]})"))
+            continue
+        seen[pid] = line
+        scores: dict[str, Any] = {}
+        score_errors: dict[str, str] = {}
+        for side in ("L", "R"):
+            try:
+                scores[side] = hand_score(rec, side, row_id=f"{pid}")
+            except BadDatasetError as exc:
+                score_errors[side] = str(exc).removeprefix(f"row {pid}: ")
+        patient = None
+        if not score_errors:
+            left, right = scores["L"], scores["R"]
+            patient = (left.erosion + right.erosion, left.jsn + right.jsn)
+        patient_total = patient[0] + patient[1] if patient else math.nan
+
+        def add(stem: str, side: str, erosion: float, jsn: float, scope: str,
+                pid: str = pid, where: str = where, total: float = patient_total) -> int:
+            files = images.get(stem, [])
+            idx = len(rows)
+            rows.append(new_row(
+                image=str(files[0]) if files else "", image_id=stem, patient_id=pid, side=side,
+                svdh=erosion + jsn, erosion=erosion, jsn=jsn, patient_svdh=total,
+                score_scope=scope,
+            ))
+            if len(files) > 1:
+                names = ", ".join(f.name for f in files)
+                problems.append(Problem(where, f"several images for {stem}: {names}; keep one", idx))
+            return idx
+
+        has_both = f"{pid}-BH" in images
+        if has_both:
+            idx = add(f"{pid}-BH", "both", *(patient or (math.nan, math.nan)), "patient")
+            if score_errors:
+                problems.append(Problem(where, "; ".join(score_errors.values()), idx))
+        for side in ("L", "R"):
+            stem = f"{pid}-{side}H"
+            if stem not in images and has_both:
+                continue  # a dual-hand film stands for both hands
+            s = scores.get(side)
+            idx = add(stem, side, s.erosion if s else math.nan, s.jsn if s else math.nan, "hand")
+            if stem not in images:
+                problems.append(Problem(where, f"image {stem}.jpg (or .png/.dcm/.tif) not found", idx))
+            elif side in score_errors:
+                problems.append(Problem(where, score_errors[side], idx))
+    known = {r["image_id"] for r in rows}
+    n_unlinked = sum(
+        1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
+    )
+    return finalize(rows, problems, spec, skip_invalid, n_unlinked=n_unlinked)
+
+
+# --------------------------------------------------------------------------- generic CSV
+
+_SIDE_WORDS = {
+    "l": "L", "left": "L", "lh": "L", "r": "R", "right": "R", "rh": "R",
+    "both": "both", "b": "both", "bh": "both", "lr": "both", "bilateral": "both", "": "",
+}
+
+
+def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
+    table = _read_csv(csv_path, spec)
+    name = csv_path.name
+    optional = ("erosion", "jsn", "side", "visit", "reader2", "image_id", "patient_svdh", "score_scope")
+    cols = _columns(
+        table,
+        {"image": ("image", "path", "file"), "patient_id": ("patient_id", "patient"),
+         "svdh": ("svdh", "total", "svdh_total"), **{c: (c,) for c in optional}},
+        {"image", "patient_id", "svdh"},
+        f"{spec}: {name}",
+    )
+    base = csv_path.parent
+    rows: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    seen_image: dict[str, int] = {}
+    seen_id: dict[str, int] = {}
+    for i, rec in enumerate(table.to_dict("records")):
+        line = i + 2
+        raw_image = str(rec[cols["image"]]).strip()
+        pid = str(rec[cols["patient_id"]]).strip()
+        where = f"{name} row {line} ({raw_image or '?'})"
+        idx = len(rows)
+        row = new_row(patient_id=pid)
+        rows.append(row)
+        if not raw_image:
+            problems.append(Problem(where, "empty image path", idx))
+            continue
+        path = Path(raw_image).expanduser()
+        path = path if path.is_absolute() else base / path
+        row["image"] = str(path.resolve())
+        default_id = os.path.splitext(raw_image)[0].replace(os.sep, "/").lstrip("./")
+        row["image_id"] = str(rec.get(cols.get("image_id", ""), "") or "").strip() or default_id
+        if not pid:
+            problems.append(Problem(where, "empty patient_id", idx))
+        if row["image"] in seen_image:
+            problems.append(Problem(where, f"duplicate image (first on row {seen_image[row['image']]})", idx))
+        elif row["image_id"] in seen_id:
+            problems.append(Problem(
+                where, f"duplicate image_id {row['image_id']!r} (first on row {seen_id[row['image_id']]})", idx
+            ))
+        seen_image.setdefault(row["image"], line)
+        seen_id.setdefault(row["image_id"], line)
+        if not path.is_file():
+            problems.append(Problem(where, f"image not found: {path}", idx))
+
+        side_raw = str(rec.get(cols.get("side", ""), "") or "").strip()
+        side = _SIDE_WORDS.get(side_raw.lower())
+        if side is None:
+            problems.append(Problem(where, f"side {side_raw!r} is not L, R or both", idx))
+            side = ""
+        row["side"] = side
+        row["visit"] = str(rec.get(cols.get("visit", ""), "") or "").strip()
+        scope_raw = str(rec.get(cols.get("score_scope", ""), "") or "").strip().lower()
+        if scope_raw and scope_raw not in ("hand", "patient"):
+            problems.append(Problem(where, f"score_scope {scope_raw!r} is not hand or patient", idx))
+            scope_raw = ""
+        scope = scope_raw or ("patient" if side == "both" else "hand")
+        row["score_scope"] = scope
+        factor = 2 if scope == "patient" else 1
+        limits = {
+            "svdh": MAX_HAND * factor, "erosion": MAX_EROSION_HAND * factor,
+            "jsn": MAX_JSN_HAND * factor, "reader2": MAX_HAND * factor, "patient_svdh": MAX_PATIENT,
+        }
+        for col, hi in limits.items():
+            if col not in cols:
+                continue
+            raw = rec[cols[col]]
+            try:
+                v = _number(raw)
+            except ValueError:
+                problems.append(Problem(where, f"{col} {raw!r} is not a number", idx))
+                continue
+            row[col] = v
+            if not np.isfinite(v):
+                if col == "svdh":
+                    problems.append(Problem(where, "svdh is missing", idx))
+                continue
+            if not 0 <= v <= hi:
+                hint = (
+                    "; mark dual-hand films side=both or add a score_scope column"
+                    if scope == "hand" and col in ("svdh", "reader2") and v <= MAX_PATIENT else ""
+                )
+                problems.append(Problem(where, f"{col} {v:g} is out of range 0-{hi:g} ({scope}){hint}", idx))
+        e, j, t = row["erosion"], row["jsn"], row["svdh"]
+        if all(np.isfinite(x) for x in (e, j, t)) and abs(e + j - t) > 0.5:
+            problems.append(Problem(where, f"erosion {e:g} + jsn {j:g} != svdh {t:g}", idx))
+    _fill_patient_totals(rows)
+    return finalize(rows, problems, spec, skip_invalid)
+
+
+def _fill_patient_totals(rows: list[dict[str, Any]]) -> None:
+    """Patient hands-and-wrists totals where not given: a dual-hand film's score, or L + R."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["patient_id"], r["visit"])].append(r)
+    for members in groups.values():
+        if all(np.isfinite(r["patient_svdh"]) for r in members):
+            continue
+        both = [r["svdh"] for r in members if r["side"] == "both" and np.isfinite(r["svdh"])]
+        left = [r["svdh"] for r in members if r["side"] == "L" and np.isfinite(r["svdh"])]
+        right = [r["svdh"] for r in members if r["side"] == "R" and np.isfinite(r["svdh"])]
+        if both:
+            total = both[0]
+        elif len(left) == 1 and len(right) == 1:
+            total = left[0] + right[0]
+        else:
+            continue
+        for r in members:
+            if not np.isfinite(r["patient_svdh"]):
+                r["patient_svdh"] = total
