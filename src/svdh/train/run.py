@@ -133,13 +133,11 @@ def load_run_data(cfg: TrainConfig) -> RunData:
         from svdh.data.cache import ensure_cache
     except ImportError as exc:  # the foundation stage is not installed
         raise BadConfigError(f"the data stage (svdh.data.cache) is unavailable: {exc}") from None
-    kwargs: dict[str, Any] = {"size": int(cfg.image_size)}
-    if cfg.cache_dir:
-        kwargs["cache_dir"] = cfg.cache_dir
-    cache = ensure_cache(cfg.source, **kwargs)
+    cache = ensure_cache(cfg.source, int(cfg.image_size), cfg.cache_dir or None,
+                         progress=sys.stderr.isatty() and _is_main())
     manifest = cache.manifest.copy()
     manifest.attrs["source"] = cfg.source
-    images = LazyImages(Path(cache.path) / "images.npy") if hasattr(cache, "path") else LazyImages(cache.images)
+    images = LazyImages(Path(cache.path) / "images.npy")
     return RunData(manifest, images, cache.config.to_dict(), cfg.source)
 
 
@@ -259,7 +257,10 @@ def _train_rows(fold: np.ndarray, k: int) -> np.ndarray:
 def _target_stats(model: SvdhNet, y: np.ndarray) -> tuple[list[float], list[float]]:
     cols = y[:, 1:3] if model.config["extra_heads"] else y[:, :1]
     t = model._fwd(torch.as_tensor(np.clip(cols, 0, None), dtype=torch.float64)).numpy()
-    return t.mean(axis=0).tolist(), np.maximum(t.std(axis=0), 1e-3).tolist()
+    # a floor on the spread (1 score point; 0.1 on the log scale) keeps a training fold of
+    # near-constant scores from blowing the standardised targets up
+    floor = 0.1 if model.config["target_transform"] == "log1p" else 1.0
+    return t.mean(axis=0).tolist(), np.maximum(t.std(axis=0), floor).tolist()
 
 
 class _EpochLine:
@@ -509,13 +510,14 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
     table.add_column("best epoch", justify="right")
     table.add_column("s", justify="right")
 
-    def fmt(v: Any) -> str:
+    def fmt(v: Any, nd: int = 3) -> str:
         if v is None:
             return "-"
-        return f"{v:d}" if isinstance(v, int) else f"{float(v):.3f}"
+        return f"{v:d}" if isinstance(v, int) else f"{float(v):.{nd}f}"
 
     for f in metrics["folds"]:
-        table.add_row(str(f["fold"]), *(fmt(f.get(c)) for c in cols), fmt(f.get("best_epoch")), fmt(f.get("seconds")))
+        table.add_row(str(f["fold"]), *(fmt(f.get(c)) for c in cols), fmt(f.get("best_epoch")),
+                      fmt(f.get("seconds"), 0))
     table.add_row("out-of-fold", *(fmt(metrics["overall"].get(c)) for c in cols), "", "", style="bold")
     if metrics.get("test"):
         table.add_row("test (mean of folds)", *(fmt(metrics["test"].get(c)) for c in cols), "", "", style="bold")
