@@ -33,7 +33,7 @@ from svdh.scoring import SeverityBins
 METHODS = ("stacking", "mean", "weighted", "nnls")
 CLASS_META = ("multinomial", "ordinal")
 CARRY_COLUMNS = ("side", "visit", "patient_svdh", "reader2", "erosion_true", "jsn_true")
-_EPS = 1e-6
+_EPS = 1e-3  # floor of member probabilities before the log: below it differences carry no signal
 
 
 # --------------------------------------------------------------------------- members

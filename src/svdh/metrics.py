@@ -28,6 +28,8 @@ from svdh.scoring import SeverityBins
 
 DEFAULT_SDC = 5.0
 DEFAULT_ALPHA = 0.1
+#: Fewest resampling units (rows, or patients when clustered) for a bootstrap CI.
+MIN_BOOT_UNITS = 10
 
 
 # --------------------------------------------------------------------------- agreement of scores
@@ -113,11 +115,12 @@ def bootstrap_ci(
     Without ``groups``: ``scipy.stats.bootstrap``. With ``groups`` (patient ids): a cluster
     bootstrap that resamples whole patients, hand-written because scipy has none; two hands
     of one patient are correlated, and resampling them as independent rows makes the CI
-    too narrow.
+    too narrow. Fewer than :data:`MIN_BOOT_UNITS` rows (or patients) give NaN: a bootstrap
+    of a handful of units spans the whole range and says nothing.
     """
     arrays = [np.asarray(a, float) for a in arrays]
     n = len(arrays[0])
-    if n < 3 or n_boot < 1:
+    if n < MIN_BOOT_UNITS or n_boot < 1:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     if groups is None:
@@ -136,7 +139,7 @@ def bootstrap_ci(
         return _f(res.confidence_interval.low), _f(res.confidence_interval.high)
     codes, uniq = pd.factorize(pd.Series(np.asarray(groups)).astype(str))
     members = [np.flatnonzero(codes == g) for g in range(len(uniq))]
-    if len(members) < 3:
+    if len(members) < MIN_BOOT_UNITS:
         return float("nan"), float("nan")
     vals = np.empty(n_boot)
     for b in range(n_boot):
@@ -528,6 +531,8 @@ def evaluate_run(
     conf = dict(run.conformal or {})
     alpha = float(alpha if alpha is not None else conf.get("alpha", DEFAULT_ALPHA))
     method = conformal_method or conf.get("method", "mondrian")
+    if bins is None:
+        method = "absolute"  # no score ranges (bone age): one width
     # Cluster the bootstrap on patients when a patient contributes several images.
     groups = oof["patient_id"].to_numpy() if oof["patient_id"].duplicated().any() else None
     folds = oof["fold"].to_numpy()

@@ -42,7 +42,7 @@ class Split(StrEnum):
 def _alpha(level: float) -> float:
     if not 0 < level < 1:
         raise BadConfigError(f"--level must lie between 0 and 1 (e.g. 0.9 for 90% intervals), got {level}")
-    return 1 - level
+    return round(1 - level, 12)  # 1 - 0.8 is 0.19999999999999996 in binary
 
 
 def _n(x: Any, nd: int = 3) -> str:
@@ -170,9 +170,10 @@ def register(app: typer.Typer) -> None:
         fmt: Format = typer.Option(Format.table, "--format", help="table (terminal) or json (one object)."),
         out: Path | None = typer.Option(None, "--out", help="Write metrics.json and the PNG plots into this folder."),
         sdc: float = typer.Option(5.0, "--sdc", help="Smallest detectable change, in score units."),
-        level: float = typer.Option(0.9, "--level", help="Coverage the conformal intervals aim at."),
-        conformal: Conformal = typer.Option(Conformal.mondrian, "--conformal",
-                                            help="mondrian: widths per predicted score range; absolute: one width."),
+        level: float | None = typer.Option(None, "--level", help="Coverage the conformal intervals aim at "
+                                           "(default: the ensemble's conformal.json, else 0.9)."),
+        conformal: Conformal | None = typer.Option(None, "--conformal", help="mondrian: widths per predicted score "
+                                                   "range; absolute: one width (default: conformal.json, else mondrian)."),
         boot: int = typer.Option(1000, "--boot", help="Bootstrap resamples for the PCC confidence interval."),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of pseudo-folds for a bare CSV."),
         scope: str | None = typer.Option(None, "--scope", help="hand or patient: the score range of a bare CSV "
@@ -188,7 +189,8 @@ def register(app: typer.Typer) -> None:
         from svdh.runs import load_predictions, write_json
 
         run = load_predictions(predictions, scope=scope)
-        m = evaluate_run(run, sdc=sdc, alpha=_alpha(level), conformal_method=conformal.value, n_boot=boot, seed=seed)
+        m = evaluate_run(run, sdc=sdc, alpha=None if level is None else _alpha(level),
+                         conformal_method=conformal.value if conformal else None, n_boot=boot, seed=seed)
         if out is not None:
             from svdh.report.plots import write_plots
 

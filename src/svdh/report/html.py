@@ -79,6 +79,13 @@ def _num(x: Any, nd: int = 2) -> str:
     return "–" if not np.isfinite(v) else f"{v:.{nd}f}"
 
 
+def _ci(ci: Any) -> str:
+    """'(lo–hi)' or '(CI n/a)' where the bootstrap had too few patients."""
+    if not ci or ci[0] is None or not np.isfinite(ci[0]):
+        return "(CI n/a)"
+    return f"({_num(ci[0])}–{_num(ci[1])})"
+
+
 def data_summary(run: Run) -> dict[str, Any]:
     """Counts and score distribution of a run's out-of-fold table (and its test split)."""
     oof = run.oof
@@ -114,8 +121,7 @@ def _comparison_row(run: Run, m: dict[str, Any], split: str = "oof") -> dict[str
         "task": c.get("task", "?"),
         "n": src.get("n"),
         "pcc": _num(src.get("pcc"), 3),
-        "pcc_ci": "–" if not src.get("pcc_ci") or src["pcc_ci"][0] is None else
-        f"{_num(src['pcc_ci'][0], 2)}–{_num(src['pcc_ci'][1], 2)}",
+        "pcc_ci": _ci(src.get("pcc_ci"))[1:-1],
         "rmse": _num(src.get("rmse"), 2),
         "mae": _num(src.get("mae"), 2),
         "accuracy": _num(src.get("accuracy"), 3),
@@ -261,6 +267,7 @@ def build_report(
             warnings=sorted({w for m in metrics for w in m.get("warnings", [])}),
             sdc=sdc,
             fmt=_num,
+            ci=_ci,
         )
     out = Path(out_html)
     out.parent.mkdir(parents=True, exist_ok=True)
