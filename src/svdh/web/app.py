@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from svdh import __version__
 from svdh.web.modelinfo import ModelInfo, model_info
-from svdh.web.service import Busy, FileOutcome, ScoringService, patient_totals
+from svdh.web.service import Busy, FileOutcome, ScoringService
 from svdh.web.uploads import FORMATS, ParsedForm, UploadError, parse_multipart, sniff_format
 
 log = logging.getLogger("svdh.web")
@@ -55,7 +55,8 @@ class ImageScore(BaseModel):
     probabilities: list[float] | None = Field(None, description="probability of each severity class")
     erosion: float | None = Field(None, description="predicted erosion sub-score, where the model has it")
     jsn: float | None = Field(None, description="predicted joint-space-narrowing sub-score, where present")
-    member_spread: float | None = Field(None, description="spread between ensemble members")
+    member_spread: float | None = Field(None, description="spread between ensemble members (or fold models)")
+    member_scores: dict[str, float | None] | None = Field(None, description="each ensemble member's score")
     warnings: list[str] = Field(default_factory=list, description="quality warnings")
     format: str | None = Field(None, description="png, jpeg, bmp, tiff or dicom (judged by content)")
     patient_id: str | None = None
@@ -355,16 +356,17 @@ def _load_predictor(obj: Any) -> Any:
 
 
 def _per_file(form: ParsedForm, name: str) -> list[str | None]:
-    """A form field given once (for every file) or once per file, in the files' order."""
-    vals = [v for v in form.fields.get(name, []) if v]
+    """A form field given once (for every file) or once per file, in the files' order;
+    an empty value means 'not given' (DICOM tags or the file name decide)."""
+    vals = form.fields.get(name, [])
     n = len(form.files)
     if not vals:
         return [None] * n
     if len(vals) == 1:
-        return [vals[0]] * n
+        return [vals[0] or None] * n
     if len(vals) != n:
         raise UploadError(422, f"'{name}' was given {len(vals)} times for {n} files: give it once or once per file")
-    return list(vals)
+    return [v or None for v in vals]
 
 
 def _precheck(form: ParsedForm, max_file_bytes: int) -> None:
@@ -402,9 +404,19 @@ def _score_payload(info: ModelInfo, outcomes: list[FileOutcome]) -> dict[str, An
         "n_images": len(results),
         "results": results,
         "errors": [{"image": o.name, "status": o.status, "error": o.error} for o in outcomes if o.error],
-        "patients": patient_totals(outcomes, info.score_scope, info.patient_class),
+        "patients": _patients(info, results),
         "notice": NOTICE,
     }
+
+
+def _patients(info: ModelInfo, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Hands-and-wrists totals by the predict stage's rule (one left and one right hand)."""
+    from svdh.predict import PatientTotals
+
+    totals = PatientTotals(info.bins, info.score_scope)
+    for r in results:
+        totals.add(r)
+    return totals.totals()
 
 
 def _page_context(info: ModelInfo, payload: dict | None, max_upload_mb: float, max_files: int) -> dict[str, Any]:

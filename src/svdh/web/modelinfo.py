@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from svdh.scoring import MAX_HAND, SeverityBins
+from svdh.scoring import SeverityBins
 
 
 @dataclass
@@ -27,18 +27,6 @@ class ModelInfo:
     @property
     def max_score(self) -> float:
         return float(self.bins.max_score)
-
-    @property
-    def patient_bins(self) -> SeverityBins:
-        """Classes of a hands-and-wrists total: the hand edges doubled (their definition)."""
-        if self.score_scope == "hand" and self.bins.max_score == MAX_HAND:
-            return SeverityBins.patient([e * 2 for e in self.bins.edges])
-        return SeverityBins.patient(self.bins.edges) if self.bins.max_score > MAX_HAND else SeverityBins.patient()
-
-    def patient_class(self, total: float) -> tuple[int, str]:
-        b = self.patient_bins
-        k = int(b.to_class(total))
-        return k, b.labels[k]
 
     def as_dict(self) -> dict[str, Any]:
         return {

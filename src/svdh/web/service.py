@@ -21,7 +21,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +97,7 @@ class ScoringService:
         )
         self._gate: asyncio.Semaphore | None = None
         self._lock = threading.Lock()  # the pool's threads update the counters
+        self._model_lock = threading.Lock()
 
     # ------------------------------------------------------------------ admission
     def _sem(self) -> asyncio.Semaphore:
@@ -169,10 +170,10 @@ class ScoringService:
                 except UploadError as exc:
                     out.status, out.error = exc.status, exc.message
                     continue
-                out.meta = _meta(rad, fmt, patient_ids[i], sides[i])
+                out.meta = {"format": fmt, "width": rad.meta.get("width"), "height": rad.meta.get("height")}
                 decoded.append((i, rad))
             if decoded:
-                self._predict(decoded, outcomes, render)
+                self._predict(decoded, outcomes, patient_ids, sides, render)
             with self._lock:
                 for out in outcomes:
                     if out.error is None:
@@ -186,18 +187,31 @@ class ScoringService:
             with self._lock:
                 self.stats.inflight -= 1
 
-    def _predict(self, decoded: list[tuple[int, Any]], outcomes: list[FileOutcome], render: bool) -> None:
+    def _predict(
+        self,
+        decoded: list[tuple[int, Any]],
+        outcomes: list[FileOutcome],
+        patient_ids: list[str | None],
+        sides: list[str | None],
+        render: bool,
+    ) -> None:
         items = [(outcomes[i].name, rad) for i, rad in decoded]
-        results = list(predict_images(self.predictor, items, cam=render))
-        for (i, rad), res in zip(decoded, results, strict=True):
+        # One model call at a time: Grad-CAM keeps hooks on the networks, and concurrent forward
+        # passes would mix their activations. Decoding and rendering still run in parallel.
+        with self._model_lock:
+            rows = list(predict_images(self.predictor, items, cam=render))
+        for (i, rad), row in zip(decoded, rows, strict=True):
             out = outcomes[i]
-            if res.get("error"):
-                out.status, out.error = 422, f"'{out.name}': {res['error']}"
+            if row.get("error"):
+                out.status, out.error = 422, f"'{out.name}': {row['error']}"
                 continue
-            result = to_json_result(res)
+            result = to_json_result(row)
+            # A patient id or side given with the upload wins over DICOM tags and file names.
+            result["patient_id"] = patient_ids[i] or row.get("patient_id") or None
+            result["side"] = _side(sides[i]) or row.get("side") or None
             result.update({k: v for k, v in out.meta.items() if v is not None})
             if render:
-                result["views"] = render_views(self.predictor, rad, res)
+                result["views"] = render_views(self.predictor, rad, row)
             out.result = result
 
     def _keep(self, files: list[UploadedFile], outcomes: list[FileOutcome]) -> None:
@@ -253,17 +267,14 @@ def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
     return rad, fmt
 
 
-def _meta(rad: Any, fmt: str, patient_id: str | None, side: str | None) -> dict[str, Any]:
-    meta = getattr(rad, "meta", {}) or {}
-    pid = patient_id or meta.get("patient_id") or None
-    lat = side or meta.get("laterality") or None
-    return {
-        "format": fmt,
-        "patient_id": str(pid).strip() if pid else None,
-        "side": str(lat).strip().upper()[:1] if lat else None,
-        "width": meta.get("width"),
-        "height": meta.get("height"),
-    }
+def _side(s: str | None) -> str | None:
+    """L or R from what a user typed (L, LH, left...); anything else is unknown."""
+    t = (s or "").strip().upper()
+    if t in ("L", "LH", "LEFT"):
+        return "L"
+    if t in ("R", "RH", "RIGHT"):
+        return "R"
+    return None
 
 
 # --------------------------------------------------------------------------- predictor glue
@@ -299,6 +310,8 @@ def to_json_result(res: dict[str, Any]) -> dict[str, Any]:
     out["probabilities"] = [float(p) for p in np.asarray(probs).ravel()] if probs is not None else None
     for k in ("erosion", "jsn", "member_spread"):
         out[k] = _num(res.get(k))
+    ms = res.get("member_scores")
+    out["member_scores"] = {str(k): _num(v) for k, v in ms.items()} if ms else None
     out["warnings"] = [str(w) for w in (res.get("warnings") or [])]
     return out
 
@@ -354,47 +367,3 @@ def preprocess_config(predictor: Any) -> Any:
     if cfg is None:
         cfg = predictor.bundle.preprocess
     return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.from_dict(cfg)
-
-
-# --------------------------------------------------------------------------- patients
-
-
-def patient_totals(
-    outcomes: Sequence[FileOutcome], score_scope: str, bins_for_patient: Callable[[float], tuple[int, str]]
-) -> list[dict[str, Any]]:
-    """Hands-and-wrists totals of patients with two hand images in one upload.
-
-    Only for models that score one hand per image (scope ``hand``): the total is the sum of
-    the two hands, its interval the sum of the bounds (conservative: each hand's interval
-    holds with 90%, so both together hold with at least 80% and usually close to 90%).
-    Where a patient has one image, or more than two, the entry says why there is no total.
-    """
-    groups: dict[str, list[FileOutcome]] = {}
-    for o in outcomes:
-        pid = (o.result or {}).get("patient_id")
-        if o.result is not None and pid:
-            groups.setdefault(pid, []).append(o)
-    patients = []
-    for pid, outs in groups.items():
-        entry: dict[str, Any] = {"patient_id": pid, "images": [o.name for o in outs], "total": None}
-        sides = [o.result.get("side") for o in outs if o.result]
-        if score_scope != "hand":
-            entry["note"] = "this model scores hands-and-wrists totals per image; no sum is needed"
-        elif len(outs) == 1:
-            entry["note"] = "one hand uploaded; upload both hands for the hands-and-wrists total"
-        elif len(outs) > 2:
-            entry["note"] = f"{len(outs)} images for one patient; a total needs exactly two hands"
-        elif sides[0] and sides[1] and sides[0] == sides[1]:
-            entry["note"] = f"both images are marked side {sides[0]}; a total needs a left and a right hand"
-        else:
-            a, b = (o.result for o in outs)
-            total = a["score"] + b["score"]
-            entry["total"] = total
-            if a.get("interval") and b.get("interval") and None not in a["interval"] + b["interval"]:
-                entry["interval"] = [a["interval"][0] + b["interval"][0], a["interval"][1] + b["interval"][1]]
-            for k in ("erosion", "jsn"):
-                if a.get(k) is not None and b.get(k) is not None:
-                    entry[k] = a[k] + b[k]
-            entry["severity_class"], entry["severity_label"] = bins_for_patient(total)
-        patients.append(entry)
-    return patients
