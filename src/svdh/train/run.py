@@ -298,7 +298,7 @@ def _quiet_lightning() -> None:
                 ".*on_epoch=True.*", ".*TensorBoard.*", ".*isinstance.*LeafSpec.*",
                 ".*Experiment logs directory.*", ".*`training_step` returned.*",
                 ".*max_epochs.*already.*", ".*Found keys that are not in the model state dict.*",
-                ".*torch.distributed.reduce_op.*"):
+                ".*torch.distributed.reduce_op.*", ".*all_gather is deprecated.*"):
         warnings.filterwarnings("ignore", message=pat)
 
 
@@ -437,6 +437,8 @@ def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[s
         "seconds": round(seconds, 1),
         "n_train": int(((fold != k) & (fold >= 0)).sum()),
         "n_val": int(len(val_rows)),
+        "world_size": int(trainer.world_size),
+        "precision": precision,
     }
     atomic_write_text(fold_dir / "done.json", json.dumps(_plain(info), indent=2))
     return info
@@ -477,6 +479,12 @@ def prediction_table(cfg: TrainConfig, data: RunData, targets: Targets, bins: Se
 def table_metrics(task: str, df: pd.DataFrame, bins: SeverityBins | None, n_boot: int = 200) -> dict[str, Any]:
     from svdh.metrics import class_metrics, score_metrics
 
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant predictions: PCC is NaN
+        return _table_metrics(df, bins, n_boot, score_metrics, class_metrics)
+
+
+def _table_metrics(df: pd.DataFrame, bins: SeverityBins | None, n_boot: int, score_metrics: Any,
+                   class_metrics: Any) -> dict[str, Any]:
     out: dict[str, Any] = score_metrics(
         df["y_true"].to_numpy(float), df["y_pred"].to_numpy(float), bins=bins,
         groups=df["patient_id"].to_numpy(), n_boot=n_boot, seed=0,
@@ -554,9 +562,7 @@ def assemble_outputs(cfg: TrainConfig, data: RunData, targets: Targets, bins: Se
         test = prediction_table(cfg, data, targets, bins, test_rows, average_raw(cfg.task, test_raws), -1)
         atomic_write_text(run_dir / "test.csv", test.to_csv(index=False))
         metrics["test"] = table_metrics(cfg.task, test, bins, n_boot=1000)
-    from svdh.runs import write_json
-
-    write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(_plain(metrics), indent=2, allow_nan=False) + "\n")
     return metrics
 
 
