@@ -283,3 +283,24 @@ def test_cli_evaluate_json_and_out(tmp_path):
     assert res.exit_code == 0 and "PCC" in res.output and "confusion" in res.output
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "missing")])
     assert isinstance(res.exception, BadRunError)
+
+
+def test_phantom_marker_only_from_data_settings(tmp_path):
+    cfg = {"task": "regression", "init": "checkpoint:runs/phantom-boneage/best.ckpt", "data_kind": "images",
+           "source": "ra2-dream:/data/uab"}
+    from svdh.runs import is_phantom
+
+    assert not is_phantom(cfg)
+    assert is_phantom({**cfg, "source": "ra2-dream:/work/synth_ra"})
+    assert is_phantom({**cfg, "data_kind": "phantom"})
+    img = tmp_path / "cohort"
+    img.mkdir()
+    (img / "landmarks.json").write_text("{}")
+    assert is_phantom(cfg, pd.DataFrame({"image": [str(img / "P1-LH.png")]}))
+
+
+def test_headline_reads_evaluation_and_training_metrics():
+    from svdh.metrics import headline
+
+    assert headline({"pcc": 0.9, "rmse": 3.0})["pcc"] == 0.9
+    assert headline({"folds": [], "overall": {"pcc": 0.8, "mae": 2.0}})["mae"] == 2.0

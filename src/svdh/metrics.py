@@ -579,5 +579,8 @@ def evaluate_run(
 
 
 def headline(m: dict[str, Any]) -> dict[str, Any]:
-    """The figures of the paper's comparison table from an :func:`evaluate_run` result."""
+    """The figures of the paper's comparison table from an :func:`evaluate_run` result
+    (or a training run's ``metrics.json``, whose out-of-fold figures sit under ``overall``)."""
+    if "pcc" not in m and isinstance(m.get("overall"), dict):
+        m = m["overall"]
     return {k: m.get(k) for k in ("n", "pcc", "rmse", "mae", "accuracy", "qwk", "ccc", "class_mae")}

@@ -106,9 +106,12 @@ def prob_columns(df: pd.DataFrame) -> list[str]:
 def is_phantom(config: dict[str, Any], oof: pd.DataFrame | None = None) -> bool:
     """Whether a run's data are phantoms (synthetic radiographs), not patients.
 
-    True when the config says ``data_kind: phantom``, when any string in the config (the
-    source spec, a data path) contains ``synth`` or ``phantom``, or when a ``landmarks.json``
-    (written only by ``svdh synth``) lies beside the first image of ``oof.csv``.
+    True when the config says ``data_kind: phantom``, when a data-source setting (a key
+    naming ``source`` or ``data``, e.g. ``source: ra2-dream:runs/synth-ra``) contains
+    ``synth`` or ``phantom``, or when a ``landmarks.json`` (written only by ``svdh synth``)
+    lies beside the first image of ``oof.csv``. Other settings (an init checkpoint from a
+    phantom bone-age model, an output path) do not count: they say nothing about the data
+    the figures were measured on.
     """
     if str(config.get("data_kind", "")).lower() in ("phantom", "synthetic", "synth"):
         return True
@@ -117,14 +120,14 @@ def is_phantom(config: dict[str, Any], oof: pd.DataFrame | None = None) -> bool:
         if isinstance(obj, str):
             yield obj
         elif isinstance(obj, dict):
-            for k, v in obj.items():
-                if k != "data_kind":
-                    yield from strings(v)
+            for v in obj.values():
+                yield from strings(v)
         elif isinstance(obj, list | tuple):
             for v in obj:
                 yield from strings(v)
 
-    if any(m in s.lower() for s in strings(config) for m in PHANTOM_MARKERS):
+    source_like = [v for k, v in config.items() if k != "data_kind" and ("source" in k or "data" in k)]
+    if any(m in s.lower() for s in strings(source_like) for m in PHANTOM_MARKERS):
         return True
     if oof is not None and len(oof) and "image" in oof.columns:
         first = Path(str(oof["image"].iloc[0]))

@@ -74,8 +74,11 @@ def _figures_table(title: str, columns: dict[str, dict[str, Any]]):
         t.add_row(label, *(fn(m) for m in ms))
 
     row("n", lambda m: str(m.get("n", "–")))
-    row("PCC (95% CI)", lambda m: f"{_n(m.get('pcc'))} ({_n((m.get('pcc_ci') or [None])[0], 2)}–"
-        f"{_n((m.get('pcc_ci') or [None, None])[1], 2)})")
+    def ci(m: dict[str, Any]) -> str:
+        lo, hi = (m.get("pcc_ci") or [None, None])[:2]
+        return f"({_n(lo, 2)}–{_n(hi, 2)})" if _n(lo) != "–" else "(CI n/a)"
+
+    row("PCC (95% CI)", lambda m: f"{_n(m.get('pcc'))} {ci(m)}")
     for key, label in (("rmse", "RMSE"), ("mae", "MAE"), ("r2", "R²"), ("ccc", "Lin's CCC"), ("icc", "ICC(2,1)")):
         row(label, lambda m, k=key: _n(m.get(k)))
     row("Bland-Altman bias (LoA)", lambda m: (
