@@ -35,20 +35,19 @@ DEFAULT_MAX_PIXELS = 64_000_000
 #: Raster formats read through Pillow, by Pillow's format name.
 _PIL_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF"}
 
-#: What to install for each compressed DICOM transfer syntax (by UID prefix or UID).
+#: The pylibjpeg plugin that decodes each compressed DICOM transfer syntax, by UID.
 _DICOM_PLUGINS: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "pylibjpeg-libjpeg (JPEG baseline)",
-    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (JPEG extended)",
-    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg (JPEG lossless)",
-    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg (JPEG lossless SV1)",
-    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg (JPEG-LS)",
-    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg (JPEG-LS)",
-    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg (JPEG 2000)",
-    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg (JPEG 2000)",
-    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg (HTJ2K)",
-    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg (HTJ2K)",
-    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg (HTJ2K)",
-    "1.2.840.10008.1.2.5": "pylibjpeg-rle (RLE)",
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+         "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
+        "pylibjpeg-libjpeg",
+    ),
+    **dict.fromkeys(
+        ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+        "pylibjpeg-openjpeg",
+    ),
+    "1.2.840.10008.1.2.5": "pylibjpeg-rle",
 }
 
 
@@ -355,9 +354,8 @@ def _dicom_pixels(ds: Any, name: str, tsuid: str) -> np.ndarray:
             from pydicom.uid import UID
 
             raise BadRadiographError(
-                f"{name}: compressed DICOM ({UID(tsuid).name}) needs a decoder plugin that is not "
-                f"installed: pip install {_DICOM_PLUGINS[tsuid].split(' ')[0]} (or pylibjpeg with "
-                f"{_DICOM_PLUGINS[tsuid]})"
+                f"{name}: compressed DICOM ({UID(tsuid).name}) needs the {_DICOM_PLUGINS[tsuid]} "
+                f"decoder plugin, which is not installed: pip install pylibjpeg {_DICOM_PLUGINS[tsuid]}"
             ) from None
         raise BadRadiographError(f"{name}: DICOM pixel data cannot be decoded ({msg.splitlines()[0]})") from None
     except (ValueError, AttributeError, KeyError, EOFError, OSError, struct.error, TypeError) as exc:
@@ -370,16 +368,19 @@ def _dicom_to_unit(arr: np.ndarray, ds: Any, name: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi
 
     try:
-        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        modality = np.asarray(apply_modality_lut(arr, ds))
     except (ValueError, TypeError, KeyError) as exc:
         raise BadRadiographError(f"{name}: invalid rescale / modality LUT ({exc})") from None
+    values = modality.astype(np.float64)
 
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq:
         # A VOI LUT maps values to the LUT's own output range; normalise by that range.
         try:
             item = voi_seq[0]
-            out = np.asarray(apply_voi(values, ds, index=0), dtype=np.float64)
+            # A LUT is indexed by integer values (rescaled values are integral in practice).
+            lut_in = modality if modality.dtype.kind in "iu" else np.rint(modality).astype(np.int64)
+            out = np.asarray(apply_voi(lut_in, ds, index=0), dtype=np.float64)
             lut = np.asarray(item.LUTData, dtype=np.float64)
             lo, hi = float(lut.min()), float(lut.max())
             if hi > lo:

@@ -235,16 +235,12 @@ class HandDetection:
 def detect_hand(img: np.ndarray) -> HandDetection:
     """Find the hand(s) in a float image; the whole image where none is found."""
     h, w = img.shape
-    mask, (fx0, fy0), f, background = hand_mask_small(img)
+    mask, f, background = hand_mask_small(img)
     if mask is None or not mask.any():
         return HandDetection((0, 0, w, h), background, False)
     ys, xs = np.nonzero(mask)
-    x0 = (xs.min() + fx0) / f
-    x1 = (xs.max() + 1 + fx0) / f
-    y0 = (ys.min() + fy0) / f
-    y1 = (ys.max() + 1 + fy0) / f
-    x0, y0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
-    x1, y1 = min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1)))
+    x0, y0 = max(0, int(np.floor(xs.min() / f))), max(0, int(np.floor(ys.min() / f)))
+    x1, y1 = min(w, int(np.ceil((xs.max() + 1) / f))), min(h, int(np.ceil((ys.max() + 1) / f)))
     if x1 - x0 < 2 or y1 - y0 < 2:
         return HandDetection((0, 0, w, h), background, False)
     return HandDetection((x0, y0, x1, y1), background, True)
@@ -255,15 +251,13 @@ def hand_box(img: np.ndarray) -> tuple[int, int, int, int]:
     return detect_hand(img).box
 
 
-def hand_mask_small(
-    img: np.ndarray,
-) -> tuple[np.ndarray | None, tuple[int, int], float, float | None]:
-    """The hand mask at working resolution, restricted to the collimated field.
+def hand_mask_small(img: np.ndarray) -> tuple[np.ndarray | None, float, float | None]:
+    """The hand mask at working resolution.
 
-    Returns ``(mask, (field_x0, field_y0), scale, background)``: ``mask`` covers the field,
-    whose top-left lies at ``field_x0, field_y0`` in working pixels (working = original *
-    ``scale``); ``background`` is the grey level of the film around the hand (None when too
-    little background is visible). ``mask`` is None when the image is too small or blank.
+    Returns ``(mask, scale, background)``: ``mask`` is the working-resolution mask (working =
+    original * ``scale``) or None when the image is too small or blank to analyse;
+    ``background`` is the grey level of the film around the hand (None when too little
+    background is visible).
     """
     import cv2
 
@@ -272,23 +266,25 @@ def hand_mask_small(
     small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else img.copy()
     sh, sw = small.shape
     if min(sh, sw) < 16:
-        return None, (0, 0), f, None
+        return None, f, None
     small = cv2.GaussianBlur(small, (0, 0), 1.0)
     p1, p99 = np.percentile(small, [1, 99])
     span = float(p99 - p1)
     if span <= 1e-6:
-        return None, (0, 0), f, None
+        return None, f, None
 
     # (a) Collimation borders: peel edge rows/columns that are flat (no anatomy crosses them).
     fy0, fy1, fx0, fx1 = _field(small, 0.08 * span)
     field = small[fy0:fy1, fx0:fx1]
 
-    # (b) Otsu threshold inside the field (computed there so that the frame does not bias it).
+    # (b) The tissue threshold, computed inside the field so that the frame does not bias it.
     lo, hi = np.percentile(field, [0.5, 99.5])
     if hi - lo <= 1e-6:
-        return None, (fx0, fy0), f, None
-    u8 = np.clip((field - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    mask = (u8 > _tissue_threshold(u8)).astype(np.uint8)
+        return None, f, None
+    u8_all = np.clip((small - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
+    u8 = u8_all[fy0:fy1, fx0:fx1]
+    t = _tissue_threshold(u8)
+    mask = (u8 > t).astype(np.uint8)
 
     # (c) A small opening cuts thin lines and specks joined to the hand, then keep the hand
     # components and drop border strips and markers.
@@ -311,19 +307,44 @@ def hand_mask_small(
             continue
         candidates.append((area, i))
     if not candidates:
-        return None, (fx0, fy0), f, None
+        return None, f, None
     biggest = max(a for a, _ in candidates)
-    keep = [i for a, i in candidates if a >= _KEEP_FRACTION * biggest]
+    # Small pieces are markers, labels or dust, unless the film edge cuts them: anatomy that
+    # leaves the field (a thumb or finger on a wrist film) touches the edge, markers rarely do.
+    keep = [
+        i for a, i in candidates
+        if a >= _KEEP_FRACTION * biggest
+        or (a >= 0.03 * biggest and _touches_edge(stats[i], fw, fh, band + 1))
+    ]
     hand = np.isin(labels, keep).astype(np.uint8)
     # The opening trimmed fingertips and thin soft tissue: take back the thresholded pixels
     # within reach of the kept components (not the markers, which were dropped).
     grown = cv2.dilate(hand, kernel, iterations=2)
-    hand = (mask & grown).astype(bool)
+    hand = mask & grown
     # The background level (for intensity normalisation): field pixels well away from the hand
     # and below the tissue threshold (markers and frames are above it).
     away = ~cv2.dilate(grown, kernel, iterations=2).astype(bool) & (mask == 0)
     background = float(np.median(field[away])) if away.sum() >= 0.02 * away.size else None
-    return hand, (fx0, fy0), f, background
+
+    # (d) A flat edge strip peeled in (a) may still hold an extremity that barely crosses it
+    # (a thumb tip in a corner). Where the strip is dark film (not a bright collimation band),
+    # tissue there that touches the hand belongs to it.
+    full = np.zeros((sh, sw), np.uint8)
+    full[fy0:fy1, fx0:fx1] = hand
+    strips = np.zeros((sh, sw), bool)
+    for region in (np.s_[:fy0, :], np.s_[fy1:, :], np.s_[:, :fx0], np.s_[:, fx1:]):
+        part = u8_all[region]
+        if part.size and float(np.median(part)) <= t:
+            strips[region] = True
+    strips[fy0:fy1, fx0:fx1] = False
+    if strips.any():
+        # (through the edge band, which the component analysis left out)
+        near = cv2.dilate(full, kernel, iterations=3).astype(bool)
+        candidates_px = ((u8_all > t) & (strips | near)).astype(np.uint8) | full
+        n2, lab2 = cv2.connectedComponents(candidates_px, connectivity=8)
+        touching = np.unique(lab2[full > 0])
+        full = np.isin(lab2, touching[touching > 0]).astype(np.uint8)
+    return full.astype(bool), f, background
 
 
 def _tissue_threshold(u8: np.ndarray) -> float:
@@ -353,10 +374,17 @@ def _tissue_threshold(u8: np.ndarray) -> float:
 
 
 def _field(small: np.ndarray, tol: float) -> tuple[int, int, int, int]:
-    """Rows/columns kept after peeling flat bands from each edge: (y0, y1, x0, x1)."""
+    """Rows/columns kept after peeling flat bands from each edge: (y0, y1, x0, x1).
+
+    A row is flat when its central 70% varies less than ``tol`` (2nd-98th percentile): the
+    outer 15% at each end is left out so that a band along the perpendicular edge (a frame
+    corner) does not keep the row from counting as flat.
+    """
     sh, sw = small.shape
-    row_spread = np.subtract(*np.percentile(small, [98, 2], axis=1))
-    col_spread = np.subtract(*np.percentile(small, [98, 2], axis=0))
+    cy0, cy1 = int(0.15 * sh), max(int(0.15 * sh) + 1, int(0.85 * sh))
+    cx0, cx1 = int(0.15 * sw), max(int(0.15 * sw) + 1, int(0.85 * sw))
+    row_spread = np.subtract(*np.percentile(small[:, cx0:cx1], [98, 2], axis=1))
+    col_spread = np.subtract(*np.percentile(small[cy0:cy1, :], [98, 2], axis=0))
 
     def peel(spread: np.ndarray, limit: int) -> int:
         flat = spread < tol
@@ -370,6 +398,11 @@ def _field(small: np.ndarray, tol: float) -> tuple[int, int, int, int]:
     x0 = peel(col_spread, int(0.35 * sw))
     x1 = sw - peel(col_spread[::-1], int(0.35 * sw))
     return y0, y1, x0, x1
+
+
+def _touches_edge(stat: np.ndarray, fw: int, fh: int, reach: int) -> bool:
+    x, y, cw, ch = (int(v) for v in stat[:4])
+    return x <= reach or y <= reach or x + cw >= fw - reach or y + ch >= fh - reach
 
 
 def _is_border_strip(x: int, y: int, cw: int, ch: int, area: int, fw: int, fh: int) -> bool:
