@@ -132,19 +132,27 @@ def bootstrap_ci(
                 paired=True,
                 vectorized=True,
                 n_resamples=n_boot,
+                batch=100,  # bounds memory: n_boot x n resamples are never held at once
                 confidence_level=level,
                 method="percentile",
                 rng=rng,
             )
         return _f(res.confidence_interval.low), _f(res.confidence_interval.high)
     codes, uniq = pd.factorize(pd.Series(np.asarray(groups)).astype(str))
-    members = [np.flatnonzero(codes == g) for g in range(len(uniq))]
-    if len(members) < MIN_BOOT_UNITS:
+    n_groups = len(uniq)
+    if n_groups < MIN_BOOT_UNITS:
         return float("nan"), float("nan")
+    # Rows sorted by group: group g occupies order[starts[g] : starts[g] + sizes[g]], so the
+    # rows of a resample of groups are gathered with vectorised index arithmetic.
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes, minlength=n_groups)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     vals = np.empty(n_boot)
     for b in range(n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[g] for g in pick])
+        pick = rng.integers(0, n_groups, n_groups)
+        sz = sizes[pick]
+        offsets = np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz)
+        idx = order[np.repeat(starts[pick], sz) + offsets]
         vals[b] = statistic(*(a[idx] for a in arrays), axis=-1)
     vals = vals[np.isfinite(vals)]
     if not len(vals):
