@@ -50,8 +50,9 @@ def pred_vs_true(
     t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
     fig = _figure()
     ax = fig.add_subplot()
-    top = max(float(np.max(t, initial=1)), float(np.max(p, initial=1)),
-              float(np.max(hi, initial=0)) if hi is not None else 0) * 1.05
+    # Axes fit the scores, not the intervals: an interval wider than the data (too few
+    # calibration images) runs out of the frame instead of squashing every point into a corner.
+    top = max(float(np.max(t, initial=1)), float(np.max(p, initial=1))) * 1.08
     if lo is not None and hi is not None:
         ax.vlines(t, lo, hi, color=_BLUE, alpha=0.18, lw=1.2, label="90% interval" if metrics is None
                   else f"{100 * (metrics.get('interval', {}).get('level') or 0.9):.0f}% interval")
