@@ -155,6 +155,14 @@ def _number(value: Any) -> float:
     return float(s)
 
 
+def _number_or_text(value: Any) -> Any:
+    try:
+        v = _number(value)
+    except ValueError:
+        return value
+    return int(v) if math.isfinite(v) and v.is_integer() else v  # messages show "7", not "7.0"
+
+
 def _bool(value: Any) -> float:
     s = str(value).strip().lower()
     if s in ("true", "1", "1.0", "m", "male", "yes", "y", "t"):
@@ -270,9 +278,10 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         seen[pid] = line
         scores: dict[str, Any] = {}
         score_errors: dict[str, str] = {}
+        values = {k: _number_or_text(v) for k, v in rec.items()}  # '' is a missing score (NaN)
         for side in ("L", "R"):
             try:
-                scores[side] = hand_score(rec, side, row_id=f"{pid}")
+                scores[side] = hand_score(values, side, row_id=f"{pid}")
             except BadDatasetError as exc:
                 score_errors[side] = str(exc).removeprefix(f"row {pid}: ")
         patient = None
@@ -355,7 +364,11 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         path = Path(raw_image).expanduser()
         path = path if path.is_absolute() else base / path
         row["image"] = str(path.resolve())
-        default_id = os.path.splitext(raw_image)[0].replace(os.sep, "/").lstrip("./")
+        try:
+            rel = Path(row["image"]).relative_to(base.resolve()).as_posix()
+        except ValueError:  # an absolute path outside the CSV's folder
+            rel = Path(row["image"]).name
+        default_id = os.path.splitext(rel)[0]
         row["image_id"] = str(rec.get(cols.get("image_id", ""), "") or "").strip() or default_id
         if not pid:
             problems.append(Problem(where, "empty patient_id", idx))
