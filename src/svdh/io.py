@@ -295,6 +295,18 @@ def _read_dicom(data: bytes, name: str, limit: int) -> Radiograph:
     if rows == 0 or cols == 0:
         raise BadRadiographError(f"{name}: zero-size image ({cols} x {rows} pixels)")
     _check_limit(cols, rows, name, limit)
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        # A data set without the preamble and file meta (old ACR-NEMA-style exports): tell
+        # pydicom the encoding it found, or it cannot decode the pixels.
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        if not hasattr(ds, "file_meta"):
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        )
     tsuid = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     arr = _dicom_pixels(ds, name, tsuid)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()

@@ -190,6 +190,8 @@ def create_app(
         notice=NOTICE, version=__version__, formats=FORMATS, keeping=service.keep_dir is not None
     )
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    # Root-relative links (not Starlette's absolute url_for), so pages work behind any proxy.
+    templates.env.globals["path_for"] = lambda name, **params: str(app.url_path_for(name, **params))
 
     @app.middleware("http")
     async def _headers_and_counts(request: Request, call_next):

@@ -96,14 +96,16 @@ class ScoringService:
             max_workers=self.max_concurrency, thread_name_prefix="svdh-infer"
         )
         self._gate: asyncio.Semaphore | None = None
+        self._gate_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # the pool's threads update the counters
         self._model_lock = threading.Lock()
 
     # ------------------------------------------------------------------ admission
     def _sem(self) -> asyncio.Semaphore:
-        # Created lazily so it binds to the server's running event loop.
-        if self._gate is None:
-            self._gate = asyncio.Semaphore(self.max_admitted)
+        # Created in the running loop (uvicorn has one; a test client may start another).
+        loop = asyncio.get_running_loop()
+        if self._gate is None or self._gate_loop is not loop:
+            self._gate, self._gate_loop = asyncio.Semaphore(self.max_admitted), loop
         return self._gate
 
     async def admit(self) -> None:
