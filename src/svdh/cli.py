@@ -17,7 +17,7 @@ from svdh import __version__
 from svdh.errors import SvdhError
 
 #: Command modules under svdh.commands, in the order of the pipeline.
-COMMAND_MODULES = ("data", "train", "evaluate", "serve", "experiment")
+COMMAND_MODULES = ("data", "synth", "train", "evaluate", "serve", "experiment")
 
 app = typer.Typer(
     name="svdh",
