@@ -24,6 +24,7 @@ coordinates of the original image to the output (e.g. phantom joint landmarks to
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, overload
@@ -33,7 +34,7 @@ import numpy as np
 from svdh.errors import BadConfigError
 
 #: Bump when the algorithm changes output bytes: caches keyed on the config are then rebuilt.
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2
 
 #: Working resolution (longer side) of the hand detection.
 _WORK = 256
@@ -88,9 +89,12 @@ class PreprocessConfig:
             raise BadConfigError(f"unknown preprocessing option(s): {', '.join(sorted(extra))}")
         version = d.get("algorithm_version", ALGORITHM_VERSION)
         if version != ALGORITHM_VERSION:
-            raise BadConfigError(
-                f"preprocessing algorithm version {version} differs from this svdh's "
-                f"{ALGORITHM_VERSION}; re-prepare the cache (or retrain) with this version"
+            # Caches are keyed on to_dict() and rebuild by themselves; a model trained on
+            # another version still runs, but its inputs are prepared slightly differently.
+            warnings.warn(
+                f"preprocessing parameters of algorithm version {version}; this svdh applies "
+                f"version {ALGORITHM_VERSION} (crops may differ slightly from training)",
+                stacklevel=2,
             )
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -184,7 +188,8 @@ def preprocess(
     box = det.box
     bx0, by0, bx1, by1 = box
     m = int(round(cfg.margin * max(bx1 - bx0, by1 - by0)))
-    cx0, cy0, cx1, cy1 = max(0, bx0 - m), max(0, by0 - m), min(w, bx1 + m), min(h, by1 + m)
+    lx0, ly0, lx1, ly1 = det.film or (0, 0, w, h)  # the margin stops at collimation bands
+    cx0, cy0, cx1, cy1 = max(lx0, bx0 - m), max(ly0, by0 - m), min(lx1, bx1 + m), min(ly1, by1 + m)
     crop = img[cy0:cy1, cx0:cx1]
 
     lo, hi = _percentiles(crop, cfg.low_pct, cfg.high_pct)
@@ -224,18 +229,20 @@ def _percentiles(a: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, fl
 
 @dataclass(frozen=True)
 class HandDetection:
-    """Where the hand is: ``box`` (x0, y0, x1, y1; exclusive ends) in original pixels, and
-    the ``background`` grey level around it (None where the hand leaves too little film)."""
+    """Where the hand is: ``box`` (x0, y0, x1, y1; exclusive ends) in original pixels, the
+    ``background`` grey level around it (None where the hand leaves too little film), and
+    ``film``, the area inside bright collimation bands (x0, y0, x1, y1), where a crop stops."""
 
     box: tuple[int, int, int, int]
     background: float | None
     found: bool
+    film: tuple[int, int, int, int] | None = None
 
 
 def detect_hand(img: np.ndarray) -> HandDetection:
     """Find the hand(s) in a float image; the whole image where none is found."""
     h, w = img.shape
-    mask, f, background = hand_mask_small(img)
+    mask, f, background, film = hand_mask_small(img)
     if mask is None or not mask.any():
         return HandDetection((0, 0, w, h), background, False)
     ys, xs = np.nonzero(mask)
@@ -243,7 +250,14 @@ def detect_hand(img: np.ndarray) -> HandDetection:
     x1, y1 = min(w, int(np.ceil((xs.max() + 1) / f))), min(h, int(np.ceil((ys.max() + 1) / f)))
     if x1 - x0 < 2 or y1 - y0 < 2:
         return HandDetection((0, 0, w, h), background, False)
-    return HandDetection((x0, y0, x1, y1), background, True)
+    film_box = None
+    if film is not None:
+        fy0, fy1, fx0, fx1 = film
+        film_box = (
+            min(x0, int(np.ceil(fx0 / f))), min(y0, int(np.ceil(fy0 / f))),
+            max(x1, min(w, int(np.floor(fx1 / f)))), max(y1, min(h, int(np.floor(fy1 / f)))),
+        )
+    return HandDetection((x0, y0, x1, y1), background, True, film_box)
 
 
 def hand_box(img: np.ndarray) -> tuple[int, int, int, int]:
@@ -251,13 +265,15 @@ def hand_box(img: np.ndarray) -> tuple[int, int, int, int]:
     return detect_hand(img).box
 
 
-def hand_mask_small(img: np.ndarray) -> tuple[np.ndarray | None, float, float | None]:
+def hand_mask_small(
+    img: np.ndarray,
+) -> tuple[np.ndarray | None, float, float | None, tuple[int, int, int, int] | None]:
     """The hand mask at working resolution.
 
-    Returns ``(mask, scale, background)``: ``mask`` is the working-resolution mask (working =
-    original * ``scale``) or None when the image is too small or blank to analyse;
+    Returns ``(mask, scale, background, film)``: ``mask`` is the working-resolution mask
+    (working = original * ``scale``) or None when the image is too small or blank to analyse;
     ``background`` is the grey level of the film around the hand (None when too little
-    background is visible).
+    background is visible); ``film`` (y0, y1, x0, x1) the area inside bright collimation bands.
     """
     import cv2
 
@@ -266,12 +282,12 @@ def hand_mask_small(img: np.ndarray) -> tuple[np.ndarray | None, float, float | 
     small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else img.copy()
     sh, sw = small.shape
     if min(sh, sw) < 16:
-        return None, f, None
+        return None, f, None, None
     small = cv2.GaussianBlur(small, (0, 0), 1.0)
     p1, p99 = np.percentile(small, [1, 99])
     span = float(p99 - p1)
     if span <= 1e-6:
-        return None, f, None
+        return None, f, None, None
 
     # (a) Collimation borders: peel edge rows/columns that are flat (no anatomy crosses them).
     fy0, fy1, fx0, fx1 = _field(small, 0.08 * span)
@@ -280,10 +296,16 @@ def hand_mask_small(img: np.ndarray) -> tuple[np.ndarray | None, float, float | 
     # (b) The tissue threshold, computed inside the field so that the frame does not bias it.
     lo, hi = np.percentile(field, [0.5, 99.5])
     if hi - lo <= 1e-6:
-        return None, f, None
+        return None, f, None, None
     u8_all = np.clip((small - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
     u8 = u8_all[fy0:fy1, fx0:fx1]
     t = _tissue_threshold(u8)
+    # Bright collimation bands (unexposed film) that the flat-line peel missed because they
+    # are tilted or noisy: peel them by their grey level, so the forearm touching one does not
+    # pull the band into the hand.
+    by0, by1, bx0, bx1 = _bright_bands(u8_all, t)
+    fy0, fy1, fx0, fx1 = max(fy0, by0), min(fy1, by1), max(fx0, bx0), min(fx1, bx1)
+    field, u8 = small[fy0:fy1, fx0:fx1], u8_all[fy0:fy1, fx0:fx1]
     mask = (u8 > t).astype(np.uint8)
 
     # (c) A small opening cuts thin lines and specks joined to the hand, then keep the hand
@@ -307,7 +329,7 @@ def hand_mask_small(img: np.ndarray) -> tuple[np.ndarray | None, float, float | 
             continue
         candidates.append((area, i))
     if not candidates:
-        return None, f, None
+        return None, f, None, None
     biggest = max(a for a, _ in candidates)
     # Small pieces are markers, labels or dust, unless the film edge cuts them: anatomy that
     # leaves the field (a thumb or finger on a wrist film) touches the edge, markers rarely do.
@@ -337,14 +359,25 @@ def hand_mask_small(img: np.ndarray) -> tuple[np.ndarray | None, float, float | 
         if part.size and float(np.median(part)) <= t:
             strips[region] = True
     strips[fy0:fy1, fx0:fx1] = False
+    outside_bands = np.zeros((sh, sw), bool)
+    outside_bands[by0:by1, bx0:bx1] = True  # never grow into a bright collimation band
+    strips &= outside_bands
     if strips.any():
         # (through the edge band, which the component analysis left out)
-        near = cv2.dilate(full, kernel, iterations=3).astype(bool)
+        near = cv2.dilate(full, kernel, iterations=3).astype(bool) & outside_bands
         candidates_px = ((u8_all > t) & (strips | near)).astype(np.uint8) | full
         n2, lab2 = cv2.connectedComponents(candidates_px, connectivity=8)
         touching = np.unique(lab2[full > 0])
         full = np.isin(lab2, touching[touching > 0]).astype(np.uint8)
-    return full.astype(bool), f, background
+    # The film proper: without bright bands nor bright flat strips (the crop margin stops there).
+    film = [by0, by1, bx0, bx1]
+    for k, region in enumerate((np.s_[:fy0, :], np.s_[fy1:, :], np.s_[:, :fx0], np.s_[:, fx1:])):
+        part = u8_all[region]
+        if part.size and float(np.median(part)) > t:
+            film[k] = (fy0, fy1, fx0, fx1)[k]
+    film[0], film[2] = max(film[0], by0), max(film[2], bx0)
+    film[1], film[3] = min(film[1], by1), min(film[3], bx1)
+    return full.astype(bool), f, background, tuple(film)
 
 
 def _tissue_threshold(u8: np.ndarray) -> float:
@@ -403,6 +436,36 @@ def _field(small: np.ndarray, tol: float) -> tuple[int, int, int, int]:
 def _touches_edge(stat: np.ndarray, fw: int, fh: int, reach: int) -> bool:
     x, y, cw, ch = (int(v) for v in stat[:4])
     return x <= reach or y <= reach or x + cw >= fw - reach or y + ch >= fh - reach
+
+
+def _bright_bands(u8: np.ndarray, t: float) -> tuple[int, int, int, int]:
+    """Rows/columns kept after peeling bright, uniform bands from each edge: (y0, y1, x0, x1).
+
+    A band starts at the edge (after at most 3% of dark frame lines) with a line clearly
+    brighter than the tissue threshold ``t`` of which 90% lies within a tolerance of its median (a forearm
+    reaching the edge leaves background beside it, so it does not qualify); the band goes on
+    while 60% of a line keeps that level (a tilted band's inner lines are partly band).
+    """
+    sh, sw = u8.shape
+
+    def depth(lines: np.ndarray) -> int:
+        n = len(lines)
+        limit = int(0.35 * n)
+        i = 0
+        while i < max(1, int(0.03 * n)) and i < limit and float(np.median(lines[i])) <= t:
+            i += 1  # a thin dark frame outside the band
+        if i >= limit:
+            return 0
+        first = lines[i].astype(np.int16)
+        level = float(np.median(first))
+        tol = 16.0  # grey levels of the field-normalised image: noise, not anatomy
+        if level <= t + 2 * tol or float(np.mean(np.abs(first - level) <= tol)) < 0.9:
+            return 0
+        while i < limit and float(np.mean(np.abs(lines[i].astype(np.int16) - level) <= tol)) >= 0.6:
+            i += 1
+        return i
+
+    return depth(u8), sh - depth(u8[::-1]), depth(u8.T), sw - depth(u8.T[::-1])
 
 
 def _is_border_strip(x: int, y: int, cw: int, ch: int, area: int, fw: int, fh: int) -> bool:
