@@ -38,8 +38,11 @@ def register(app: typer.Typer) -> None:
         strategy: str = typer.Option("auto", help="auto or ddp."),
         num_nodes: int = typer.Option(1, help="Machines for DDP."),
     ) -> None:
-        """Run a whole study declared in one YAML file: data, pretraining, members, ensemble,
-        export, Grad-CAM and report. Each finished step is skipped on re-run."""
+        """Run a whole study declared in one YAML file.
+
+        Data, bone-age pretraining, ensemble members, the ensemble, export, Grad-CAM and the
+        report, in order. Each finished step is skipped on re-run, so a crashed study continues.
+        """
         from svdh.experiment import Runner, load_experiment
 
         exp = load_experiment(experiment, profile=profile, out=out)
@@ -56,9 +59,11 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/demo-quick)."),
         quick: bool = typer.Option(False, "--quick", help="A smaller demo: under 3 minutes on a 2-core CPU."),
     ) -> None:
-        """The whole pipeline on phantom data it generates itself: bone-age pretraining,
-        ResNet and MobileNetV2 members, stacking, evaluation on held-out phantom patients,
-        a model bundle, Grad-CAM and the HTML report. GPUs are used when present."""
+        """Run the whole pipeline on phantom data it generates itself.
+
+        Bone-age pretraining, ResNet and MobileNetV2 members, stacking, evaluation on held-out
+        phantom patients, a model bundle, Grad-CAM and the HTML report. GPUs are used when present.
+        """
         from svdh.experiment import CONFIG_DIR, Runner, load_experiment
 
         exp = load_experiment(CONFIG_DIR / "demo.yaml", profile="quick" if quick else None, out=out)
