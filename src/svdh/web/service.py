@@ -330,35 +330,40 @@ def png_data_url(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def render_views(predictor: Any, rad: Any, res: dict[str, Any]) -> dict[str, str | None]:
-    """PNG data URLs of the preprocessed image and of its Grad-CAM overlay.
+#: Side of the rendered views: sharper than a 64-256 px model input, small enough for a page.
+DISPLAY_SIZE = 512
 
-    Browsers cannot show DICOM, and the model sees the cropped, normalised image, so both
-    views are rendered server-side from what the model actually scored.
+
+def render_views(predictor: Any, rad: Any, res: dict[str, Any]) -> dict[str, str | None]:
+    """PNG data URLs of the image the model scored and of its Grad-CAM overlay.
+
+    Browsers cannot show DICOM, and the model sees a cropped, normalised image, so both views
+    are rendered server-side: the same preprocessing (same crop, which does not depend on the
+    output size) at :data:`DISPLAY_SIZE` px, so a reader sees the joints sharply, with the heat
+    map (computed at the model's input size) stretched over exactly the same field.
     """
     from svdh.explain import overlay  # the CLI's overlay style, so page and files agree
 
-    base = preprocessed_image(predictor, rad, res)
-    # alpha=0 gives the plain image at the overlay's (upscaled) size, so the toggle lines up.
-    views: dict[str, str | None] = {"image": png_data_url(overlay(base, np.zeros(base.shape, np.float32), alpha=0.0)),
-                                    "overlay": None}
+    base = display_image(predictor, rad)
+    # alpha=0 gives the plain image through the same resampling as the overlay
+    views: dict[str, str | None] = {
+        "image": png_data_url(overlay(base, np.zeros(base.shape, np.float32), alpha=0.0)),
+        "overlay": None,
+    }
     cam = res.get("cam")
     if cam is not None:
         views["overlay"] = png_data_url(overlay(base, np.asarray(cam, dtype=np.float32)))
     return views
 
 
-def preprocessed_image(predictor: Any, rad: Any, res: dict[str, Any]) -> np.ndarray:
-    """The uint8 image the model scored: from the result if given, else preprocessed again."""
-    img = res.get("preprocessed")
-    if img is None:
-        from svdh.preprocess import preprocess
+def display_image(predictor: Any, rad: Any) -> np.ndarray:
+    """The model's input field (uint8), preprocessed again at display resolution."""
+    import dataclasses
 
-        img = preprocess(rad.pixels, preprocess_config(predictor))
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        img = (np.clip(img, 0, 1) * 255).astype(np.uint8) if img.max() <= 1.0 else img.astype(np.uint8)
-    return img
+    from svdh.preprocess import preprocess
+
+    cfg = preprocess_config(predictor)
+    return preprocess(rad, dataclasses.replace(cfg, size=max(cfg.size, DISPLAY_SIZE)))
 
 
 def preprocess_config(predictor: Any) -> Any:
