@@ -338,7 +338,9 @@ def hand_mask_small(
         if a >= _KEEP_FRACTION * biggest
         or (a >= 0.03 * biggest and _touches_edge(stats[i], fw, fh, band + 1))
     ]
-    hand = np.isin(labels, keep).astype(np.uint8)
+    lut = np.zeros(n, np.uint8)
+    lut[keep] = 1
+    hand = lut[labels]
     # The opening trimmed fingertips and thin soft tissue: take back the thresholded pixels
     # within reach of the kept components (not the markers, which were dropped).
     grown = cv2.dilate(hand, kernel, iterations=2)
@@ -367,8 +369,10 @@ def hand_mask_small(
         near = cv2.dilate(full, kernel, iterations=3).astype(bool) & outside_bands
         candidates_px = ((u8_all > t) & (strips | near)).astype(np.uint8) | full
         n2, lab2 = cv2.connectedComponents(candidates_px, connectivity=8)
-        touching = np.unique(lab2[full > 0])
-        full = np.isin(lab2, touching[touching > 0]).astype(np.uint8)
+        lut = np.zeros(n2, np.uint8)
+        lut[np.unique(lab2[full > 0])] = 1
+        lut[0] = 0
+        full = lut[lab2]
     # The film proper: without bright bands nor bright flat strips (the crop margin stops there).
     film = [by0, by1, bx0, bx1]
     for k, region in enumerate((np.s_[:fy0, :], np.s_[fy1:, :], np.s_[:, :fx0], np.s_[:, fx1:])):
@@ -394,8 +398,10 @@ def _tissue_threshold(u8: np.ndarray) -> float:
 
     hist = np.bincount(u8.ravel(), minlength=256).astype(np.float64)
     otsu, _ = cv2.threshold(u8, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # 64 bins of 4 grey levels: 16 times faster and as good for a mask threshold.
+    coarse = hist.reshape(64, 4).sum(axis=1)
     try:
-        t_low, t_high = (float(t) for t in threshold_multiotsu(hist=hist, classes=3))
+        t_low, t_high = (float(t) for t in threshold_multiotsu(hist=(coarse, np.arange(64) * 4 + 1.5), classes=3))
         candidates = sorted({t_low, float(otsu), t_high})
     except ValueError:  # too few grey levels for three classes
         candidates = [float(otsu)]
@@ -448,22 +454,25 @@ def _bright_bands(u8: np.ndarray, t: float) -> tuple[int, int, int, int]:
     """
     sh, sw = u8.shape
 
+    tol = 16  # grey levels of the field-normalised image: noise, not anatomy
+
     def depth(lines: np.ndarray) -> int:
         n = len(lines)
         limit = int(0.35 * n)
-        i = 0
-        while i < max(1, int(0.03 * n)) and i < limit and float(np.median(lines[i])) <= t:
-            i += 1  # a thin dark frame outside the band
-        if i >= limit:
+        if limit < 1:
             return 0
-        first = lines[i].astype(np.int16)
-        level = float(np.median(first))
-        tol = 16.0  # grey levels of the field-normalised image: noise, not anatomy
-        if level <= t + 2 * tol or float(np.mean(np.abs(first - level) <= tol)) < 0.9:
+        outer = lines[: max(1, int(0.03 * n)) + 1].astype(np.int16)
+        meds = np.median(outer, axis=1)
+        start = int(np.argmax(meds > t)) if (meds > t).any() else len(meds)
+        if start >= min(limit, len(meds) - 1) + 1 or start == len(meds):
+            return 0  # no band: the edge lines are dark (a frame at most)
+        level = float(meds[start])
+        head = lines[start:limit].astype(np.int16)
+        frac = (np.abs(head - level) <= tol).mean(axis=1)
+        if level <= t + 2 * tol or frac[0] < 0.9:
             return 0
-        while i < limit and float(np.mean(np.abs(lines[i].astype(np.int16) - level) <= tol)) >= 0.6:
-            i += 1
-        return i
+        run = frac >= 0.6  # a tilted band's inner lines are only partly band
+        return start + (int(np.argmin(run)) if not run.all() else len(run))
 
     return depth(u8), sh - depth(u8[::-1]), depth(u8.T), sw - depth(u8.T[::-1])
 
