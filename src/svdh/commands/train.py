@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
         dropout: float = typer.Option(0.0, help="Dropout before the head."),
         augment: bool = typer.Option(True, "--augment/--no-augment", help="Training augmentation (rotation, scale, shift, flip, brightness, contrast, gamma, noise)."),
         max_minutes: float = typer.Option(0.0, help="Wall-clock limit per fold in minutes (0: none)."),
+        max_cpu_minutes: float = typer.Option(0.0, help="CPU-time limit per fold in minutes, for budgeted runs on shared machines (0: none)."),
         accelerator: str = typer.Option("auto", help="cpu, gpu, mps or auto."),
         devices: str = typer.Option("auto", help="Devices per node: a count, a list like 0,1, or auto."),
         strategy: str = typer.Option("auto", help="auto or ddp (distributed data parallel)."),

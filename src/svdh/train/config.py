@@ -63,6 +63,7 @@ class TrainConfig:
     monitor: str = ""  # default per task
     patience: int = 10  # early-stopping patience in epochs (0: off)
     max_minutes: float = 0.0  # wall-clock limit per fold (0: none)
+    max_cpu_minutes: float = 0.0  # CPU-time limit of this process per fold (0: none)
     seed: int = 0
     accelerator: str = "auto"
     devices: str = "auto"

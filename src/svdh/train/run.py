@@ -285,6 +285,25 @@ class _EpochLine:
         return EpochLine()
 
 
+class _CpuBudget:
+    """A Lightning callback stopping training once this process has used ``minutes`` of CPU
+    time in the fold (all its threads; loader worker processes not included). Unlike a
+    wall-clock limit it does not cut a run short because other work shares the machine."""
+
+    def __new__(cls, minutes: float):
+        from lightning.pytorch.callbacks import Callback
+
+        class CpuBudget(Callback):
+            def on_train_start(self, trainer, pl_module):  # noqa: ANN001
+                self.start = time.process_time()
+
+            def on_train_batch_end(self, trainer, pl_module, *args):  # noqa: ANN001, ANN002
+                if time.process_time() - self.start > minutes * 60:
+                    trainer.should_stop = True
+
+        return CpuBudget()
+
+
 def _quiet_lightning() -> None:
     import logging
 
@@ -339,7 +358,9 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     monitor, mode = cfg.monitor_mode
     ckpt_cb = ModelCheckpoint(
         dirpath=fold_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-        save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+        # "link": when the last epoch is also the best, last.ckpt links to best.ckpt instead of
+        # writing the same weights and optimizer state twice
+        save_last="link", auto_insert_metric_name=False, enable_version_counter=False,
     )
     callbacks: list[Any] = [ckpt_cb]
     min_epochs = 1
@@ -348,6 +369,8 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     if cfg.scheme_obj.dynamic:
         every = cfg.unfreeze_every or default_unfreeze_every(cfg.epochs, len(model.spec.stages))
         min_epochs = min(cfg.epochs, every * len(model.spec.stages) + 1)  # no stop before all stages train
+    if cfg.max_cpu_minutes > 0:
+        callbacks.append(_CpuBudget(cfg.max_cpu_minutes))
     tty = sys.stderr.isatty()
     if tty:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -371,11 +394,13 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         callbacks=callbacks,
         logger=[CSVLogger(logs / "csv", name=f"fold_{k}"), TensorBoardLogger(logs / "tensorboard", name=f"fold_{k}")],
         enable_progress_bar=tty, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=1, default_root_dir=str(fold_dir), benchmark=False,
+        log_every_n_steps=50, default_root_dir=str(fold_dir), benchmark=False,
     )
     train_ds = make_dataset(data, targets, train_rows, cfg.augment)
     val_ds = make_dataset(data, targets, val_rows, False)
     last = fold_dir / "last.ckpt"
+    if not last.exists() and (fold_dir / "best.ckpt").exists():
+        last = fold_dir / "best.ckpt"  # killed while last.ckpt was being re-linked: continue from best
     t0 = time.perf_counter()
     trainer.fit(
         module,
