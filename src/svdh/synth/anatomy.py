@@ -55,6 +55,7 @@ class Cutter:
     ellipse: Ellipse | None = None
     plane: tuple[float, float, float, float] | None = None  # px, py, nx, ny
     source: str = ""  # the bone whose outline (or head) this is, "" for planes
+    residual: float = 0.0  # fraction of bone left in the space (3-D overlap of carpal surfaces)
 
 
 @dataclass
@@ -484,7 +485,9 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         other = bones[by]
         e = other.outline() if other.kind == "ovoid" else other.head_ellipse()
         b = bones[bone]
-        b.cutters.append(Cutter(gap=gap * s, plate=b.c_end, ellipse=e, source=by))
+        # intercarpal spaces are partly bridged in projection by the bones' curved surfaces
+        residual = 0.3 if b.kind == "ovoid" and other.kind == "ovoid" else 0.0
+        b.cutters.append(Cutter(gap=gap * s, plate=b.c_end, ellipse=e, source=by, residual=residual))
         if joint is not None:
             joints[joint].cutters.append((bone, len(b.cutters) - 1))
 

@@ -66,13 +66,13 @@ def trabecular_tile(px_per_mm: float, n: int = 1024) -> np.ndarray:
     # a soft rectifier turns smooth noise into a network of plates and holes
     tex = np.tanh(1.3 * tex)
     tex = (tex - tex.mean()) / (tex.std() + 1e-12)
-    return tex.astype(np.float32)
+    return (1.0 + TEX_AMP * tex).astype(np.float32)  # a density modulation around 1
 
 
 def _texture(tile: np.ndarray, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     n = tile.shape[0]
-    oy = int(rng.integers(0, n))
-    ox = int(rng.integers(0, n))
+    oy = int(rng.integers(0, max(1, n - rows + 1)))
+    ox = int(rng.integers(0, max(1, n - cols + 1)))
     if rows + oy <= n and cols + ox <= n:
         return tile[oy : oy + rows, ox : ox + cols]
     iy = (oy + np.arange(rows)) % n
@@ -90,6 +90,11 @@ class Placement:
 
     G: np.ndarray
     t: np.ndarray
+    k: float = 0.0  # pixels per mm (computed from G when 0)
+
+    def __post_init__(self) -> None:
+        if not self.k:
+            self.k = float(math.sqrt(abs(self.G[0, 0] * self.G[1, 1] - self.G[0, 1] * self.G[1, 0])))
 
     @classmethod
     def make(cls, side: str, px_per_mm: float, rotation_deg: float, center_px: tuple[float, float],
@@ -103,7 +108,7 @@ class Placement:
 
     @property
     def px_per_mm(self) -> float:
-        return float(math.sqrt(abs(np.linalg.det(self.G))))
+        return self.k
 
     def apply(self, p: np.ndarray) -> np.ndarray:
         return np.asarray(p, dtype=float) @ self.G.T + self.t
@@ -168,14 +173,24 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
 
     W = bone.width(u)
     c = bone.cortex(u)
-    # inner (medullary) profile: the outline offset inwards by the cortical thickness
-    t = np.linspace(-1.0, 1.0, 9)
-    ush = u[:, None] + c[:, None] * t[None, :]
-    Wi = np.min(bone.width(ush) - c[:, None] * np.sqrt(1.0 - t[None, :] ** 2), axis=1)
+    # inner (medullary) profile: the outline offset inwards by the cortical thickness (the
+    # minimum over a disc of radius c; W between samples by linear interpolation)
+    Wi = W - c
+    for t in (-1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 0.75, 1.0):
+        Wi = np.minimum(Wi, np.interp(u + c * t, u, W, left=0.0, right=0.0) - c * math.sqrt(1.0 - t * t))
     Wi = np.clip(Wi, 0.0, None)
     v2 = (v * v).astype(np.float32)
-    outer = 2.0 * np.sqrt(np.clip((W * W).astype(np.float32)[:, None] - v2[None, :], 0.0, None))
-    inner = 2.0 * np.sqrt(np.clip((Wi * Wi).astype(np.float32)[:, None] - v2[None, :], 0.0, None))
+    # half-chords (the factor 2 of the chord is folded into the attenuation factors below)
+    outer = np.subtract.outer((W * W).astype(np.float32), v2)
+    np.maximum(outer, 0.0, out=outer)
+    np.sqrt(outer, out=outer)
+    # the medulla only spans the columns |v| < max Wi
+    wi_max = float(Wi.max())
+    ci = _window(-wi_max, wi_max, v[0], h, v.size)
+    inner = np.subtract.outer((Wi * Wi).astype(np.float32), v2[ci])
+    np.maximum(inner, 0.0, out=inner)
+    np.sqrt(inner, out=inner)
+    c0 = ci.start
 
     for lobe in bone.lobes:
         rs = _window(lobe.u - lobe.a, lobe.u + lobe.a, u[0], h, u.size)
@@ -185,8 +200,11 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
         du = ((u[rs] - lobe.u) / lobe.a)[:, None] ** 2
         dv = ((v[cs] - lobe.v) / lobe.b)[None, :] ** 2
         # a process (styloid) is mostly cortical bone: all of its chord counts as cortex
-        o = 2.0 * lobe.b * np.sqrt(np.clip(1.0 - du - dv, 0.0, None))
-        outer[rs, cs] = np.maximum(outer[rs, cs], o)
+        o = (lobe.b * np.sqrt(np.clip(1.0 - du - dv, 0.0, None))).astype(np.float32)
+        np.maximum(outer[rs, cs], o, out=outer[rs, cs])
+
+    def on_inner(cs: slice) -> slice:
+        return slice(max(cs.start, ci.start) - c0, max(min(cs.stop, ci.stop), max(cs.start, ci.start)) - c0)
 
     for cut in bone.cutters:
         if cut.ellipse is not None:
@@ -207,16 +225,23 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
             rs, cs = slice(0, u.size), slice(0, v.size)
             sdf = -((u[:, None] - pu) * nu_ + (v[None, :] - pv) * nv_)
         keep = _ramp((sdf - cut.gap) / h).astype(np.float32)
+        if cut.residual > 0:
+            # only the joint space keeps some bone; the neighbour's own body is always removed
+            gapzone = np.clip((sdf + 2 * h) / (2 * h), 0.0, 1.0).astype(np.float32)
+            keep = np.maximum(keep, np.float32(cut.residual) * gapzone)
         outer[rs, cs] *= keep
+        ic = on_inner(cs)
+        if ic.stop <= ic.start:
+            continue
+        kin = keep[:, ic.start + c0 - cs.start: ic.stop + c0 - cs.start]
         if cut.plate > 0:
             # the subchondral plate is a curved shell: seen edge-on it is about half as dense
             # as a wall of cortex through the whole depth of the bone
-            band = _ramp((sdf - cut.gap - cut.plate) / h).astype(np.float32)
-            inner[rs, cs] *= keep * (0.5 + 0.5 * band)
+            band = _ramp((sdf[:, ic.start + c0 - cs.start: ic.stop + c0 - cs.start] - cut.gap - cut.plate) / h)
+            inner[rs, ic] *= kin * (0.5 + 0.5 * band).astype(np.float32)
         else:
-            inner[rs, cs] *= keep
+            inner[rs, ic] *= kin
 
-    cort = outer - inner
     for hole in bone.holes:
         ext = hole.r + 3 * h + 0.3
         rs = _window(hole.u - ext, hole.u + ext, u[0], h, u.size)
@@ -225,26 +250,32 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
             continue
         d = np.sqrt((u[rs, None] - hole.u) ** 2 + (v[None, cs] - hole.v) ** 2)
         # erosions have ill-defined margins: a ~0.3 mm soft edge at any resolution
-        f = 1.0 - hole.depth * np.clip(0.5 - (d - hole.r) / max(0.3, h), 0.0, 1.0)
-        f = f.astype(np.float32)
-        cort[rs, cs] *= f
-        inner[rs, cs] *= f
+        f = (1.0 - hole.depth * np.clip(0.5 - (d - hole.r) / max(0.3, h), 0.0, 1.0)).astype(np.float32)
+        outer[rs, cs] *= f
+        ic = on_inner(cs)
+        if ic.stop > ic.start:
+            inner[rs, ic] *= f[:, ic.start + c0 - cs.start: ic.stop + c0 - cs.start]
 
     if bone.metal:
-        att = MU_METAL * outer
+        att = (2.0 * MU_METAL) * outer
     else:
         osteo = np.ones_like(u)
         for (uc, amount, scale) in bone.osteo:
             z = np.abs(u - uc) / scale
             # a Gaussian cut off smoothly at 2.5 scales: the effect stays periarticular
             osteo -= amount * np.exp(-(z**2)) * np.clip(2.5 - z, 0.0, 1.0)
-        osteo = np.clip(osteo, 0.25, 1.0).astype(np.float32)
-        tex = _texture(tile, u.size, v.size, rng)
-        trab = (bone.trabecular(u) * osteo).astype(np.float32)
-        med = inner * (MU_TRABECULAR * bone.density) * trab[:, None]
-        med *= 1.0 + TEX_AMP * tex
-        cfac = (MU_CORTEX * bone.cortex_density) * (0.55 + 0.45 * osteo)
-        att = cort * cfac[:, None] + med
+        osteo = np.clip(osteo, 0.25, 1.0)
+        # cortex x cfac + medulla x mfac x texture, with cortex = outer - inner
+        cfac = ((2.0 * MU_CORTEX * bone.cortex_density) * (0.55 + 0.45 * osteo)).astype(np.float32)
+        mfac = ((2.0 * MU_TRABECULAR * bone.density) * bone.trabecular(u) * osteo).astype(np.float32)
+        att = outer
+        att *= cfac[:, None]
+        if inner.size:
+            tex = _texture(tile, u.size, inner.shape[1], rng)
+            med = tex * mfac[:, None]
+            med -= cfac[:, None]
+            med *= inner
+            att[:, ci] += med
     att = att.astype(np.float32)
     if ss > 1:
         att = cv2.resize(att, (nv, nu), interpolation=cv2.INTER_AREA)
@@ -307,17 +338,18 @@ def draw_ring(canvas: np.ndarray, bone: Bone, u_at: float, radius: float, place:
 # --------------------------------------------------------------------------- soft tissue
 
 
-def _capsule_poly(p0: np.ndarray, p1: np.ndarray, r0: float, r1: float, n: int = 10) -> np.ndarray:
-    d = p1 - p0
-    ln = float(np.hypot(*d)) + 1e-9
-    ang = math.atan2(d[1], d[0])
-    pts = []
-    for a in np.linspace(ang + math.pi / 2, ang + 3 * math.pi / 2, n):
-        pts.append(p0 + r0 * np.array([math.cos(a), math.sin(a)]))
-    for a in np.linspace(ang - math.pi / 2, ang + math.pi / 2, n):
-        pts.append(p1 + r1 * np.array([math.cos(a), math.sin(a)]))
-    del ln
-    return np.array(pts)
+_HALF = np.linspace(0.5 * math.pi, 1.5 * math.pi, 10)
+
+
+def _capsule_poly(p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
+    """Polygon of a tapered capsule: a half circle around each end."""
+    ang = math.atan2(p1[1] - p0[1], p1[0] - p0[0])
+    a0 = ang + _HALF
+    a1 = a0 + math.pi
+    return np.concatenate([
+        np.stack([p0[0] + r0 * np.cos(a0), p0[1] + r0 * np.sin(a0)], axis=1),
+        np.stack([p1[0] + r1 * np.cos(a1), p1[1] + r1 * np.sin(a1)], axis=1),
+    ])
 
 
 def soft_tissue(hands: list[tuple[Hand, Placement]], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -462,9 +494,15 @@ def draw_marker(att: np.ndarray, letter: str, box: tuple[int, int, int, int], ma
     pad = max(2, h // 3)
     bw, bh = tw + 2 * pad, th + base + 2 * pad
     m = max(3, int(6 * px_per_mm))
-    cands = [(x0 + m, y0 + m), (x1 - m - bw, y0 + m), (x0 + m, y1 - m - bh), (x1 - m - bw, y1 - m - bh),
-             ((x0 + x1 - bw) // 2, y0 + m), ((x0 + x1 - bw) // 2, y1 - m - bh)]
-    order = rng.permutation(len(cands))
+    # corners first (where technologists put markers), then along the edges
+    corners = [(x0 + m, y0 + m), (x1 - m - bw, y0 + m), (x0 + m, y1 - m - bh), (x1 - m - bw, y1 - m - bh)]
+    edges = []
+    for f in np.linspace(0.2, 0.8, 4):
+        xe = int(x0 + m + f * (x1 - x0 - 2 * m - bw))
+        ye = int(y0 + m + f * (y1 - y0 - 2 * m - bh))
+        edges += [(xe, y0 + m), (xe, y1 - m - bh), (x0 + m, ye), (x1 - m - bw, ye)]
+    cands = corners + edges
+    order = np.concatenate([rng.permutation(4), 4 + rng.permutation(len(edges))])
     H, W = att.shape
     for i in order:
         cx, cy = cands[int(i)]
@@ -498,9 +536,11 @@ def collimation_mask(shape: tuple[int, int], film: Film, keep: np.ndarray) -> np
     insets[3] = min(insets[3], max(0.0, H - 1 - ky.max() - pad))
     if max(insets) < 1.0:
         return None
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    rx = (xx - cx) * math.cos(a) + (yy - cy) * math.sin(a) + cx
-    ry = -(xx - cx) * math.sin(a) + (yy - cy) * math.cos(a) + cy
+    xs = np.arange(W, dtype=np.float32) - cx
+    ys = np.arange(H, dtype=np.float32) - cy
+    ca, sa = math.cos(a), math.sin(a)
+    rx = (xs * ca)[None, :] + (ys * sa)[:, None] + cx
+    ry = (xs * -sa)[None, :] + (ys * ca)[:, None] + cy
     return (rx < insets[0]) | (ry < insets[1]) | (rx > W - 1 - insets[2]) | (ry > H - 1 - insets[3])
 
 
@@ -531,11 +571,12 @@ def compose(hands: list[tuple[Hand, Placement, str]], shape: tuple[int, int], fi
     for (_, _, letter), box in zip(hands, boxes, strict=True):
         m = mask if col is None else (mask | (col.astype(np.uint8) * 255))
         draw_marker(att, letter, box, m, film, k, rng_noise)
-    att *= film.exposure
-    img = 1.0 - np.exp(-att)
+    # display: exposure, transmission 1 - exp(-A), gamma, film base and white level
+    img = 1.0 - np.exp(att * np.float32(-film.exposure))
+    out = img
     if film.gamma != 1.0:
-        img = img ** np.float32(film.gamma)
-    out = film.background + (film.white - film.background) * img
+        out = np.exp(np.float32(film.gamma) * np.log(np.maximum(img, np.float32(1e-6))))
+    out = np.float32(film.background) + np.float32(film.white - film.background) * out
     if film.unsharp > 0:
         q = 8
         small = cv2.resize(out, (max(1, W // q), max(1, H // q)), interpolation=cv2.INTER_AREA)
