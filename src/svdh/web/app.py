@@ -215,7 +215,7 @@ def create_app(
         clen = request.headers.get("content-length")
         if clen and clen.isdigit() and int(clen) > max_files * max_file_bytes + FORM_OVERHEAD:
             raise UploadError(
-                413, f"the request is larger than {max_files} files of {max_upload_mb:g} MB"
+                413, f"the request is larger than the limit of {max_files} file(s) of {max_upload_mb:g} MB each"
             )
         try:
             await service.admit()
