@@ -219,6 +219,10 @@ def test_severity_models() -> None:
     uniform = np.array([draw_patient_total(rng, "uniform") for _ in range(2000)])
     assert abs(np.median(uniform) - 140) < 15 and uniform.max() > 260
     assert all(draw_patient_total(rng, "healthy") == 0 for _ in range(5))
+    from svdh.scoring import SeverityBins
+
+    balanced = np.bincount(SeverityBins.patient().to_class([draw_patient_total(rng, "balanced") for _ in range(1400)]))
+    assert len(balanced) == 7 and balanced.min() > 140  # ~200 per class
     assert draw_patient_total(rng, "fixed:37") == 37
     for total in (0, 1, 50, 280):
         s = allocate(rng, total)

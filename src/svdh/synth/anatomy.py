@@ -100,6 +100,7 @@ class Bone:
     c_end: float = 0.5  # cortical thickness at the ends (subchondral plate)
     c_base: float | None = None  # override of c_end at the base (fused joint: thin)
     c_head: float | None = None  # override of c_end at the head
+    flare: float = 0.0  # > 0: the shaft widens to the head over this length (distal radius, ulna)
     density: float = 1.0  # trabecular (medullary) density factor
     cortex_density: float = 1.0
     metal: bool = False
@@ -146,11 +147,13 @@ class Bone:
         span = max(L - lh - lb, 1e-3)
         t = np.clip((u - lb) / span, 0.0, 1.0)
         tau = 0.16
-        shaft = (
-            self.ws
-            + (0.93 * self.wb - self.ws) * np.exp(-t / tau)
-            + (0.90 * self.wh - self.ws) * np.exp(-(1.0 - t) / tau)
-        )
+        if self.flare > 0:
+            # a metaphysis that widens smoothly over `flare` mm up to the head
+            f = np.clip((u - (L - self.lh - self.flare)) / self.flare, 0.0, 1.0)
+            head_side = (0.97 * self.wh - self.ws) * f * f * (3 - 2 * f)
+        else:
+            head_side = (0.90 * self.wh - self.ws) * np.exp(-(1.0 - t) / tau)
+        shaft = self.ws + (0.93 * self.wb - self.ws) * np.exp(-t / tau) + head_side
         inside = (u >= 0.6 * lb) & (u <= L - 0.6 * lh)
         return np.maximum(np.maximum(base, head), np.where(inside, shaft, 0.0))
 
@@ -235,7 +238,7 @@ class SoftTissue:
     forearm: list[tuple[float, float]]
     palm_half: float
     forearm_half: float
-    swellings: list[tuple[float, float, float]] = field(default_factory=list)  # x, y, radius
+    swellings: list[Capsule] = field(default_factory=list)  # fusiform swellings at inflamed joints
 
 
 # --------------------------------------------------------------------------- the hand
@@ -393,9 +396,10 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     for name, (cx, cy, ang, L, hw, pe) in _CARPAL.items():
         a = math.radians(ang)
         c = np.array([cx, cy]) * s
-        o = c - unit(a) * L * s / 2
-        bones[name] = Bone(name, float(o[0]), float(o[1]), a, L * s, "ovoid", p=pe, wb=hw * s * ws,
-                           c_end=0.42 * s)
+        g = 1.06  # the carpus is tightly packed: bones a little larger than the table, then cut
+        o = c - unit(a) * L * g * s / 2
+        bones[name] = Bone(name, float(o[0]), float(o[1]), a, L * g * s, "ovoid", p=pe, wb=hw * g * s * ws,
+                           c_end=0.42 * s, density=0.75 if name == "pisiform" else 1.12)
     # hamate hook: seen end-on as a cortical ring inside the hamate
     hook_c = np.array([-13.2, -5.2]) * s
     bones["hamate_hook"] = Bone("hamate_hook", float(hook_c[0]), float(hook_c[1] - 3.0 * s), 0.2,
@@ -403,8 +407,8 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
 
     # -- radius and ulna, from below the field up to the wrist
     rad = Bone("radius", 4.5 * s, -150.0 * s, math.radians(-1.0), 124.0 * s, "long",
-               wb=9.0 * s, ws=10.0 * s * ws, wh=15.5 * s * ws, lb=20 * s, lh=4.0 * s,
-               c_shaft=2.6 * s, c_end=0.7 * s)
+               wb=9.0 * s, ws=9.8 * s * ws, wh=16.5 * s * ws, lb=20 * s, lh=4.0 * s,
+               c_shaft=2.4 * s, c_end=0.7 * s, flare=28.0 * s)
     # radial inclination: the articular surface slopes ~22 degrees, the styloid the highest point
     incl = math.radians(22.0)
     tip = rad.to_hand(rad.length - 4.0 * s, 0.0)
@@ -412,8 +416,8 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     rad.cutters.append(Cutter(gap=0.0, plate=rad.c_end, plane=(float(tip[0]), float(tip[1] + 1.0 * s),
                                                                 float(nrm[0]), float(nrm[1]))))
     uln = Bone("ulna", -19.5 * s, -150.0 * s, math.radians(1.0), 118.0 * s, "long",
-               wb=6.0 * s, ws=5.8 * s * ws, wh=7.4 * s * ws, lb=15 * s, lh=5.0 * s,
-               c_shaft=2.2 * s, c_end=0.6 * s)
+               wb=6.0 * s, ws=5.6 * s * ws, wh=7.8 * s * ws, lb=15 * s, lh=5.5 * s,
+               c_shaft=2.0 * s, c_end=0.6 * s, flare=14.0 * s)
     uln.lobes.append(Lobe(uln.length - 1.5 * s, -5.2 * s * ws, 4.2 * s, 2.2 * s))
     bones["radius"], bones["ulna"] = rad, uln
 

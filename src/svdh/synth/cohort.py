@@ -387,9 +387,17 @@ def generate_cohort(
     }
     lm = out / LANDMARKS_FILE
     tmp = lm.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(_dump_landmarks(doc), encoding="utf-8")
     tmp.replace(lm)
     return CohortSummary(out, opts, len(images), n, labels, lm, list(images), [r["value"] for r in results])
+
+
+def _dump_landmarks(doc: dict[str, Any]) -> str:
+    """JSON with the header indented and one line per image (readable, and small for big cohorts)."""
+    head = {k: v for k, v in doc.items() if k != "images"}
+    text = json.dumps(head, indent=1)[:-2]
+    lines = [f" {json.dumps(name)}: {json.dumps(entry, separators=(',', ':'))}" for name, entry in doc["images"].items()]
+    return text + ',\n "images": {\n' + ",\n".join(lines) + "\n }\n}\n"
 
 
 def _write_csv(path: Path, cols: list[str], rows: Iterable[dict[str, Any]]) -> None:

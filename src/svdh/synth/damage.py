@@ -29,7 +29,7 @@ import numpy as np
 
 from svdh import scoring
 from svdh.errors import BadConfigError
-from svdh.synth.anatomy import Bone, Hand, Hole, narrowed_gap
+from svdh.synth.anatomy import Bone, Capsule, Hand, Hole, narrowed_gap
 
 # Relative propensity of each site (by joint key) to be damaged, from the RA imaging
 # literature: MCP2/3, MCP5, PIPs, the ulnar styloid and the wrist lead; thumb joints lag.
@@ -48,11 +48,11 @@ JSN_PROPENSITY: dict[str, float] = {
 PROPENSITY: dict[str, float] = {**EROSION_PROPENSITY, **JSN_PROPENSITY}
 JOINT_KEYS: tuple[str, ...] = tuple(j.key for j in scoring.JOINTS)
 
-SEVERITIES = ("cohort", "uniform", "healthy", "severe")
+SEVERITIES = ("cohort", "uniform", "balanced", "healthy", "severe")
 
 
 def parse_severity(spec: str) -> tuple[str, float | None]:
-    """``cohort`` | ``uniform`` | ``healthy`` | ``severe`` | ``fixed:N`` (N = patient total 0-280)."""
+    """``cohort`` | ``uniform`` | ``balanced`` | ``healthy`` | ``severe`` | ``fixed:N`` (N = patient total 0-280)."""
     s = str(spec).strip().lower()
     if s in SEVERITIES:
         return s, None
@@ -76,6 +76,11 @@ def draw_patient_total(rng: np.random.Generator, severity: str) -> int:
         return 0
     if kind == "uniform":
         return int(rng.integers(0, scoring.MAX_PATIENT + 1))
+    if kind == "balanced":
+        # uniform over the default severity classes, then uniform within the class
+        bins = scoring.SeverityBins.patient()
+        lo, hi = bins.bounds(int(rng.integers(0, bins.n_classes)))
+        return int(rng.integers(int(lo), int(hi) + 1))
     if kind == "severe":
         return int(rng.integers(80, scoring.MAX_PATIENT + 1))
     # cohort: about 30 % without damage, the rest log-normal (median ~12, a tail past 100)
@@ -165,42 +170,44 @@ _FINGER_EROSION_JOINT = {
 }
 
 
-def lesion_radii(rng: np.random.Generator, score: int) -> list[tuple[float, float]]:
-    """(radius mm, depth) of the cortical defects of an erosion score 1-4.
+def lesion_radii(rng: np.random.Generator, score: int) -> list[tuple[float, float, bool]]:
+    """(radius mm, depth, seen en face) of the cortical defects of an erosion score 1-5.
 
     Score 1 is one defect 1-2 mm across; higher scores add defects and enlarge them; some
     defects are seen en face (partial depth) rather than in profile.
     """
     if score <= 0:
         return []
-    table = {1: (1, 0.5, 0.9), 2: (2, 0.65, 1.15), 3: (3, 0.9, 1.6), 4: (4, 1.2, 2.1), 5: (3, 1.4, 2.3)}
+    table = {1: (1, 0.5, 0.9), 2: (2, 0.65, 1.15), 3: (3, 0.9, 1.6), 4: (4, 1.1, 1.9), 5: (3, 1.2, 2.0)}
     n, lo, hi = table[min(score, 5)]
     out = []
     for i in range(n):
         en_face = score >= 2 and i > 0 and rng.random() < 0.3
-        out.append((float(rng.uniform(lo, hi)), 0.55 if en_face else 1.0))
+        # a defect seen in profile removes most, not all, of the bone in the beam's path
+        out.append((float(rng.uniform(lo, hi)), 0.5 if en_face else float(rng.uniform(0.8, 0.95)), en_face))
     return out
 
 
-def _marginal_hole(bone: Bone, u: float, side: int, r: float, depth: float, rng: np.random.Generator) -> Hole:
+def _marginal_hole(bone: Bone, u: float, side: int, r: float, depth: float, en_face: bool,
+                   rng: np.random.Generator) -> Hole:
     w = float(bone.width(np.array([u]))[0])
-    if depth < 1.0:  # en face: inside the outline
+    if en_face:  # seen through the bone: inside the outline
         return Hole(u, side * w * float(rng.uniform(0.1, 0.6)), r, depth)
-    return Hole(u, side * w * float(rng.uniform(0.8, 1.0)), r, depth)
+    return Hole(u, side * w * float(rng.uniform(0.85, 1.0)), r, depth)
 
 
 def _erode_finger_joint(hand: Hand, joint: str, score: int, jsn: int, rng: np.random.Generator) -> None:
     j = hand.joints[joint]
     prox, dist = hand.bones[j.prox], hand.bones[j.dist]
     lesions = lesion_radii(rng, score)
-    for r, depth in lesions:
+    for r, depth, en_face in lesions:
         side = 1 if rng.random() < 0.5 else -1
         if rng.random() < 0.55:  # head of the proximal bone: its bare areas
             u = prox.length - prox.lh * float(rng.uniform(0.5, 1.15))
-            prox.holes.append(_marginal_hole(prox, u, side, r, depth, rng))
+            prox.holes.append(_marginal_hole(prox, u, side, r, depth, en_face, rng))
         else:  # base of the distal bone
             u = j.dist_u + dist.lb * float(rng.uniform(0.2, 0.9))
-            dist.holes.append(_marginal_hole(dist, u, side, r, depth, rng))
+            dist.holes.append(_marginal_hole(dist, u, side, r, depth, en_face, rng))
     if score >= 4 and jsn < 4:
         # the articular surface itself: ragged bites out of the subchondral bone; at 5 the
         # surface is destroyed (several overlapping bites shorten and flatten the bone end)
@@ -218,7 +225,7 @@ def _erode_finger_joint(hand: Hand, joint: str, score: int, jsn: int, rng: np.ra
 
 
 def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | None = None) -> None:
-    for r, depth in lesion_radii(rng, score):
+    for r, depth, en_face in lesion_radii(rng, score):
         side = 1 if rng.random() < 0.5 else -1
         if end == "base":
             u = bone.lb * float(rng.uniform(0.3, 1.6))
@@ -226,7 +233,9 @@ def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | Non
             u = bone.length - bone.lh * float(rng.uniform(0.3, 2.2))
         else:
             u = bone.length * float(rng.uniform(0.15, 0.85))
-        bone.holes.append(_marginal_hole(bone, u, side, r, depth, rng))
+        # carpal and wrist defects are partly hidden by the bone in front of and behind them
+        bone.holes.append(_marginal_hole(bone, u, side, r, depth * (0.8 if bone.kind == "ovoid" else 1.0),
+                                         en_face, rng))
     if score >= 5:  # collapse: ragged bites through the bone end
         w = bone.wb if end != "head" else bone.wh
         for _ in range(3):
@@ -236,7 +245,7 @@ def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | Non
                 u = bone.length - float(rng.uniform(0.0, 0.8)) * bone.lh
             else:
                 u = bone.length * float(rng.uniform(0.3, 0.7))
-            bone.holes.append(Hole(u, float(rng.uniform(-0.8, 0.8)) * w, float(rng.uniform(0.3, 0.45)) * w, 0.85))
+            bone.holes.append(Hole(u, float(rng.uniform(-0.8, 0.8)) * w, float(rng.uniform(0.3, 0.45)) * w, 0.75))
 
 
 def joint_rng(seed_seq: np.random.SeedSequence, key: str) -> np.random.Generator:
@@ -305,12 +314,17 @@ def apply_damage(hand: Hand, scores: dict[str, int], seed_seq: np.random.SeedSeq
         amount = (0.32 * burden + (0.12 * activity if inflamed else 0.0)) if burden > 0 else 0.0
         _osteopenia(hand, landmark, min(amount, 0.5))
         if inflamed and landmark in hand.joints and landmark.startswith(("mcp", "pip", "ip")):
-            c = hand.joints[landmark].center
-            hand.soft.swellings.append((float(c[0]), float(c[1]), hand.joints[landmark].soft_radius
-                                        * float(1.15 + 0.3 * rng.random() * (0.5 + activity))))
+            # fusiform: a spindle along the finger, a little wider than the finger
+            j = hand.joints[landmark]
+            c = j.center
+            d = hand.bones[j.dist].e_u
+            r = j.soft_radius * float(1.08 + 0.22 * rng.random() * (0.5 + activity))
+            half = 0.9 * r
+            hand.soft.swellings.append(Capsule(tuple(c - d * half), tuple(c + d * half), r, r))
         elif inflamed and landmark == "ulna":
-            c = hand.landmarks["ulna"]
-            hand.soft.swellings.append((float(c[0]) - 5.0, float(c[1]), float(8.0 + 6.0 * rng.random())))
+            c = hand.landmarks["ulna"] + np.array([-4.0, 0.0])
+            r = float(7.0 + 5.0 * rng.random())
+            hand.soft.swellings.append(Capsule(tuple(c), tuple(c + np.array([0.0, 6.0])), r, r))
 
 
 def _osteopenia(hand: Hand, landmark: str, amount: float) -> None:

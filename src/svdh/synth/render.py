@@ -372,24 +372,22 @@ def soft_tissue(hands: list[tuple[Hand, Placement]], shape: tuple[int, int]) -> 
     def pts(xy: np.ndarray, scale: float = 1.0) -> np.ndarray:
         return np.round(xy * (f / scale)).astype(np.int32)
 
+    def low(xy: np.ndarray) -> np.ndarray:  # full-resolution pixel coordinates -> quarter resolution
+        return pts(xy + 0.5 - q / 2, q)
+
     for hand, place in hands:
         st = hand.soft
-        for cap in st.capsules:
+        for cap in st.capsules + st.swellings:
             p0 = place.apply(np.array(cap.p0))
             p1 = place.apply(np.array(cap.p1))
             poly = _capsule_poly(p0, p1, cap.r0 * k, cap.r1 * k)
             cv2.fillConvexPoly(mask, pts(poly), 255, cv2.LINE_8, sh)
-            cv2.fillConvexPoly(rmap, pts(poly + 0.5, q), float((cap.r0 + cap.r1) / 2), cv2.LINE_8, sh)
-        for (x, y, r) in st.swellings:
-            c = place.apply(np.array([x, y]))
-            cv2.circle(mask, tuple(int(v) for v in pts(c)), int(round(r * k * f)), 255, -1, cv2.LINE_8, sh)
-            cv2.circle(rmap, tuple(int(v) for v in pts(c + 0.5, q)), int(round(r * k * f / q)), float(r), -1,
-                       cv2.LINE_8, sh)
+            cv2.fillConvexPoly(rmap, low(poly), float((cap.r0 + cap.r1) / 2), cv2.LINE_8, sh)
         palm = place.apply(np.array(st.palm))
         fore = place.apply(np.array(st.forearm))
         cv2.fillPoly(mask, [pts(palm), pts(fore)], 255, cv2.LINE_8, sh)
-        cv2.fillPoly(rmap, [pts(palm + 0.5, q)], float(st.palm_half), cv2.LINE_8, sh)
-        cv2.fillPoly(rmap, [pts(fore + 0.5, q)], float(st.forearm_half), cv2.LINE_8, sh)
+        cv2.fillPoly(rmap, [low(palm)], float(st.palm_half), cv2.LINE_8, sh)
+        cv2.fillPoly(rmap, [low(fore)], float(st.forearm_half), cv2.LINE_8, sh)
     rmap = cv2.GaussianBlur(rmap, (0, 0), max(0.5, 5.0 * k / q))
     rmap = cv2.resize(rmap, (W, H), interpolation=cv2.INTER_LINEAR)
     dist = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_5)
