@@ -23,7 +23,7 @@ joint's score changes the pixels around that joint only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -248,10 +248,11 @@ def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | Non
             bone.holes.append(Hole(u, float(rng.uniform(-0.8, 0.8)) * w, float(rng.uniform(0.3, 0.45)) * w, 0.75))
 
 
-def joint_rng(seed_seq: np.random.SeedSequence, key: str) -> np.random.Generator:
+def joint_rng(seed_seq: np.random.SeedSequence, key: str, purpose: int = 0) -> np.random.Generator:
     """The random stream of one joint's lesions (independent of every other joint)."""
     idx = JOINT_KEYS.index(key)
-    return np.random.default_rng(np.random.SeedSequence(seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, 7000 + idx)))
+    return np.random.default_rng(np.random.SeedSequence(
+        seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, 7000 + idx + 1000 * purpose)))
 
 
 def apply_damage(hand: Hand, scores: dict[str, int], seed_seq: np.random.SeedSequence,
@@ -268,9 +269,19 @@ def apply_damage(hand: Hand, scores: dict[str, int], seed_seq: np.random.SeedSeq
             continue
         joint = scoring.JOINTS_BY_KEY[key].landmark
         j = hand.joints[joint]
+        side = 1.0 if joint_rng(seed_seq, key, purpose=1).random() < 0.5 else -1.0
         for bone_name, idx in j.cutters:
-            cut = hand.bones[bone_name].cutters[idx]
-            cut.gap = narrowed_gap(j.gap, value)
+            bone = hand.bones[bone_name]
+            cut = bone.cutters[idx]
+            if value == 1 and cut.ellipse is not None:
+                # focal narrowing: the space loses a little in the middle and most on one side
+                # (the convex surface shifted sideways): narrowed_gap() is its narrowest width
+                e = cut.ellipse
+                shift = side * 0.35 * bone.e_v
+                cut.ellipse = replace(e, cx=e.cx + float(shift[0]), cy=e.cy + float(shift[1]))
+                cut.gap = max(0.25, j.gap - 0.1)
+            else:
+                cut.gap = narrowed_gap(j.gap, value)
             if value >= 4:
                 cut.plate = 0.0
         if value >= 4:

@@ -38,26 +38,34 @@ TEX_AMP = 0.2
 MU_METAL = 0.45
 
 
-def supersampling(size: int) -> int:
-    """Supersampling factor of bone patches: at least 2, enough for ~640 px equivalent."""
-    return int(min(8, max(2, math.ceil(640 / max(size, 1)))))
+def supersampling(size: int) -> tuple[int, int]:
+    """Supersampling of bone patches along and across the bone axis.
+
+    Along the axis at least 2x and ~640 px equivalent at small sizes: joint spaces run across
+    the bone, so they need it most. Across the axis half of that: the outlines along a bone are
+    smooth chord profiles that the warp into the image interpolates anyway.
+    """
+    along = int(min(8, max(2, math.ceil(640 / max(size, 1)))))
+    return along, max(1, along // 2)
 
 
 # --------------------------------------------------------------------------- texture
 
 
 @lru_cache(maxsize=6)
-def trabecular_tile(px_per_mm: float, n: int = 1024) -> np.ndarray:
-    """A fixed band-pass noise tile that looks like trabecular bone at ``px_per_mm``.
+def trabecular_tile(px_per_mm: float, px_per_mm_across: float | None = None, n: int = 1024) -> np.ndarray:
+    """A fixed band-pass noise tile that looks like trabecular bone at ``px_per_mm`` along the
+    rows (the bone axis) and ``px_per_mm_across`` (default the same) along the columns.
 
-    Rows are the bone axis: the pass band is stretched so the pattern runs along the bone,
-    as trabeculae follow the load lines. Seeded by a constant: identical in every process.
+    The pass band is stretched so the pattern runs along the bone, as trabeculae follow the
+    load lines. Seeded by a constant: identical in every process.
     """
+    across = px_per_mm if px_per_mm_across is None else px_per_mm_across
     rng = np.random.default_rng(0x5FD4)
     white = rng.standard_normal((n, n))
     spec = np.fft.rfft2(white)
     fy = np.fft.fftfreq(n)[:, None] * px_per_mm  # cycles per mm along the axis
-    fx = np.fft.rfftfreq(n)[None, :] * px_per_mm
+    fx = np.fft.rfftfreq(n)[None, :] * across
     fr = np.sqrt((1.9 * fy) ** 2 + fx**2)
     f0 = 1.2  # trabecular spacing ~0.8 mm
     band = np.exp(-0.5 * ((fr - f0) / 0.5) ** 2) + 0.3 * np.exp(-0.5 * (fr / 0.2) ** 2)
@@ -149,7 +157,7 @@ def _window(lo: float, hi: float, start: float, step: float, n: int) -> slice:
 
 
 def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
-               tile: np.ndarray, margin_mm: float = 1.0) -> tuple[np.ndarray, float, float]:
+               tile: np.ndarray, margin_mm: float = 1.0, sv: int | None = None) -> tuple[np.ndarray, float, float]:
     """Attenuation of one bone in its own frame at the output pitch.
 
     Returns ``(patch, u0, v0)``: rows are ``u = u0 + i / k``, columns ``v = v0 + j / k`` (mm).
@@ -166,10 +174,12 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
     v0 = -v_hi - m
     nu = int(math.ceil((u_hi + m - u0) * k)) + 1
     nv = int(math.ceil((-2 * v0) * k)) + 1
-    h = 1.0 / (k * ss)  # supersampled pitch, mm
+    sv = ss if sv is None else sv
+    h = 1.0 / (k * ss)  # supersampled pitch along the axis, mm
+    hv = 1.0 / (k * sv)  # and across it
     # supersampled sample i sits at output-pixel coordinate (i + 0.5) / ss - 0.5
     u = (u0 + ((np.arange(nu * ss) + 0.5) / ss - 0.5) / k).astype(np.float64)
-    v = (v0 + ((np.arange(nv * ss) + 0.5) / ss - 0.5) / k).astype(np.float64)
+    v = (v0 + ((np.arange(nv * sv) + 0.5) / sv - 0.5) / k).astype(np.float64)
 
     W = bone.width(u)
     c = bone.cortex(u)
@@ -186,7 +196,7 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
     np.sqrt(outer, out=outer)
     # the medulla only spans the columns |v| < max Wi
     wi_max = float(Wi.max())
-    ci = _window(-wi_max, wi_max, v[0], h, v.size)
+    ci = _window(-wi_max, wi_max, v[0], hv, v.size)
     inner = np.subtract.outer((Wi * Wi).astype(np.float32), v2[ci])
     np.maximum(inner, 0.0, out=inner)
     np.sqrt(inner, out=inner)
@@ -194,7 +204,7 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
 
     for lobe in bone.lobes:
         rs = _window(lobe.u - lobe.a, lobe.u + lobe.a, u[0], h, u.size)
-        cs = _window(lobe.v - lobe.b, lobe.v + lobe.b, v[0], h, v.size)
+        cs = _window(lobe.v - lobe.b, lobe.v + lobe.b, v[0], hv, v.size)
         if rs.stop <= rs.start or cs.stop <= cs.start:
             continue
         du = ((u[rs] - lobe.u) / lobe.a)[:, None] ** 2
@@ -214,7 +224,7 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
             ext_u = math.hypot(e.a * math.cos(phi), e.b * math.sin(phi)) + cut.gap + cut.plate + 2 * h
             ext_v = math.hypot(e.a * math.sin(phi), e.b * math.cos(phi)) + cut.gap + cut.plate + 2 * h
             rs = _window(cu - ext_u, cu + ext_u, u[0], h, u.size)
-            cs = _window(cv - ext_v, cv + ext_v, v[0], h, v.size)
+            cs = _window(cv - ext_v, cv + ext_v, v[0], hv, v.size)
             if rs.stop <= rs.start or cs.stop <= cs.start:
                 continue
             sdf = _local_ellipse_sdf(e, bone, u[rs, None], v[None, cs])
@@ -245,7 +255,7 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
     for hole in bone.holes:
         ext = hole.r + 3 * h + 0.3
         rs = _window(hole.u - ext, hole.u + ext, u[0], h, u.size)
-        cs = _window(hole.v - ext, hole.v + ext, v[0], h, v.size)
+        cs = _window(hole.v - ext, hole.v + ext, v[0], hv, v.size)
         if rs.stop <= rs.start or cs.stop <= cs.start:
             continue
         d = np.sqrt((u[rs, None] - hole.u) ** 2 + (v[None, cs] - hole.v) ** 2)
@@ -277,7 +287,7 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
             med *= inner
             att[:, ci] += med
     att = att.astype(np.float32)
-    if ss > 1:
+    if ss > 1 or sv > 1:
         att = cv2.resize(att, (nv, nu), interpolation=cv2.INTER_AREA)
     return att, u0, v0
 
@@ -302,9 +312,9 @@ def _warp_add(canvas: np.ndarray, patch: np.ndarray, M: np.ndarray) -> None:
 
 
 def draw_bone(canvas: np.ndarray, bone: Bone, place: Placement, ss: int,
-              rng: np.random.Generator, tile: np.ndarray) -> None:
+              rng: np.random.Generator, tile: np.ndarray, sv: int | None = None) -> None:
     k = place.px_per_mm
-    patch, u0, v0 = bone_patch(bone, k, ss, rng, tile)
+    patch, u0, v0 = bone_patch(bone, k, ss, rng, tile, sv=sv)
     # patch pixel (col j, row i) -> local (v0 + j/k, u0 + i/k) -> hand -> image
     Ge_u = place.G @ bone.e_u
     Ge_v = place.G @ bone.e_v
@@ -549,13 +559,14 @@ def compose(hands: list[tuple[Hand, Placement, str]], shape: tuple[int, int], fi
     H, W = shape
     k = hands[0][1].px_per_mm
     size = min(H, W)
-    ss = supersampling(size)
+    ss, sv = supersampling(size)
     # texture tiles are cached per quarter-octave of pitch (a few per process, not per image)
-    tile = trabecular_tile(float(2.0 ** (round(4 * math.log2(k * ss)) / 4)))
+    q = float(2.0 ** (round(4 * math.log2(k * ss)) / 4))
+    tile = trabecular_tile(q, q * sv / ss)
     att = np.zeros((H, W), np.float32)
     for hand, place, _ in hands:
         for bone in hand.bones.values():
-            draw_bone(att, bone, place, ss, rng_tex, tile)
+            draw_bone(att, bone, place, ss, rng_tex, tile, sv)
         if hand.ring_finger is not None:
             pp = hand.bones[f"pp{hand.ring_finger}"]
             j = hand.joints[f"mcp{hand.ring_finger}"]
