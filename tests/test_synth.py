@@ -111,9 +111,10 @@ def test_ra_cohort_labels_agree_with_joint_columns_and_landmarks(tmp_path: Path)
             entry = doc["images"][f"{row['Patient_ID']}-{side}H.png"]
             hand = entry["hands"][side]
             assert (hand["erosion"], hand["jsn"], hand["total"]) == (hs.erosion, hs.jsn, hs.total)
+            assert set(entry["landmarks"]) == set(scoring.LANDMARKS)
             for j in scoring.JOINTS:
-                assert hand["landmarks"][j.landmark][j.kind] == int(row[j.column(side)])
-            assert (entry["width"], entry["height"]) == (96, 96)
+                assert entry["landmarks"][j.landmark][j.kind] == int(row[j.column(side)])
+            assert (entry["width"], entry["height"], entry["side"]) == (96, 96, side)
     assert summary.n_images == 8 and sorted(summary.totals) == sorted(float(r["Overall_Tol"]) for r in rows)
 
 
@@ -128,6 +129,10 @@ def test_ra2_dream_source_reads_a_phantom_cohort(tmp_path: Path) -> None:
         assert r["patient_svdh"] == float(rows[r["patient_id"]]["Overall_Tol"])
     generate_cohort(tmp_path / "bh", n=2, size=64, seed=2, dual_hand=True)
     assert sorted(p.name for p in (tmp_path / "bh").glob("*.png")) == ["SYN00001-BH.png", "SYN00002-BH.png"]
+    entry = load_landmarks(tmp_path / "bh")["images"]["SYN00001-BH.png"]
+    assert (entry["width"], entry["height"], entry["side"]) == (128, 64, "both")
+    assert set(entry["landmarks"]) == {f"{s}:{n}" for s in "LR" for n in scoring.LANDMARKS}
+    assert set(entry["hands"]) == {"L", "R"}
     dfb = data.load_source(f"ra2-dream:{tmp_path / 'bh'}")
     assert list(dfb["side"]) == ["both", "both"]
     assert list(dfb["svdh"]) == list(dfb["patient_svdh"])

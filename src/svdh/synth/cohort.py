@@ -195,32 +195,40 @@ def write_dicom(path: Path, pixels: np.ndarray, *, patient_id: str, laterality: 
 # --------------------------------------------------------------------------- one patient
 
 
-def _landmark_entry(img: RenderedImage, side: str) -> dict[str, Any]:
+def _hand_summary(img: RenderedImage, side: str) -> dict[str, Any]:
+    scores = img.scores.get(side)
+    if scores is None:
+        return {}
+    ero = sum(v for k, v in scores.items() if k.startswith("ero_"))
+    jsn = sum(v for k, v in scores.items() if k.startswith("jsn_"))
+    return {"erosion": ero, "jsn": jsn, "total": ero + jsn}
+
+
+def _landmark_points(img: RenderedImage, side: str, prefix: str) -> dict[str, Any]:
+    """``{prefix + landmark: {x, y[, erosion, jsn]}}`` of one hand."""
     pts = img.landmarks[side]
     scores = img.scores.get(side)
-    out: dict[str, Any] = {}
-    if scores is not None:
-        ero = sum(v for k, v in scores.items() if k.startswith("ero_"))
-        jsn = sum(v for k, v in scores.items() if k.startswith("jsn_"))
-        out.update(erosion=ero, jsn=jsn, total=ero + jsn)
-    lm: dict[str, Any] = {}
     by_landmark: dict[str, dict[str, int]] = {}
     if scores is not None:
         for j in scoring.JOINTS:
             by_landmark.setdefault(j.landmark, {})[j.kind] = int(scores[j.key])
+    out: dict[str, Any] = {}
     for name in scoring.LANDMARKS:
         x, y = pts[name]
         e: dict[str, Any] = {"x": round(x, 2), "y": round(y, 2)}
         if scores is not None:
             e["erosion"] = by_landmark[name].get(scoring.EROSION)
             e["jsn"] = by_landmark[name].get(scoring.JSN)
-        lm[name] = e
-    out["landmarks"] = lm
+        out[prefix + name] = e
     return out
 
 
 def _image_entry(img: RenderedImage, patient: Patient, side: str) -> dict[str, Any]:
     h, w = img.image.shape
+    both = len(img.sides) > 1
+    landmarks: dict[str, Any] = {}
+    for sd in img.sides:  # a dual-hand film keys its points "R:mcp2", "L:mcp2"
+        landmarks.update(_landmark_points(img, sd, f"{sd}:" if both else ""))
     entry: dict[str, Any] = {
         "patient_id": patient.patient_id,
         "width": int(w),
@@ -228,11 +236,13 @@ def _image_entry(img: RenderedImage, patient: Patient, side: str) -> dict[str, A
         "side": "both" if side == "B" else side,
         "mm_per_pixel": round(1.0 / img.px_per_mm, 5),
         "joint_radius_px": round(img.joint_radius_px, 2),
-        "hands": {sd: _landmark_entry(img, sd) for sd in img.sides},
     }
     if patient.mode == "child":
         entry["boneage"] = patient.boneage_months
         entry["male"] = patient.male
+    else:
+        entry["hands"] = {sd: _hand_summary(img, sd) for sd in img.sides}
+    entry["landmarks"] = landmarks
     return entry
 
 

@@ -27,7 +27,7 @@ def _label(name: str, entry: dict[str, Any]) -> tuple[str, float]:
     if "boneage" in entry:
         months = entry["boneage"]
         return f"{Path(name).stem}  {months / 12:.1f} y  {'M' if entry['male'] else 'F'}", float(months)
-    hands = entry["hands"]
+    hands = entry.get("hands", {})
     tot = sum(h.get("total", 0) for h in hands.values())
     ero = sum(h.get("erosion", 0) for h in hands.values())
     jsn = sum(h.get("jsn", 0) for h in hands.values())
