@@ -320,24 +320,6 @@ class HandShape:
     soft_scale: float = 1.0  # soft-tissue thickness factor (body habitus)
 
 
-def sample_shape(rng: np.random.Generator, scale: float | None = None) -> HandShape:
-    """Draw the normal anatomical variation of one hand."""
-    s = float(np.clip(rng.normal(1.0, 0.07), 0.84, 1.16)) if scale is None else scale
-    ray = tuple(float(np.clip(rng.normal(1.0, 0.025), 0.94, 1.06)) for _ in range(5))
-    spread = float(rng.uniform(0.15, 1.5))
-    jit = tuple(float(rng.normal(0.0, 2.0)) for _ in range(5))
-    flex = tuple(float(abs(rng.normal(0.0, 9.0))) for _ in range(5))
-    return HandShape(
-        scale=s,
-        ray_scale=ray,
-        spread=spread,
-        spread_jitter=jit,
-        flexion=flex,
-        width_scale=float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12)),
-        soft_scale=float(np.clip(rng.normal(1.0, 0.1), 0.8, 1.25)),
-    )
-
-
 @dataclass
 class Joint:
     """A joint between two bones, in the hand frame: ``center`` is the middle of the

@@ -354,7 +354,13 @@ def generate_cohort(
         raise BadConfigError(f"--workers must be a positive whole number, got {workers!r}")
     out = Path(out_dir)
     _check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".svdh-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BadConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
     tasks = [(opts, i, str(out), monochrome1) for i in range(n)]
     results: list[dict[str, Any]] = []
     workers = min(workers, n)

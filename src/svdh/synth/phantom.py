@@ -179,10 +179,13 @@ def render_patient(patient: Patient, size: int = 512, side: str = "L", *,
     return RenderedImage(img, sides, landmarks, all_scores, k, joint_radius_px=6.0 * k)
 
 
-def render_hand(seed: int = 0, index: int = 0, side: str = "L", size: int = 512, mode: str = "ra",
+def render_hand(seed: int = 0, index: int = 0, side: str | None = None, size: int = 512, mode: str = "ra",
                 severity: str = "cohort", scores: dict[str, int] | None = None,
                 with_film: bool = True) -> RenderedImage:
     """Render one phantom radiograph: patient ``index`` of cohort ``seed``.
+
+    ``side``: 'L', 'R' or 'B' (both hands on one film); by default the left hand in RA mode and
+    the child's own side (mostly left) in child mode, as ``svdh synth`` draws them.
 
     ``scores`` (joint key -> SvdH score, e.g. ``{"ero_mcp2": 3}``; missing joints are 0)
     replaces the patient's own scores of that hand; everything else (anatomy, pose, film,
@@ -199,8 +202,8 @@ def render_hand(seed: int = 0, index: int = 0, side: str = "L", size: int = 512,
             if not 0 <= int(v) <= mx:
                 raise BadConfigError(f"score {k}={v} out of range 0-{mx}")
         scores = {**no_damage(), **{k: int(v) for k, v in scores.items()}}
-    if mode == "child" and side != "B":
-        side = side or patient.child_side
+    if side is None:
+        side = patient.child_side if mode == "child" else "L"
     return render_patient(patient, size, side, scores=scores, with_film=with_film)
 
 
