@@ -33,6 +33,25 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail early, in one line, when the address cannot be bound (in use, or not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise BadConfigError(f"--host {host}: not an address or name of this machine") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise BadConfigError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or --host"
+            ) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -75,6 +94,7 @@ def register(app: typer.Typer) -> None:
                 keep.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as exc:
                 raise BadConfigError(f"--keep {keep}: cannot create the folder ({exc.strerror})") from None
+        _check_port(host, port)
         web_app = create_app(model, keep_dir=keep, max_upload_mb=max_upload_mb,
                              max_concurrency=workers, max_files=max_files)
         if not _is_loopback(host):
