@@ -31,10 +31,10 @@ from svdh.synth.anatomy import Bone, Ellipse, Hand
 #: Linear attenuation per mm of projected thickness (display units, tuned by eye against
 #: the RA2-DREAM and RSNA samples).
 MU_SOFT = 0.0125
-MU_CORTEX = 0.16
+MU_CORTEX = 0.15
 MU_TRABECULAR = 0.05
 #: Contrast of the trabecular texture (relative density modulation).
-TEX_AMP = 0.2
+TEX_AMP = 0.36
 MU_METAL = 0.45
 
 
@@ -67,12 +67,13 @@ def trabecular_tile(px_per_mm: float, px_per_mm_across: float | None = None, n: 
     fy = np.fft.fftfreq(n)[:, None] * px_per_mm  # cycles per mm along the axis
     fx = np.fft.rfftfreq(n)[None, :] * across
     fr = np.sqrt((1.9 * fy) ** 2 + fx**2)
-    f0 = 1.2  # trabecular spacing ~0.8 mm
-    band = np.exp(-0.5 * ((fr - f0) / 0.5) ** 2) + 0.3 * np.exp(-0.5 * (fr / 0.2) ** 2)
+    f0 = 0.8  # trabecular spacing ~1.2 mm
+    band = np.exp(-0.5 * ((fr - f0) / 0.35) ** 2) + 0.25 * np.exp(-0.5 * (fr / 0.15) ** 2)
     tex = np.fft.irfft2(spec * band, s=(n, n))
     tex /= tex.std() + 1e-12
-    # a soft rectifier turns smooth noise into a network of plates and holes
-    tex = np.tanh(1.3 * tex)
+    # ridges of band-pass noise (its zero crossings) form a network of thin plates and rods
+    # around marrow spaces, as trabecular bone looks on a radiograph
+    tex = np.exp(-((tex / 0.55) ** 2))
     tex = (tex - tex.mean()) / (tex.std() + 1e-12)
     return (1.0 + TEX_AMP * tex).astype(np.float32)  # a density modulation around 1
 
@@ -438,9 +439,9 @@ def sample_film(rng: np.random.Generator) -> Film:
     return Film(
         exposure=float(rng.uniform(0.82, 1.2)),
         background=float(rng.uniform(0.03, 0.3)),
-        white=float(rng.uniform(0.86, 1.0)),
+        white=float(rng.uniform(0.8, 0.98)),
         gamma=float(np.exp(rng.normal(0.0, 0.12))),
-        blur_mm=float(rng.uniform(0.1, 0.45)),
+        blur_mm=float(rng.uniform(0.06, 0.32)),
         noise=float(rng.uniform(0.006, 0.025)),
         heel=float(rng.uniform(0.0, 0.08)),
         heel_angle=float(rng.uniform(0.0, 2 * math.pi)),
