@@ -55,6 +55,11 @@ def _expected(path: str, cfg: PreprocessConfig) -> np.ndarray:
 def test_prepare_in_parallel_matches_preprocess_and_is_idempotent(tmp_path: Path) -> None:
     spec = _csv_source(tmp_path / "src", 24)
     cfg = PreprocessConfig(size=64)
+    # OpenCV's thread pool now runs in this process: workers forked from it could deadlock.
+    cv2.setNumThreads(2)
+    for k in range(4):
+        cv2.resize(np.zeros((999, 999), np.float32), (100, 100), interpolation=cv2.INTER_AREA)
+        preprocess(_hand(200, k), cfg)
     out = prepare(spec, tmp_path / "cache", cfg, workers=2, progress=False)
     cache = open_cache(out)
     assert cache.images.shape == (24, 64, 64) and cache.images.dtype == np.uint8

@@ -244,16 +244,16 @@ def _run(
                 geometry[i] = geo
                 keys[i] = expected[i]
 
+    ctx = _mp_context() if workers > 1 else None
     bar = _progress(progress, len(todo))
     try:
-        if workers <= 1:
+        if workers <= 1 or ctx is None:
             _init_worker(str(images_path), cfg.to_dict(), max_pixels)
             for c in chunks:
                 res = _work([(i, paths[i]) for i in c])
                 done(res)
                 bar.advance(len(c))
             return failed
-        ctx = _mp_context()
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker,
             initargs=(str(images_path), cfg.to_dict(), max_pixels),
@@ -300,13 +300,19 @@ def _workers(workers: int | None, n_todo: int) -> int:
     return 1 if n_todo < 16 else int(workers)
 
 
-def _mp_context() -> mp.context.BaseContext:
+def _mp_context() -> mp.context.BaseContext | None:
+    """Workers start from a clean process, never forked from this one: after OpenCV, OpenMP
+    (torch) or BLAS have started threads here, a forked child can deadlock on a lock one of
+    those threads held. Linux: forkserver, preloading only this module; elsewhere spawn.
+
+    Both re-import the main script in each worker; where it is not a file (a script piped to
+    ``python -``), None: the caller then works in this process.
+    """
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file is not None and getattr(getattr(main, "__spec__", None), "name", None) is None and not os.path.isfile(main_file):
+        return None
     if sys.platform.startswith("linux"):
-        # fork starts workers at once and needs no importable __main__; it is unsafe once
-        # torch's OpenMP threads exist in the parent (svdh train calls prepare), so then
-        # forkserver: workers forked from a clean server that preloads only this module.
-        if "torch" not in sys.modules:
-            return mp.get_context("fork")
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["svdh.data.cache"])
         return ctx
