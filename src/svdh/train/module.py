@@ -69,6 +69,7 @@ class SvdhModule(L.LightningModule):
             # parameters that require gradients when it is built).
             apply_scheme(self.model, self.scheme)
         self._val: list[dict[str, torch.Tensor]] = []
+        self._train_sum, self._train_n = torch.zeros(()), 0
 
     # -- steps ----------------------------------------------------------------------------
     def _targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -87,8 +88,22 @@ class SvdhModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         raw = self.model.forward_raw(batch["x"], batch.get("sex"))
         loss = self._loss(raw, self._targets(batch))
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(raw), sync_dist=True)
+        # summed on the device and logged once per epoch: per-step logging costs more Python
+        # time than a fast GPU spends on a small batch
+        self._train_sum = self._train_sum + loss.detach() * len(raw)
+        self._train_n += len(raw)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._train_sum, self._train_n = torch.zeros((), device=self.device), 0
+        if self.scheme.dynamic:
+            trainable = apply_scheme(self.model, self.scheme, self.current_epoch, self.unfreeze_every)
+            self.log("trainable_stages", float(len(trainable)), sync_dist=False)
+        hold_frozen_batchnorm(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_n:
+            self.log("train_loss", self._train_sum / self._train_n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         raw = self.model.forward_raw(batch["x"], batch.get("sex")).float()
@@ -145,13 +160,6 @@ class SvdhModule(L.LightningModule):
         # identical on every rank already: no sync needed
         for k, v in metrics.items():
             self.log(k, v if math.isfinite(v) else float("nan"), prog_bar=k in ("val_loss", "val_rmse", "val_mae", "val_acc"))
-
-    # -- fine-tuning scheme ---------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        if self.scheme.dynamic:
-            trainable = apply_scheme(self.model, self.scheme, self.current_epoch, self.unfreeze_every)
-            self.log("trainable_stages", float(len(trainable)), sync_dist=False)
-        hold_frozen_batchnorm(self.model)
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -273,10 +273,12 @@ class _EpochLine:
             def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001
                 self.t0 = time.perf_counter()
 
-            def on_validation_end(self, trainer, pl_module):  # noqa: ANN001
-                if trainer.sanity_checking or not trainer.is_global_zero:
+            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
+                if not trainer.is_global_zero:
                     return
-                m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train_", "val_"))}
+                m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+                if getattr(pl_module, "_train_n", 0):
+                    m["train_loss"] = float(pl_module._train_sum) / pl_module._train_n
                 shown = " ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
                 dt = time.perf_counter() - getattr(self, "t0", time.perf_counter())
                 print(f"fold {fold + 1}/{n_folds} epoch {trainer.current_epoch + 1}/{epochs}: {shown} ({dt:.0f} s)",
@@ -387,6 +389,8 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         strategy = DDPStrategy(find_unused_parameters=True)
     precision = resolve_precision(cfg)
     logs = run_dir / "logs"
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=strategy,
         num_nodes=cfg.num_nodes, precision=precision, max_epochs=cfg.epochs, min_epochs=min_epochs,
@@ -395,18 +399,20 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         logger=[CSVLogger(logs / "csv", name=f"fold_{k}"), TensorBoardLogger(logs / "tensorboard", name=f"fold_{k}")],
         enable_progress_bar=tty, enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=50, default_root_dir=str(fold_dir), benchmark=False,
+        # checkpoints are cloned on the training thread and written in the background, so
+        # the per-epoch last.ckpt (needed for --resume) does not stall a fast GPU; each
+        # file is still written to a temporary name and renamed, and fit waits for it
+        plugins=[AsyncCheckpointIO()],
     )
     train_ds = make_dataset(data, targets, train_rows, cfg.augment)
     val_ds = make_dataset(data, targets, val_rows, False)
-    last = fold_dir / "last.ckpt"
-    if not last.exists() and (fold_dir / "best.ckpt").exists():
-        last = fold_dir / "best.ckpt"  # killed while last.ckpt was being re-linked: continue from best
+    last = _resume_point(fold_dir)
     t0 = time.perf_counter()
     trainer.fit(
         module,
         train_dataloaders=_loader(train_ds, cfg, shuffle=True, drop_last=len(train_ds) > cfg.batch_size),
         val_dataloaders=_loader(val_ds, cfg, shuffle=False),
-        ckpt_path=str(last) if last.exists() else None,
+        ckpt_path=str(last) if last else None,
     )
     seconds = time.perf_counter() - t0
     info = None
@@ -414,6 +420,21 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         info = _finish_fold(cfg, data, targets, model.config, k, fold_dir, ckpt_cb, trainer, precision, seconds)
     _barrier()
     return info if info is not None else (json.loads(done.read_text()) if done.exists() else None)
+
+
+def _resume_point(fold_dir: Path) -> Path | None:
+    """The checkpoint an unfinished fold continues from: ``last.ckpt`` or, should the process
+    have died between writing the best checkpoint and re-linking ``last.ckpt`` to it,
+    ``best.ckpt``; None (start the fold afresh) when neither can be read."""
+    for name in ("last.ckpt", "best.ckpt"):
+        p = fold_dir / name
+        if p.exists():  # follows the link; a dangling one does not count
+            try:
+                torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+                return p
+            except Exception:  # a torn file: try the other
+                continue
+    return None
 
 
 def _state_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
