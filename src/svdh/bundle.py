@@ -308,8 +308,18 @@ def save_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    _default_mode(tmp)
     tmp.replace(path)  # atomic: a reader never sees a half-written bundle
     return path
+
+
+def _default_mode(path: Path) -> None:
+    """Give a written file the permissions of an ordinary new file (safetensors writes 0600)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 # --------------------------------------------------------------------------- load
@@ -627,17 +637,20 @@ def export_onnx(
     entry.key, entry.value = "svdh_manifest", json.dumps(_jsonable(dict(doc or {})), sort_keys=True)
     onnx.save(model, str(tmp))
     if check:
-        diff = onnx_parity(graph, tmp, torch.rand(3, 1, image_size, image_size,
-                                                   generator=torch.Generator().manual_seed(1)))
-        if diff > 1e-3:
+        diff, scale = onnx_parity(graph, tmp, torch.rand(3, 1, image_size, image_size,
+                                                          generator=torch.Generator().manual_seed(1)))
+        # float32 rounding grows with the magnitude of the outputs (logits of an untrained model
+        # can reach 1e4 on noise): allow 1e-3 absolute plus 1e-5 of the largest output
+        if diff > 1e-3 + 1e-5 * scale:
             tmp.unlink(missing_ok=True)
-            raise BadBundleError(f"ONNX export differs from torch by {diff:.2e} (> 1e-3); not written")
+            raise BadBundleError(f"ONNX export differs from torch by {diff:.2e} (outputs up to {scale:.3g}); not written")
     tmp.replace(path)
     return path
 
 
-def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> float:
-    """Largest absolute difference between ``module(x)`` (torch) and onnxruntime on the graph."""
+def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> tuple[float, float]:
+    """Largest absolute difference between ``module(x)`` (torch) and onnxruntime on the graph,
+    and the largest absolute torch output."""
     import onnxruntime as ort
     import torch
 
@@ -646,4 +659,5 @@ def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> float:
         ref = module(x)
     ref = ref if isinstance(ref, tuple) else (ref,)
     outs = sess.run(None, {"image": x.numpy().astype(np.float32)})
-    return max(float(np.max(np.abs(np.asarray(o) - r.numpy()))) for o, r in zip(outs, ref, strict=True))
+    diff = max(float(np.max(np.abs(np.asarray(o) - r.numpy()))) for o, r in zip(outs, ref, strict=True))
+    return diff, max(float(np.max(np.abs(r.numpy()))) for r in ref)

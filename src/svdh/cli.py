@@ -17,7 +17,7 @@ from svdh import __version__
 from svdh.errors import SvdhError
 
 #: Command modules under svdh.commands, in the order of the pipeline.
-COMMAND_MODULES = ("data", "synth", "train", "evaluate", "serve", "experiment")
+COMMAND_MODULES = ("data", "synth", "train", "evaluate", "predict", "serve", "experiment")
 
 app = typer.Typer(
     name="svdh",
@@ -50,7 +50,7 @@ for _name in COMMAND_MODULES:
 def main() -> None:
     """Console entry point: run the app, print user errors on one line."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except SvdhError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(exc.exit_code)
@@ -68,3 +68,5 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(rc, int) and rc:  # without standalone mode click returns typer.Exit(code)'s code
+        sys.exit(rc)

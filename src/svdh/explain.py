@@ -6,8 +6,8 @@ chooses the target layer and the target (score or class head), averages maps ove
 of a member and over the members of an ensemble, writes overlays, and measures localisation.
 
 Localisation (the paper judged its maps by eye; we measure them). On a phantom cohort whose
-``landmarks.json`` gives every scored joint's position and whose ``training.csv`` gives every
-joint's score, for each image with at least one damaged joint:
+``landmarks.json`` (``svdh synth``) gives every scored joint's position and scores, for each
+image with at least one damaged joint:
 
 * **mass on damaged joints**: the fraction of the map's total mass inside discs of radius
   ``radius_frac x hand size`` around the damaged joints' landmarks (hand size = the diagonal of
@@ -317,27 +317,39 @@ class LocalisationScore:
     random_hand_mass: float
 
 
-def score_map(
-    cam: np.ndarray,
-    damaged: np.ndarray,
-    all_landmarks: np.ndarray,
-    radius_frac: float = DEFAULT_RADIUS_FRAC,
-    hand: np.ndarray | None = None,
-) -> LocalisationScore:
-    """Localisation of one heat map against one image's damaged-joint landmarks (model coords)."""
+@dataclass
+class HandLandmarks:
+    """One hand in one image: every landmark (model-input pixels) and the damaged ones' names."""
+
+    points: dict[str, tuple[float, float]]
+    damaged: set[str]
+
+    def damaged_points(self) -> np.ndarray:
+        return np.array([self.points[k] for k in sorted(self.damaged) if k in self.points]).reshape(-1, 2)
+
+
+def damage_region(shape: tuple[int, int], hands: Sequence[HandLandmarks], radius_frac: float) -> np.ndarray:
+    """Union of discs around every damaged joint; each hand's radius scales with that hand."""
+    region = np.zeros(shape, dtype=bool)
+    for h in hands:
+        pts = h.damaged_points()
+        if len(pts):
+            region |= disc_mask(shape, pts, radius_frac * hand_size(np.array(list(h.points.values()))))
+    return region
+
+
+def score_map(cam: np.ndarray, region: np.ndarray, hand: np.ndarray | None = None) -> LocalisationScore:
+    """Localisation of one heat map against one image's damaged-joint region (same shape)."""
     cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
-    radius = radius_frac * hand_size(all_landmarks)
-    region = disc_mask(cam.shape, damaged, radius)
+    if cam.shape != region.shape:
+        raise BadConfigError(f"heat map {cam.shape} and region {region.shape} differ in shape")
     total = cam.sum()
     mass = float(cam[region].sum() / total) if total > 0 else float(region.mean())
     # pointing game: the map's maximum (ties: the first maximum in row-major order)
     peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
     hit = bool(region[peak]) if total > 0 else False
     area = float(region.mean())
-    if hand is None or not hand.any():
-        hand_area = area
-    else:
-        hand_area = float((region & hand).sum() / hand.sum())
+    hand_area = float((region & hand).sum() / hand.sum()) if hand is not None and hand.any() else area
     return LocalisationScore(mass=mass, hit=hit, random_mass=area, random_hand_mass=hand_area)
 
 
@@ -347,6 +359,7 @@ def summarise(scores: Sequence[LocalisationScore], extra: Mapping[str, Any] | No
     ``random_pointing`` equals ``random_mass`` for i.i.d. random maps (see the module docstring).
     """
     n = len(scores)
+
     def mean(vals: Iterable[float]) -> float | None:
         v = list(vals)
         return float(np.mean(v)) if v else None
@@ -361,26 +374,9 @@ def summarise(scores: Sequence[LocalisationScore], extra: Mapping[str, Any] | No
         "random_hand_pointing": mean(s.random_hand_mass for s in scores),
     }
     if n:
-        masses = np.array([s.mass for s in scores])
-        out["mass_ratio_vs_random"] = float(masses.mean() / max(out["random_mass"], 1e-12))
-        out["mass_ratio_vs_random_hand"] = float(masses.mean() / max(out["random_hand_mass"], 1e-12))
+        out["mass_ratio_vs_random"] = float(out["mass_on_damaged"] / max(out["random_mass"], 1e-12))
+        out["mass_ratio_vs_random_hand"] = float(out["mass_on_damaged"] / max(out["random_hand_mass"], 1e-12))
     out.update(dict(extra or {}))
-    return out
-
-
-def damaged_landmarks(row: Mapping[str, Any], side: str, threshold: float = 0.0) -> set[str]:
-    """Landmark names of the joints of hand ``side`` with a score above ``threshold`` in an
-    RA2-DREAM-style row (erosion or JSN)."""
-    from svdh.scoring import JOINTS
-
-    out = set()
-    for j in JOINTS:
-        col = j.column(side)
-        if col not in row:
-            raise BadDatasetError(f"training.csv: column {col!r} missing; cannot tell which joints are damaged")
-        v = float(row[col])
-        if np.isfinite(v) and v > threshold:
-            out.add(j.landmark)
     return out
 
 
@@ -389,3 +385,141 @@ def write_localisation(path: str | Path, summary: Mapping[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(summary), indent=2, allow_nan=False) + "\n")
     return path
+
+
+# --------------------------------------------------------------------------- phantom cohorts
+def cohort_hands(landmarks_json: str | Path) -> dict[str, list[tuple[dict[str, tuple[float, float]], set[str]]]]:
+    """From a phantom ``landmarks.json`` (``svdh synth``; format checked by
+    :func:`svdh.synth.load_landmarks`): per image file, per hand, the landmarks in original
+    pixels and the names of the damaged ones (erosion or JSN score > 0)."""
+    from svdh.synth import load_landmarks
+
+    doc = load_landmarks(landmarks_json)
+    out: dict[str, list[tuple[dict[str, tuple[float, float]], set[str]]]] = {}
+    for name, entry in (doc.get("images") or {}).items():
+        hands = []
+        for hand in (entry.get("hands") or {}).values():
+            lms = hand.get("landmarks") or {}
+            pts = {k: (float(v["x"]), float(v["y"])) for k, v in lms.items()}
+            bad = {k for k, v in lms.items() if (v.get("erosion") or 0) > 0 or (v.get("jsn") or 0) > 0}
+            hands.append((pts, bad))
+        out[str(name)] = hands
+    return out
+
+
+def _gallery_image(display: np.ndarray, cam: np.ndarray, hands: Sequence[HandLandmarks], scale: float,
+                   radius_frac: float, title: str) -> np.ndarray:
+    """Overlay on the display image with the damaged joints' discs ringed and other joints dotted."""
+    import cv2
+
+    rgb = overlay(display, cam)
+    f = scale * rgb.shape[0] / display.shape[0]
+
+    def at(x: float, y: float) -> tuple[int, int]:
+        return round((x + 0.5) * f), round((y + 0.5) * f)
+
+    for h in hands:
+        r = max(2, round(radius_frac * hand_size(np.array(list(h.points.values()))) * f))
+        for k, (x, y) in h.points.items():
+            if k in h.damaged:
+                cv2.circle(rgb, at(x, y), r, (255, 255, 255), 1, cv2.LINE_AA)
+            else:
+                cv2.circle(rgb, at(x, y), 2, (190, 190, 190), -1, cv2.LINE_AA)
+    return _label(rgb, title)
+
+
+def explain_cohort(
+    predictor: Any,
+    cohort: str | Path,
+    out_dir: str | Path,
+    *,
+    landmarks: str | Path | None = None,
+    radius_frac: float = DEFAULT_RADIUS_FRAC,
+    gallery: int = 12,
+    max_images: int | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Measure where the model's Grad-CAM maps fall on a phantom cohort; write
+    ``out_dir/localisation.json`` and ``out_dir/cam_gallery/*.png`` (the most damaged hands,
+    damaged joints ringed). ``predictor`` is a :class:`svdh.predict.Predictor`.
+
+    ``out_dir`` is usually the run or ensemble directory the bundle came from, so that
+    ``svdh evaluate`` and ``svdh report`` show the figures beside the run's metrics.
+    """
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from svdh.io import read_radiograph
+    from svdh.predict import DISPLAY_SIZE
+    from svdh.preprocess import preprocess
+
+    if not 0 < radius_frac < 1:
+        raise BadConfigError(f"--radius must lie in (0, 1) (a fraction of the hand size), got {radius_frac}")
+    cohort, out_dir = Path(cohort), Path(out_dir)
+    per_image = cohort_hands(landmarks or cohort / "landmarks.json")
+    names = sorted(n for n in per_image if (cohort / n).is_file())
+    if not names:
+        raise BadDatasetError(f"{cohort}: none of the images in landmarks.json is in the folder")
+    if max_images:
+        names = names[:max_images]
+    n_damaged = {n: sum(len(b) for _, b in per_image[n]) for n in names}
+    chosen = set(sorted(names, key=lambda n: (-n_damaged[n], n))[:gallery])
+    gdir = out_dir / "cam_gallery"
+    if chosen:
+        gdir.mkdir(parents=True, exist_ok=True)
+    cfg = predictor.preprocess_config
+    display_cfg = replace(cfg, size=max(DISPLAY_SIZE, cfg.size))
+    ens_scores: list[LocalisationScore] = []
+    member_scores: list[list[LocalisationScore]] = [[] for _ in predictor.names]
+    n_no_damage = 0
+    for start in range(0, len(names), predictor.batch_size):
+        chunk = names[start:start + predictor.batch_size]
+        xs, hands_list = [], []
+        for n in chunk:
+            rad = read_radiograph(cohort / n)
+            x, tf = preprocess(rad, cfg, return_transform=True)
+            hands = [HandLandmarks({k: tuple(tf.map_points(v)) for k, v in pts.items()}, bad)
+                     for pts, bad in per_image[n]]
+            xs.append(x)
+            hands_list.append(hands)
+        x = np.stack(xs)
+        preds = predictor.combine(predictor.forward_raw(x))
+        cams = predictor.cam(x)
+        for j, (n, hands) in enumerate(zip(chunk, hands_list, strict=True)):
+            region = damage_region(x[j].shape, hands, radius_frac)
+            if region.any():
+                hm = hand_mask(x[j])
+                ens_scores.append(score_map(cams.ensemble[j], region, hm))
+                for m, scores in enumerate(member_scores):
+                    scores.append(score_map(cams.members[m, j], region, hm))
+            else:
+                n_no_damage += 1
+            if n in chosen:
+                display = preprocess(read_radiograph(cohort / n), display_cfg)
+                title = f"{Path(n).stem}: {n_damaged[n]} damaged joints, score {preds[j]['score']:.1f}"
+                img = _gallery_image(display, cams.ensemble[j], hands, display_cfg.size / cfg.size,
+                                     radius_frac, title)
+                Image.fromarray(img).save(gdir / f"{Path(n).stem}.png")
+        if progress is not None:
+            progress(len(chunk))
+    summary = summarise(ens_scores, {
+        "n_images_without_damage": n_no_damage,
+        "radius_frac": radius_frac,
+        "radius_definition": "radius_frac x diagonal of the hand's landmark bounding box",
+        "damaged_definition": "joints with an erosion or JSN score > 0 in landmarks.json",
+        "method": "Grad-CAM (pytorch-grad-cam), mean over fold models, weighted over members",
+        "head": predictor.cam_head,
+        "target_layers": dict(zip(predictor.names, predictor.explainer.layers, strict=True)),
+        "image_size": cfg.size,
+        "cohort": str(cohort.resolve()),
+        "model": str(predictor.bundle.path) if predictor.bundle.path else None,
+        "baseline": "random_*: i.i.d. random map over the image (expected value = area share of the "
+                    "damaged-joint discs); random_hand_*: random map restricted to the hand",
+    })
+    if len(predictor.names) > 1:
+        summary["by_member"] = {name: {k: v for k, v in summarise(s).items()
+                                       if k in ("mass_on_damaged", "pointing_game")}
+                                for name, s in zip(predictor.names, member_scores, strict=True)}
+    write_localisation(out_dir / "localisation.json", summary)
+    return summary

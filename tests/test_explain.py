@@ -1,0 +1,226 @@
+"""Grad-CAM heat maps and their measured localisation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from predict_world import get_world
+from svdh.errors import BadConfigError
+from svdh.explain import (
+    ClassTarget,
+    Explainer,
+    HandLandmarks,
+    ScoreTarget,
+    damage_region,
+    default_target_layer,
+    disc_mask,
+    hand_mask,
+    score_map,
+    summarise,
+)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    return get_world(tmp_path_factory.getbasetemp() / "predict_world")
+
+
+def svdh(*args) -> subprocess.CompletedProcess:
+    code = "from svdh.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+# --------------------------------------------------------------------------- the measure itself
+def _hand(points, damaged):
+    return HandLandmarks({f"j{i}": p for i, p in enumerate(points)}, {f"j{i}" for i in damaged})
+
+
+def test_mass_and_pointing_on_constructed_maps():
+    pts = [(10.0, 10.0), (50.0, 10.0), (10.0, 50.0), (50.0, 50.0)]  # hand size: diagonal 56.6 px
+    hand = _hand(pts, damaged=[1])
+    region = damage_region((64, 64), [hand], radius_frac=0.1)  # radius 5.66 px around (50, 10)
+    assert region[10, 50] and not region[10, 10] and region.sum() == disc_mask((64, 64), np.array([[50, 10]]), 5.657).sum()
+
+    on = np.zeros((64, 64))
+    on[9:12, 49:52] = 1.0  # all heat on the damaged joint
+    s = score_map(on, region)
+    assert s.mass == pytest.approx(1.0) and s.hit
+    off = np.zeros((64, 64))
+    off[10, 10] = 1.0  # all heat on a healthy joint
+    s = score_map(off, region)
+    assert s.mass == 0.0 and not s.hit
+    flat = np.ones((64, 64))  # a uniform map puts exactly the disc's area share on it
+    s = score_map(flat, region)
+    assert s.mass == pytest.approx(region.mean()) == pytest.approx(s.random_mass)
+    # the hand-restricted baseline: the disc's share of the hand's pixels
+    hm = np.zeros((64, 64), bool)
+    hm[:32] = True
+    assert score_map(on, region, hm).random_hand_mass == pytest.approx((region & hm).sum() / hm.sum())
+
+
+def test_random_baseline_matches_random_maps():
+    """The analytic baseline equals what i.i.d. random maps score on average."""
+    rng = np.random.default_rng(0)
+    pts = [(12.0, 20.0), (40.0, 44.0), (30.0, 8.0)]
+    region = damage_region((48, 48), [_hand(pts, damaged=[0, 1])], radius_frac=0.12)
+    sims = [score_map(rng.random((48, 48)), region) for _ in range(2000)]
+    summ = summarise(sims)
+    assert summ["mass_on_damaged"] == pytest.approx(summ["random_mass"], rel=0.02)
+    assert summ["pointing_game"] == pytest.approx(summ["random_pointing"], abs=0.03)
+    assert summ["n_images"] == 2000
+
+
+def test_each_hand_gets_its_own_radius():
+    small = _hand([(5.0, 5.0), (15.0, 15.0)], damaged=[0])  # diagonal 14 px
+    big = _hand([(20.0, 20.0), (60.0, 60.0)], damaged=[1])  # diagonal 57 px
+    region = damage_region((64, 64), [small, big], radius_frac=0.1)
+    assert region[5, 5] and not region[5, 8]  # radius 1.4 px
+    assert region[60, 60] and region[60, 55]  # radius 5.7 px
+
+
+# --------------------------------------------------------------------------- Grad-CAM on a model that learnt
+S = 64
+LANDMARKS = np.array([[16, 16], [32, 14], [48, 16], [16, 40], [32, 44], [48, 40]], float)
+
+
+def _toy(n: int, rng: np.random.Generator):
+    """Joint-like discs; a damaged joint has a dark notch; the label counts damaged joints."""
+    yy, xx = np.mgrid[0:S, 0:S]
+    x = np.zeros((n, 1, S, S), np.float32)
+    dmg = rng.random((n, len(LANDMARKS))) < 0.3
+    for i in range(n):
+        img = 0.05 + rng.normal(0, 0.02, (S, S))
+        img[6:58, 6:58] += 0.35
+        for j, (cx, cy) in enumerate(LANDMARKS):
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 <= 9] += 0.3
+            if dmg[i, j]:
+                img[(xx - cx + 2) ** 2 + (yy - cy) ** 2 <= 4] -= 0.45
+        x[i, 0] = np.clip(img, 0, 1)
+    return torch.from_numpy(x), torch.from_numpy(dmg.sum(1).astype(np.float32)), dmg
+
+
+class _SmallNet(torch.nn.Module):
+    """Three conv blocks at stride 4 (a 16 x 16 map for Grad-CAM), global average pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        c, b, r = torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU
+        self.features = torch.nn.Sequential(
+            c(1, 16, 3, padding=1), b(16), r(), torch.nn.MaxPool2d(2),
+            c(16, 32, 3, padding=1), b(32), r(), torch.nn.MaxPool2d(2),
+            c(32, 32, 3, padding=1), b(32), r())
+        self.head = torch.nn.Linear(32, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@pytest.mark.slow
+def test_gradcam_of_a_trained_model_points_at_the_damage():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    net = _SmallNet()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    x, y, _ = _toy(384, rng)
+    for _ in range(5):
+        for idx in torch.randperm(len(x)).split(32):
+            loss = torch.nn.functional.mse_loss(net(x[idx]).squeeze(1), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    xt, yt, dt = _toy(32, rng)
+    with torch.no_grad():
+        assert np.corrcoef(net(xt).squeeze(1).numpy(), yt.numpy())[0, 1] > 0.9  # it learnt
+    ex = Explainer([[net]], [{"backbone": "toy", "task": "regression"}], target_layer="features")
+    maps = ex.explain(xt).ensemble
+    scores = []
+    for i in range(len(xt)):
+        hand = HandLandmarks({f"j{k}": tuple(p) for k, p in enumerate(LANDMARKS)},
+                             {f"j{k}" for k in np.flatnonzero(dt[i])})
+        # radius 0.15 x 44 px = 6.6 px: one joint (joints lie 16 px apart)
+        region = damage_region((S, S), [hand], radius_frac=0.15)
+        if region.any():
+            scores.append(score_map(maps[i], region, hand_mask(xt[i, 0].numpy())))
+    s = summarise(scores)
+    assert s["mass_on_damaged"] > 3 * s["random_mass"]
+    assert s["mass_on_damaged"] > 2 * s["random_hand_mass"]
+    assert s["pointing_game"] > 0.75 and s["pointing_game"] > 4 * s["random_pointing"]
+
+
+# --------------------------------------------------------------------------- SvdH models
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2_050", "densenet121"])
+def test_default_target_layer_of_each_backbone(backbone):
+    from svdh.models.net import build_model
+
+    torch.manual_seed(0)
+    net = build_model(backbone, "regression").eval()
+    net.set_target_stats([10.0], [5.0])
+    assert net.get_submodule(default_target_layer(backbone)) is net.cam_target_layer()
+    maps = Explainer([[net]], [net.config]).explain(torch.rand(2, 1, 64, 64))
+    assert maps.ensemble.shape == (2, 64, 64) and maps.members.shape == (1, 2, 64, 64)
+    assert np.isfinite(maps.ensemble).all() and maps.ensemble.min() >= 0 and maps.ensemble.max() <= 1
+
+
+def test_targets_and_layer_override():
+    from svdh.models.net import build_model
+
+    torch.manual_seed(0)
+    ordinal = build_model("resnet18", "ordinal", n_classes=7).eval()
+    out = torch.tensor([[2.0, 1.0, -1.0, -3.0, -4.0, -5.0]])
+    assert ClassTarget("ordinal", 2)(out[0]) == 1.0 and ClassTarget("ordinal", 0)(out[0]) == -2.0
+    assert ScoreTarget("ordinal")(out[0]) == pytest.approx(torch.sigmoid(out[0]).sum())
+    reps = np.arange(7, dtype=float)
+    logits = torch.zeros(7)
+    assert ScoreTarget("classification", reps)(logits) == pytest.approx(3.0)
+    x = torch.rand(2, 1, 64, 64)
+    for head in ("score", "class"):
+        ex = Explainer([[ordinal]], [ordinal.config], head=head, target_layer="backbone.layer3")
+        assert ex.layers == ["backbone.layer3"]
+        m = ex.explain(x).ensemble
+        assert m.shape == (2, 64, 64) and np.isfinite(m).all()
+    with pytest.raises(BadConfigError, match="not found.*backbone.layer4"):
+        Explainer([[ordinal]], [ordinal.config], target_layer="backbone.layer9")
+
+
+def test_ensemble_map_is_the_weighted_member_mean():
+    from svdh.models.net import build_model
+
+    torch.manual_seed(0)
+    a, b = (build_model("resnet18", "regression").eval() for _ in range(2))
+    for n in (a, b):
+        n.set_target_stats([10.0], [5.0])
+    r = Explainer([[a], [b]], [a.config, b.config], weights=[3.0, -1.0]).explain(torch.rand(2, 1, 64, 64))
+    np.testing.assert_allclose(r.ensemble, 0.75 * r.members[0] + 0.25 * r.members[1], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- a phantom cohort, end to end
+@pytest.mark.slow
+def test_explain_cli_writes_localisation_that_evaluate_shows(world, tmp_path):
+    ens = tmp_path / "ens"
+    shutil.copytree(world.ensemble, ens)
+    r = svdh("explain", world.cohort, "--model", world.ens_bundle, "--out", ens, "--gallery", "3",
+             "--max-images", "8", "--batch-size", "8")
+    assert r.returncode == 0, r.stderr
+    loc = json.loads((ens / "localisation.json").read_text())
+    for key in ("mass_on_damaged", "pointing_game", "random_mass", "random_pointing", "n_images"):
+        assert key in loc
+    assert loc["n_images"] + loc["n_images_without_damage"] == 8
+    assert 0 <= loc["mass_on_damaged"] <= 1 and 0 <= loc["pointing_game"] <= 1
+    assert 0 < loc["random_mass"] < loc["random_hand_mass"] < 1  # discs are a bigger share of the hand
+    assert set(loc["by_member"]) == {"reg", "ord"} and loc["target_layers"]["reg"] == "backbone.layer4"
+    gallery = sorted((ens / "cam_gallery").glob("*.png"))
+    assert len(gallery) == 3
+    from PIL import Image
+
+    assert Image.open(gallery[0]).size == (512, 512)
+    ev = svdh("evaluate", ens, "--format", "json", "--boot", "20")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["localisation"]["mass_on_damaged"] == pytest.approx(loc["mass_on_damaged"])
