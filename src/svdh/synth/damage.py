@@ -143,7 +143,7 @@ def sample_patient(rng: np.random.Generator, severity: str = "cohort", total: in
     scores = allocate(rng, t)
     sev = t / scoring.MAX_PATIENT
     activity = float(np.clip(rng.beta(2.0, 3.0) * (0.3 + 0.9 * math.sqrt(sev)) if t > 0 else rng.uniform(0, 0.08), 0, 1))
-    bmd = float(np.clip(rng.normal(1.0, 0.07) - 0.38 * sev**0.8, 0.45, 1.2))
+    bmd = float(np.clip(rng.normal(1.0, 0.07) - 0.45 * sev**0.8, 0.4, 1.2))
     deviation = float(sev**0.8 * rng.uniform(0.0, 28.0))
     return PatientDisease(t, scores, activity, bmd, deviation)
 
@@ -322,7 +322,7 @@ def apply_damage(hand: Hand, scores: dict[str, int], seed_seq: np.random.SeedSeq
             continue  # a site with both scores is handled once, with its erosion key
         burden = ero / 5.0 * 0.6 + jsn / 4.0 * 0.4
         inflamed = burden > 0 and rng.random() < 0.35 + 0.6 * activity
-        amount = (0.32 * burden + (0.12 * activity if inflamed else 0.0)) if burden > 0 else 0.0
+        amount = (0.4 * burden + (0.12 * activity if inflamed else 0.0)) if burden > 0 else 0.0
         _osteopenia(hand, landmark, min(amount, 0.5))
         if inflamed and landmark in hand.joints and landmark.startswith(("mcp", "pip", "ip")):
             # fusiform: a spindle along the finger, a little wider than the finger
