@@ -33,10 +33,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate phantom hand radiographs with known per-joint SvdH damage (or bone age).
 
-        RA mode writes training.csv (RA2-DREAM columns, hands only) and <id>-LH/-RH images, so
-        'ra2-dream:DIR' reads the cohort like the real data; child mode writes boneage.csv and
-        <id>.png like RSNA Bone Age. Both write landmarks.json with the pixel position of every
-        scored joint (and its scores), for measuring where heat maps land.
+        RA mode writes training.csv (RA2-DREAM columns, hands only) beside <id>-LH and <id>-RH images, so 'ra2-dream:DIR' reads the cohort like the real data; child mode writes boneage.csv beside <id>.png like RSNA Bone Age. Both write landmarks.json with the pixel position of every scored joint and its scores, for measuring where heat maps land. See docs/synth.md.
         """
         from rich.progress import (
             BarColumn,
