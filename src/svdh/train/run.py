@@ -287,6 +287,25 @@ class _EpochLine:
         return EpochLine()
 
 
+class _EpochTimer:
+    """A Lightning callback recording each epoch's wall time (training + validation)."""
+
+    def __new__(cls):
+        from lightning.pytorch.callbacks import Callback
+
+        class EpochTimer(Callback):
+            def __init__(self) -> None:
+                self.seconds: list[float] = []
+
+            def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001
+                self.t0 = time.perf_counter()
+
+            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
+                self.seconds.append(round(time.perf_counter() - self.t0, 3))
+
+        return EpochTimer()
+
+
 class _CpuBudget:
     """A Lightning callback stopping training once this process has used ``minutes`` of CPU
     time in the fold (all its threads; loader worker processes not included). Unlike a
@@ -364,7 +383,8 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         # writing the same weights and optimizer state twice
         save_last="link", auto_insert_metric_name=False, enable_version_counter=False,
     )
-    callbacks: list[Any] = [ckpt_cb]
+    timer = _EpochTimer()
+    callbacks: list[Any] = [ckpt_cb, timer]
     min_epochs = 1
     if cfg.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, check_finite=False))
@@ -417,7 +437,8 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     seconds = time.perf_counter() - t0
     info = None
     if trainer.is_global_zero:
-        info = _finish_fold(cfg, data, targets, model.config, k, fold_dir, ckpt_cb, trainer, precision, seconds)
+        info = _finish_fold(cfg, data, targets, model.config, k, fold_dir, ckpt_cb, trainer, precision, seconds,
+                            timer.seconds)
     _barrier()
     return info if info is not None else (json.loads(done.read_text()) if done.exists() else None)
 
@@ -452,7 +473,8 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], arch: dict[str, Any
 
 
 def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[str, Any], k: int,
-                 fold_dir: Path, ckpt_cb: Any, trainer: Any, precision: str, seconds: float) -> dict[str, Any]:
+                 fold_dir: Path, ckpt_cb: Any, trainer: Any, precision: str, seconds: float,
+                 epoch_seconds: list[float]) -> dict[str, Any]:
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fold_dir / "last.ckpt"
     state = _state_from_ckpt(best)
     model = SvdhNet(**{k2: v for k2, v in arch.items()})
@@ -481,6 +503,7 @@ def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[s
         "best_epoch": best_epoch,
         "epochs_run": int(trainer.current_epoch),
         "seconds": round(seconds, 1),
+        "epoch_seconds": epoch_seconds,  # of this process's epochs (a resumed fit: the new ones)
         "n_train": int(((fold != k) & (fold >= 0)).sum()),
         "n_val": int(len(val_rows)),
         "world_size": int(trainer.world_size),
