@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -205,7 +206,8 @@ class Predictor:
     ``bundle``: a :class:`Bundle` or a path to one. ``device``: ``cpu``, ``cuda``, ``auto``.
     ``backend``: ``torch`` or ``onnx`` (onnxruntime on the graph written by
     ``svdh export --onnx``; Grad-CAM always uses torch). ``folds``: use only these fold models of
-    each member (default all). ``target_layer``/``cam_head``: Grad-CAM options.
+    each member (default all). ``target_layer``/``cam_head``: Grad-CAM options. ``workers``:
+    threads reading files ahead (default: none on a CPU, up to 4 beside a GPU).
     """
 
     def __init__(
@@ -218,7 +220,7 @@ class Predictor:
         folds: Sequence[int] | None = None,
         target_layer: str | None = None,
         cam_head: str = "score",
-        workers: int = 2,
+        workers: int | None = None,
     ) -> None:
         from svdh.preprocess import PreprocessConfig
 
@@ -227,10 +229,16 @@ class Predictor:
             raise BadConfigError(f"--batch-size must be >= 1, got {batch_size}")
         if backend not in ("torch", "onnx"):
             raise BadConfigError(f"backend must be 'torch' or 'onnx', got {backend!r}")
-        self.batch_size, self.backend, self.workers = int(batch_size), backend, max(0, int(workers))
+        self.batch_size, self.backend = int(batch_size), backend
         self.preprocess_config = PreprocessConfig.from_dict(self.bundle.preprocess)
         self.bins: SeverityBins = self.bundle.bins
         self.device = _device(device)
+        if workers is None:
+            # On a CPU the forward pass already uses every core: reader threads would only
+            # oversubscribe them (measured slower in benchmarks/bench_predict.py), so files are
+            # read between batches. A GPU leaves the cores free to decode the next batches.
+            workers = 0 if self.device.type == "cpu" else min(4, os.cpu_count() or 1)
+        self.workers = max(0, int(workers))
         members = self.bundle.members
         n_models = [int(m["n_models"]) for m in members]
         if folds is not None:

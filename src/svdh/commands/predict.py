@@ -60,7 +60,8 @@ def register(app: typer.Typer) -> None:
         target_layer: str | None = typer.Option(None, "--target-layer", help="Grad-CAM layer (module path, e.g. "
                                                 "backbone.layer3); default: the backbone's last block."),
         cam_head: str = typer.Option("score", "--cam-head", help="Grad-CAM target: score or class."),
-        workers: int = typer.Option(2, "--workers", help="Threads that read and preprocess images ahead."),
+        workers: int | None = typer.Option(None, "--workers", help="Threads that read and preprocess images ahead "
+                                           "(default: 0 on a CPU, whose cores the models use; up to 4 with a GPU)."),
     ) -> None:
         """Score hand radiographs with a model bundle.
 
