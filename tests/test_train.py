@@ -90,8 +90,14 @@ def check_layout(run: Path, folds: list[int], test: bool) -> pd.DataFrame:
         assert list((run / "logs" / "csv" / f"fold_{k}").rglob("metrics.csv"))
         assert list((run / "logs" / "tensorboard" / f"fold_{k}").rglob("events.out.tfevents.*"))
     folds_csv = pd.read_csv(run / "folds.csv", dtype={"patient_id": str})
-    # no patient in the training and the validation data of one fold: one fold per patient
+    # no patient in the training and the validation data of one fold
     assert (folds_csv.groupby("patient_id")["fold"].nunique() == 1).all()
+    for k in folds:
+        val = set(folds_csv.loc[folds_csv["fold"] == k, "patient_id"])
+        train = folds_csv[(folds_csv["fold"] != k) & (folds_csv["fold"] >= 0)]
+        assert val and val.isdisjoint(train["patient_id"])
+        done = json.loads((run / f"fold_{k}" / "done.json").read_text())
+        assert done["n_train"] == len(train) and done["n_val"] == (folds_csv["fold"] == k).sum()
     oof = pd.read_csv(run / "oof.csv", dtype={"patient_id": str, "image_id": str})
     for c in ("image", "image_id", "patient_id", "side", "fold", "y_true", "y_pred"):
         assert c in oof.columns

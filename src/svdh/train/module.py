@@ -24,7 +24,8 @@ from svdh.scoring import SeverityBins
 def _pcc(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):  # near-constant predictions: NaN
+        return float(np.corrcoef(a, b)[0, 1])
 
 
 class SvdhModule(L.LightningModule):

@@ -397,6 +397,10 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     if tty:
         from lightning.pytorch.callbacks import RichProgressBar
 
+        if _is_main():
+            print(f"fold {k + 1}/{n_trained}: {len(train_rows)} training and {len(val_rows)} validation images",
+                  file=sys.stderr, flush=True)
+
         callbacks.append(RichProgressBar(leave=False))
     else:
         callbacks.append(_EpochLine(k, n_trained, monitor, cfg.epochs))
