@@ -29,7 +29,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from svdh import __version__
-from svdh.web.modelinfo import ModelInfo, model_info
+from svdh.web.modelinfo import FIELD_LABELS, ModelInfo, model_info
 from svdh.web.service import Busy, FileOutcome, ScoringService
 from svdh.web.uploads import FORMATS, ParsedForm, UploadError, parse_multipart, sniff_format
 
@@ -206,7 +206,7 @@ def create_app(
         if request.url.path not in ("/healthz",) and not request.url.path.startswith("/static"):
             # Results are patient data: keep them out of browser and proxy caches.
             response.headers["Cache-Control"] = "no-store"
-        if request.url.path != "/healthz":
+        if request.url.path != "/healthz" and not request.url.path.startswith("/static"):
             # Counts and codes only: never names, ids or scores.
             log.info("%s %s -> %d", request.method, request.url.path, response.status_code)
         return response
@@ -337,7 +337,7 @@ def create_app(
     @app.get("/model", response_class=HTMLResponse, include_in_schema=False)
     async def model_page(request: Request) -> Response:
         return templates.TemplateResponse(
-            request, "model.html", {"info": info, "card": info.card, "card_summary": info.summary}
+            request, "model.html", {"info": info, "card_summary": info.summary, "labels": FIELD_LABELS}
         )
 
     return app

@@ -7,6 +7,23 @@ from typing import Any
 
 from svdh.scoring import SeverityBins
 
+#: Model card keys shown first, in this order; the rest follow alphabetically.
+CARD_ORDER = ("warning", "intended_use", "training_data", "metrics", "interval_coverage", "localisation",
+              "versions", "created", "source_dir")
+#: Keys the page shows elsewhere (title, members table).
+CARD_HIDDEN = ("name", "kind")
+CARD_TITLES = {"interval_coverage": "Interval coverage reached (cross-validation)",
+               "source_dir": "Trained in", "training_data": "Training data", "intended_use": "Intended use"}
+#: Readable names of metrics and summary fields on the model card page.
+FIELD_LABELS = {
+    "pcc": "Pearson correlation (PCC)", "rmse": "RMSE (score points)", "mae": "MAE (score points)",
+    "ccc": "Lin's concordance (CCC)", "r2": "R²", "icc": "ICC(2,1)", "qwk": "quadratic-weighted kappa (classes)",
+    "accuracy": "class accuracy", "balanced_accuracy": "balanced class accuracy",
+    "class_mae": "class MAE (class steps)", "n": "images", "n_images": "images", "n_patients": "patients",
+    "n_folds": "cross-validation folds", "n_test_images": "held-out test images", "p90": "90th percentile",
+    "fraction_zero": "fraction scored 0", "phantom": "synthetic phantoms",
+}
+
 
 @dataclass
 class ModelInfo:
@@ -27,6 +44,15 @@ class ModelInfo:
     @property
     def max_score(self) -> float:
         return float(self.bins.max_score)
+
+    def card_sections(self) -> list[tuple[str, str, Any]]:
+        """The model card as (key, title, value), most important first, empty ones left out."""
+        card = {k: v for k, v in self.card.items() if v not in (None, "", [], {})}
+        out = []
+        for key in (*CARD_ORDER, *sorted(card)):
+            if key in card and key not in CARD_HIDDEN and key not in (k for k, _, _ in out):
+                out.append((key, CARD_TITLES.get(key, key.replace("_", " ").capitalize()), card[key]))
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {
