@@ -61,7 +61,12 @@ class RunData:
 
 
 def _global_rank_env() -> int:
-    """This process's rank as the launcher set it (0 outside DDP children)."""
+    """This process's global rank as its launcher set it, before the process group exists:
+    torchrun (``RANK``), SLURM (``SLURM_PROCID``), or Lightning's own launcher, which starts
+    the other processes of a node with ``LOCAL_RANK`` >= 1 (``NODE_RANK`` for the node)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit() and (var != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+            return int(os.environ[var])
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
     return node * 1000 + local  # only compared with 0
@@ -227,6 +232,22 @@ def _loader(ds: CacheDataset, cfg: TrainConfig, shuffle: bool, drop_last: bool =
         persistent_workers=cfg.num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def FoldData(train_ds: CacheDataset, val_ds: CacheDataset, cfg: TrainConfig) -> Any:  # noqa: N802
+    """A ``LightningDataModule`` of one fold's training and validation sets (built lazily so
+    that importing this module does not import Lightning)."""
+    import lightning as L
+
+    class _FoldData(L.LightningDataModule):
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            # drop a last partial batch (BatchNorm cannot train on a batch of one image)
+            return _loader(train_ds, cfg, shuffle=True, drop_last=len(train_ds) > cfg.batch_size)
+
+        def val_dataloader(self) -> torch.utils.data.DataLoader:
+            return _loader(val_ds, cfg, shuffle=False)
+
+    return _FoldData()
 
 
 @torch.no_grad()
@@ -428,14 +449,13 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         # file is still written to a temporary name and renamed, and fit waits for it
         plugins=[AsyncCheckpointIO()],
     )
-    train_ds = make_dataset(data, targets, train_rows, cfg.augment)
-    val_ds = make_dataset(data, targets, val_rows, False)
+    datamodule = FoldData(make_dataset(data, targets, train_rows, cfg.augment),
+                          make_dataset(data, targets, val_rows, False), cfg)
     last = _resume_point(fold_dir)
     t0 = time.perf_counter()
     trainer.fit(
         module,
-        train_dataloaders=_loader(train_ds, cfg, shuffle=True, drop_last=len(train_ds) > cfg.batch_size),
-        val_dataloaders=_loader(val_ds, cfg, shuffle=False),
+        datamodule=datamodule,
         ckpt_path=str(last) if last else None,
     )
     seconds = time.perf_counter() - t0
