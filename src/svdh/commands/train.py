@@ -67,9 +67,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train one model per patient-grouped fold and write a run directory.
 
-        Every image gets exactly one out-of-fold prediction (oof.csv) from the fold model
-        that never saw its patient; a held-out test split (--test-fraction) is predicted by
-        the mean of the fold models (test.csv). Stop it any time and rerun with --resume.
+        Every image gets exactly one out-of-fold prediction (oof.csv) from the fold model that never saw its patient; a held-out test split (--test-fraction) is predicted by the mean of the fold models (test.csv). Stop it any time and rerun with --resume. See docs/training.md.
         """
         kw = dict(locals())
         kw.pop("out"), kw.pop("resume")
@@ -107,8 +105,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Pretrain a bone-age model (months) on RSNA-style data and report its MAE.
 
-        The result seeds SvdH models: svdh train ... --init checkpoint:OUT (the backbone
-        weights transfer; the head is trained anew).
+        The result seeds SvdH models: svdh train ... --init checkpoint:OUT (the backbone weights transfer; the head is trained anew).
         """
         kw = dict(locals())
         kw.pop("out"), kw.pop("resume")

@@ -180,6 +180,10 @@ def build_targets(cfg: TrainConfig, df: pd.DataFrame, bins: SeverityBins | None)
             raise BadDatasetError(f"{src}: has no column {name!r}, needed for --task {cfg.task}")
         v = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad) == len(v):
+            hint = ("bone-age data train with --task boneage (svdh pretrain)" if name == "svdh"
+                    else "this source has no such labels; choose a task it supports")
+            raise BadDatasetError(f"{src}: no image has a {name} label, needed for --task {cfg.task}; {hint}")
         if len(bad):
             ids = ", ".join(str(df["image_id"].iloc[i]) for i in bad[:5])
             raise BadDatasetError(
