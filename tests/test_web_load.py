@@ -26,7 +26,7 @@ N_UPLOADS = 20
 #: admission gate lets at most (workers + queue) = 6 requests hold their ~2 MB bodies while at
 #: most `workers` (2) are decoded, preprocessed and rendered (a 1600 x 2000 image: 13 MB as
 #: float32 and several working copies, ~100 MB); a server without the bounds would work on all
-#: 20 at once (~2 GB). Measured growth (printed) was 120-250 MB on the 2-core development machine.
+#: 20 at once (~2 GB). Measured growth (printed) was 120-270 MB on the 2-core development machine.
 RSS_GROWTH_LIMIT_MB = 500
 
 
