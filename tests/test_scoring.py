@@ -66,6 +66,7 @@ def test_default_patient_bins():
 def test_hand_bins_are_patient_edges_halved():
     h = SeverityBins.hand()
     assert h.n_classes == 7 and h.max_score == 140
+    assert h.labels == ("0", "1-2", "3-4", "5-9", "10-19", "20-39", "40-140")
     assert list(h.to_class([0, 1, 2, 3, 4, 5, 9, 10, 19, 20, 39, 40])) == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
 
 

@@ -252,10 +252,15 @@ class SeverityBins:
         return int(cls) if np.ndim(cls) == 0 else cls.astype(np.int64)
 
     def bounds(self, k: int) -> tuple[float, float]:
-        """Inclusive score range (low, high) of class ``k`` on the score scale."""
-        lows = (0.0, *self.edges)
-        highs = (*(e - self.step for e in self.edges), float(self.max_score))
-        return lows[k], highs[k]
+        """Inclusive range (low, high) of the whole-number scores in class ``k``.
+
+        Totals are sums of whole joint scores, so a class is labelled by the whole numbers it
+        holds: the per-hand default (patient edges halved) reads ``0 | 1-2 | 3-4 | 5-9 ...``.
+        """
+        t = self.thresholds
+        lo = 0.0 if k == 0 else float(np.ceil(t[k - 1]))
+        hi = float(self.max_score) if k == self.n_classes - 1 else float(np.ceil(t[k]) - 1)
+        return lo, hi
 
     @property
     def representative_scores(self) -> np.ndarray:
