@@ -76,6 +76,10 @@ def test_inspect_sheet_and_problems(tmp_path: Path, capsys: pytest.CaptureFixtur
     s = json.loads(out)
     assert code == 0 and s["n_images"] == 6 and s["n_skipped"] == 1 and len(s["problems"]) == 2
     assert s["severity_classes"]["hand"]["0"] == 1
+    (tmp_path / "d" / "x3.png").write_bytes(b"")  # listed as a problem only when images are decoded
+    code, out, _ = run(["data", "inspect", spec, "-f", "json", "--skip-invalid", "--check-images"], capsys, monkeypatch)
+    s = json.loads(out)
+    assert s["n_unreadable_images"] == 1 and any("x3.png: the file is empty" in p for p in s["problems"])
 
 
 def test_prepare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         sheet_max: int = typer.Option(48, help="Most images on the contact sheet (spread over the score or age range)."),
         tile: int = typer.Option(192, help="Pixel size of each image on the contact sheet."),
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Rows with problems are reported and left out, without failing."),
+        check_images: bool = typer.Option(False, "--check-images", help="Also decode every image and report those that cannot be read."),
     ) -> None:
         """Count images and patients, show the score or age distribution and every problem.
 
@@ -44,7 +45,11 @@ def register(app: typer.Typer) -> None:
             raise BadConfigError(f"--format must be table or json, got {format!r}")
         _quiet_data_log()
         df = load_source(source, skip_invalid=True)
+        unreadable = _check_images(df["image"].tolist()) if check_images else []
         summary = summarize(df)
+        if check_images:
+            summary["problems"] += unreadable
+            summary["n_unreadable_images"] = len(unreadable)
         if sheet is not None:
             path = contact_sheet(df, sheet, tile=tile, max_images=sheet_max)
             summary["sheet"] = str(path)
@@ -101,6 +106,26 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"prepared {meta['n_images']} images at {size} px in {path} ({dt:.1f} s)")
 
 
+def _check_images(paths: list[str]) -> list[str]:
+    """Decode every image; one problem line per image that cannot be read."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from svdh.errors import BadRadiographError
+    from svdh.io import read_radiograph
+
+    problems = []
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("decoding", total=len(paths))
+        for p in paths:
+            try:
+                read_radiograph(p)
+            except BadRadiographError as exc:
+                problems.append(str(exc))
+            bar.advance(task)
+    return problems
+
+
 def _warn(msg: str) -> None:
     typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
 
@@ -136,10 +161,13 @@ def _print_table(s: dict) -> None:
         t.add_row(*(str(v) for v in counts.values()))
         con.print(t)
     if "boneage_years" in s:
-        t = Table(title="bone age (years)", title_justify="left")
-        for y in s["boneage_years"]:
-            t.add_column(y, justify="right")
-        t.add_row(*(str(v) for v in s["boneage_years"].values()))
+        t = Table(title="bone age", title_justify="left")
+        t.add_column("years", justify="right")
+        t.add_column("images", justify="right")
+        t.add_column("")
+        top = max(s["boneage_years"].values()) or 1
+        for y, v in s["boneage_years"].items():
+            t.add_row(y, str(v), "█" * round(30 * v / top))
         con.print(t)
     if s["problems"]:
         con.print(f"[bold red]{len(s['problems'])} problem(s)[/] ({s['n_skipped']} row(s) left out):")
