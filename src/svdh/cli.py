@@ -9,6 +9,7 @@ Heavy imports (torch) happen inside the commands, so ``svdh --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -61,12 +62,19 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors: click's ClickException, or the copy of click that newer typer vendors.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        if os.environ.get("SVDH_DEBUG"):
+            raise
+        if isinstance(exc, OSError):  # disk full, permission denied...: the user can act on it
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            sys.exit(1)
+        typer.secho(f"internal error: {type(exc).__name__}: {exc} "
+                    "(a bug in svdh; rerun with SVDH_DEBUG=1 for the traceback and report it)",
+                    err=True, fg=typer.colors.RED)
+        sys.exit(3)
     if isinstance(rc, int) and rc:  # without standalone mode click returns typer.Exit(code)'s code
         sys.exit(rc)
