@@ -310,3 +310,16 @@ def test_pydicom_written_file_reads_back_through_pydicom_too(tmp_path: Path) -> 
     # Sanity check of the test helper itself: the file is standard DICOM.
     path = _save(_dicom(np.ones((8, 8), np.uint16)), tmp_path / "ok.dcm")
     assert pydicom.dcmread(path).Rows == 8
+
+
+def test_dicom_without_preamble_and_file_meta(tmp_path: Path) -> None:
+    """Old ACR-NEMA-style exports: no 128-byte preamble, no file meta, just the data set."""
+    stored, bone = _bone_phantom()
+    ds = _dicom(stored, PhotometricInterpretation="MONOCHROME1")
+    del ds.file_meta
+    ds.StudyDate = "20010101"  # group 0008 first, as such files start
+    path = tmp_path / "old.dcm"
+    pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert path.read_bytes()[128:132] != b"DICM"
+    r = read_radiograph(path)
+    assert r.meta["format"] == "DICOM" and r.pixels[bone].mean() > r.pixels[~bone].mean()
