@@ -28,11 +28,12 @@ import csv
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -172,7 +173,7 @@ def quality_warnings(rad: Any, x: np.ndarray) -> list[str]:
     if aspect > 2.5:
         w.append(f"unusual aspect ratio {aspect:.1f}:1 for a hand radiograph")
     px = rad.pixels
-    step = max(1, int(np.sqrt(px.size / 250_000)))
+    step = max(1, int(np.sqrt(px.size / 65_000)))  # a strided sample is plenty for two percentiles
     p1, p99 = np.percentile(px[::step, ::step], [1, 99])
     if p99 - p1 < 0.05:
         w.append("almost no contrast: the image is nearly uniform")
@@ -253,6 +254,7 @@ class Predictor:
         self._models: list[list[Any]] | None = None
         self._session: Any = None
         self._explainer: Any = None
+        self._cam_lock = threading.Lock()
         self._conformal = None
         if self.bundle.conformal:
             from svdh.metrics import ConformalModel
@@ -380,7 +382,10 @@ class Predictor:
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).unsqueeze(1).float() / 255.0
-        return self.explainer.explain(t)
+        # Grad-CAM keeps activations and gradients on hooks of the shared models: one batch at a
+        # time (the web service scores uploads in several threads)
+        with self._cam_lock:
+            return self.explainer.explain(t)
 
     # ---------------------------------------------------------------- streaming
     def _prepare(self, name: str, rad: Any, info: PatientInfo | None = None, display: bool = False) -> _Item:
@@ -565,14 +570,24 @@ def _onnx_session(bundle: Bundle, device: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- patients
+class _Hand(NamedTuple):
+    image: str
+    side: str | None
+    score: float
+    lo: float | None
+    hi: float | None
+    erosion: float | None
+    jsn: float | None
+
+
 class PatientTotals:
     """Collects per-hand scores and gives hands-and-wrists totals per patient.
 
-    Only the small numbers of each row are kept. A total needs exactly one left and one right
-    hand image of a patient and a model that scores one hand per image; its interval is the sum
-    of the two bounds (each hand's interval holds with probability >= level, so both hold
-    together with >= 1 - 2(1 - level), 80% for 90% intervals, and usually close to level since
-    the two hands' errors are positively correlated).
+    Only a small tuple per image with a patient id is kept (~0.3 KB), not the rows. A total
+    needs exactly one left and one right hand image of a patient and a model that scores one
+    hand per image; its interval is the sum of the two bounds (each hand's interval holds with
+    probability >= level, so both hold together with >= 1 - 2(1 - level), 80% for 90% intervals,
+    and usually close to level since the two hands' errors are positively correlated).
     """
 
     def __init__(self, hand_bins: SeverityBins, score_scope: str = "hand") -> None:
@@ -581,38 +596,42 @@ class PatientTotals:
             self.bins = SeverityBins.patient([2 * e for e in hand_bins.edges])
         else:
             self.bins = hand_bins
-        self._rows: dict[str, list[dict[str, Any]]] = {}
+        self._rows: dict[str, list[_Hand]] = {}
 
     def add(self, row: Mapping[str, Any]) -> None:
         pid = row.get("patient_id")
         if not pid or row.get("error") or row.get("score") is None:
             return
-        keep = {k: row.get(k) for k in ("image", "side", "score", "interval", "erosion", "jsn")}
-        self._rows.setdefault(str(pid), []).append(keep)
+        iv = row.get("interval") or (None, None)
+        ero, jsn = row.get("erosion"), row.get("jsn")
+        hand = _Hand(str(row.get("image")), row.get("side"), float(row["score"]),
+                     None if iv[0] is None else float(iv[0]), None if iv[1] is None else float(iv[1]),
+                     None if ero is None else float(ero), None if jsn is None else float(jsn))
+        self._rows.setdefault(str(pid), []).append(hand)
 
     def totals(self) -> list[dict[str, Any]]:
         out = []
         for pid, rows in self._rows.items():
-            entry: dict[str, Any] = {"patient_id": pid, "images": [r["image"] for r in rows], "total": None,
+            entry: dict[str, Any] = {"patient_id": pid, "images": [r.image for r in rows], "total": None,
                                      "interval": None, "severity_class": None, "severity_label": None,
                                      "erosion": None, "jsn": None, "note": ""}
-            sides = [r["side"] for r in rows]
+            sides = [r.side for r in rows]
             if self.scope != "hand":
                 entry["note"] = "the model scores both hands per image; see the image rows"
             elif sorted(s or "?" for s in sides) != ["L", "R"]:
                 entry["note"] = (f"{len(rows)} image(s) with sides {', '.join(s or '?' for s in sides)}; "
                                  "a total needs one left and one right hand")
             else:
-                total = sum(r["score"] for r in rows)
+                total = sum(r.score for r in rows)
                 entry["total"] = float(total)
-                if all(r["interval"] for r in rows):
-                    entry["interval"] = [float(sum(r["interval"][0] for r in rows)),
-                                         float(min(self.bins.max_score, sum(r["interval"][1] for r in rows)))]
+                if all(r.lo is not None and r.hi is not None for r in rows):
+                    entry["interval"] = [float(sum(r.lo for r in rows)),  # type: ignore[misc]
+                                         float(min(self.bins.max_score, sum(r.hi for r in rows)))]  # type: ignore[misc]
                 k = int(self.bins.to_class(total))
                 entry["severity_class"], entry["severity_label"] = k, self.bins.labels[k]
-                if all(r["erosion"] is not None for r in rows):
-                    entry["erosion"] = float(sum(r["erosion"] for r in rows))
-                    entry["jsn"] = float(sum(r["jsn"] for r in rows))
+                if all(r.erosion is not None and r.jsn is not None for r in rows):
+                    entry["erosion"] = float(sum(r.erosion for r in rows))  # type: ignore[misc]
+                    entry["jsn"] = float(sum(r.jsn for r in rows))  # type: ignore[misc]
             out.append(entry)
         return out
 
