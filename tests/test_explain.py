@@ -224,3 +224,21 @@ def test_explain_cli_writes_localisation_that_evaluate_shows(world, tmp_path):
     ev = svdh("evaluate", ens, "--format", "json", "--boot", "20")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["localisation"]["mass_on_damaged"] == pytest.approx(loc["mass_on_damaged"])
+
+
+def test_cohort_landmarks_single_and_dual_hand_films(tmp_path):
+    import json as _json
+
+    from svdh.explain import cohort_hands
+    from svdh.synth import generate_cohort
+
+    generate_cohort(tmp_path / "dual", n=2, size=160, seed=1, severity="uniform", dual_hand=True)
+    doc = _json.loads((tmp_path / "dual" / "landmarks.json").read_text())
+    for name, hands in cohort_hands(tmp_path / "dual").items():
+        assert len(hands) == 2  # each side of a dual-hand film is a hand of its own
+        flat = doc["images"][name]["landmarks"]
+        assert all(len(pts) == 22 for pts, _ in hands)
+        xs = [np.mean([p[0] for p in pts.values()]) for pts, _ in hands]
+        assert abs(xs[0] - xs[1]) > 40  # the two hands lie side by side
+        damaged = {k for k, v in flat.items() if (v["erosion"] or 0) > 0 or (v["jsn"] or 0) > 0}
+        assert sum(len(b) for _, b in hands) == len(damaged)

@@ -293,6 +293,8 @@ def disc_mask(shape: tuple[int, int], points: np.ndarray, radius: float) -> np.n
 def hand_size(points: np.ndarray) -> float:
     """Hand size in pixels: the diagonal of the bounding box of all of a hand's landmarks."""
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if not len(p):
+        return 0.0
     return float(np.hypot(*(p.max(0) - p.min(0))))
 
 
@@ -389,17 +391,27 @@ def write_localisation(path: str | Path, summary: Mapping[str, Any]) -> Path:
 
 # --------------------------------------------------------------------------- phantom cohorts
 def cohort_hands(landmarks_json: str | Path) -> dict[str, list[tuple[dict[str, tuple[float, float]], set[str]]]]:
-    """From a phantom ``landmarks.json`` (``svdh synth``; format checked by
-    :func:`svdh.synth.load_landmarks`): per image file, per hand, the landmarks in original
-    pixels and the names of the damaged ones (erosion or JSN score > 0)."""
+    """From a phantom ``landmarks.json`` (``svdh synth``, schema in docs/synth.md; format checked
+    by :func:`svdh.synth.load_landmarks`): per image file, per hand, the landmarks in original
+    pixels and the names of the damaged ones (erosion or JSN score > 0). On a dual-hand film the
+    keys carry the side (``R:mcp2``) and each side is a hand of its own."""
     from svdh.synth import load_landmarks
 
     doc = load_landmarks(landmarks_json)
     out: dict[str, list[tuple[dict[str, tuple[float, float]], set[str]]]] = {}
     for name, entry in (doc.get("images") or {}).items():
+        flat = entry.get("landmarks")
+        if isinstance(flat, dict):
+            groups: dict[str, dict[str, Any]] = {}
+            for key, v in flat.items():
+                side, _, joint = key.rpartition(":")
+                groups.setdefault(side, {})[joint] = v
+        else:  # an earlier layout: landmarks under each hand
+            groups = {sd: h.get("landmarks") or {} for sd, h in (entry.get("hands") or {}).items()}
         hands = []
-        for hand in (entry.get("hands") or {}).values():
-            lms = hand.get("landmarks") or {}
+        for lms in groups.values():
+            if not lms:
+                continue
             pts = {k: (float(v["x"]), float(v["y"])) for k, v in lms.items()}
             bad = {k for k, v in lms.items() if (v.get("erosion") or 0) > 0 or (v.get("jsn") or 0) > 0}
             hands.append((pts, bad))
