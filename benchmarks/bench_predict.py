@@ -147,12 +147,17 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="alternations of bare and predict (best of each kept)")
     ap.add_argument("--workers", type=int, default=None, help="reader threads (default: svdh's choice)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="/tmp/bench_predict")
     ap.add_argument("--memory-members", default="mobilenet_v2_050",
                     help="members of the bundle for the memory runs (memory flatness does not depend on them)")
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.memory_child:

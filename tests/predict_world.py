@@ -49,6 +49,11 @@ def get_world(root: Path) -> World:
     """Build (once per process) and return the world under ``root``."""
     if "w" in _WORLD:
         return _WORLD["w"]
+    import torch
+
+    # one thread, as the other test modules set: on a shared 2-core machine two OpenMP threads
+    # were measured 40x slower than one (each waits for a core the other processes hold)
+    torch.set_num_threads(1)
     # SVDH_TEST_WORLD=DIR keeps the world between pytest runs (for whoever edits these tests)
     keep = os.environ.get("SVDH_TEST_WORLD")
     if keep:
@@ -57,8 +62,6 @@ def get_world(root: Path) -> World:
         if (root / "done").is_file():
             _WORLD["w"] = World(root, *(root / n for n in names))
             return _WORLD["w"]
-    import torch
-
     from svdh.bundle import export_bundle
     from svdh.data.cache import ensure_cache
     from svdh.ensemble import build_ensemble
@@ -66,7 +69,6 @@ def get_world(root: Path) -> World:
     from svdh.train.data import LazyImages
     from svdh.train.run import RunData
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     root.mkdir(parents=True, exist_ok=True)
     cohort = root / "cohort"
     generate_cohort(cohort, n=N_PATIENTS, size=160, seed=0, severity="uniform")

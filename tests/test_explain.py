@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from svdh.explain import (
     summarise,
 )
 
+torch.set_num_threads(1)  # as the other test modules: steady on a shared 2-core machine
+
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
@@ -34,7 +37,9 @@ def world(tmp_path_factory):
 
 def svdh(*args) -> subprocess.CompletedProcess:
     code = "from svdh.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: fast and steady on a shared 2-core machine
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
 
 
 # --------------------------------------------------------------------------- the measure itself

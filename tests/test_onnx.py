@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,9 @@ def world(tmp_path_factory):
 
 def svdh(*args) -> subprocess.CompletedProcess:
     code = "from svdh.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: fast and steady on a shared 2-core machine
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
 
 
 def _images(world, n: int) -> np.ndarray:
