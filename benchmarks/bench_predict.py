@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -100,10 +101,11 @@ def throughput(args: argparse.Namespace, cohort: Path, bundle: Path) -> dict:
         pred.append(time.perf_counter() - t0)
         assert summary["n_failed"] == 0
     n = len(files)
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", "from svdh.cli import main; main()", "predict", "--model", str(bundle),
                     str(cohort), "-o", str(Path(args.out) / "cli.csv"), "--batch-size", str(args.batch_size),
-                    "--device", args.device], check=True, capture_output=True)
+                    "--device", args.device], check=True, capture_output=True, env=env)
     cli = time.perf_counter() - t0
     n_cli = len(sorted(cohort.glob("*.png")))
     return {

@@ -279,3 +279,25 @@ def test_every_real_radiograph_gets_a_score_and_an_overlay(world, ra2_dream_dir,
     patients = {p["patient_id"]: p for p in csv.DictReader((tmp_path / "real_patients.csv").open())}
     assert {"UAB001", "UAB002", "UAB003"} <= set(patients)
     assert all(patients[p]["total"] != "" for p in ("UAB001", "UAB002", "UAB003"))
+
+
+def test_dicom_patient_id_and_laterality_give_patient_totals(world, tmp_path):
+    from svdh.synth import generate_cohort
+
+    generate_cohort(tmp_path / "dcm", n=2, size=160, seed=5, severity="uniform", fmt="dicom")
+    src = sorted((tmp_path / "dcm").glob("*.dcm"))
+    assert len(src) == 4
+    pacs = tmp_path / "pacs"
+    pacs.mkdir()
+    for i, f in enumerate(src):  # PACS-style names: nothing about patient or side in the name
+        f.rename(pacs / f"IM{i:04d}")
+    out = tmp_path / "pred.csv"
+    r = svdh("predict", "--model", world.run_bundle, pacs, "-o", out)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and {x["side"] for x in rows} == {"L", "R"}
+    patients = list(csv.DictReader((tmp_path / "pred_patients.csv").open()))
+    assert len(patients) == 2
+    for p in patients:
+        mine = [float(x["score"]) for x in rows if x["patient_id"] == p["patient_id"]]
+        assert len(mine) == 2 and float(p["total"]) == pytest.approx(sum(mine), abs=2e-3)
