@@ -10,7 +10,7 @@ import typer
 def _print_made(made: dict[str, Path], quick: bool) -> None:
     from rich.console import Console
 
-    c = Console()
+    c = Console(soft_wrap=True)  # commands must stay on one line to be copied
     c.print("\n[bold]Made:[/bold]")
     labels = {"members": "member runs", "final": "final model (run directory)",
               "bundle": "model bundle", "report": "report (open in a browser)"}
