@@ -109,6 +109,17 @@ def data_summary(run: Run) -> dict[str, Any]:
     return out
 
 
+def _short_init(init: str) -> str:
+    """``checkpoint:/long/path/pretrain/resnet18`` -> ``checkpoint:…/pretrain/resnet18``: the
+    table names the initialisation, the run's config.yaml keeps the full path."""
+    parts = []
+    for part in str(init).split(" + "):
+        if part.startswith("checkpoint:") and len(Path(part[11:]).parts) > 2:
+            part = "checkpoint:…/" + "/".join(Path(part[11:]).parts[-2:])
+        parts.append(part)
+    return " + ".join(parts)
+
+
 def _comparison_row(run: Run, m: dict[str, Any], split: str = "oof") -> dict[str, Any]:
     c = run.config
     src = m if split == "oof" else m.get("test", {})
@@ -116,7 +127,7 @@ def _comparison_row(run: Run, m: dict[str, Any], split: str = "oof") -> dict[str
         "name": run.name,
         "kind": "ensemble" if run.is_ensemble else "single model",
         "backbone": c.get("backbone", "?"),
-        "init": c.get("init", "?"),
+        "init": _short_init(c.get("init", "?")),
         "scheme": c.get("scheme", "?"),
         "task": c.get("task", "?"),
         "n": src.get("n"),
