@@ -319,7 +319,7 @@ def write_run(
     """Write ``config.yaml``, ``oof.csv`` (and ``test.csv``, ``metrics.json``) in the run layout."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+    (d / "config.yaml").write_text(yaml.safe_dump(plain(config), sort_keys=False))
     oof.to_csv(d / "oof.csv", index=False)
     if test is not None:
         test.to_csv(d / "test.csv", index=False)
@@ -330,17 +330,17 @@ def write_run(
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON with NaN/inf turned into null (strict JSON readers reject NaN)."""
-    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(plain(data), indent=2, allow_nan=False) + "\n")
 
 
-def _plain(obj: Any) -> Any:
-    """numpy scalars/arrays -> Python, non-finite floats -> None, for YAML/JSON."""
+def plain(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python, non-finite floats -> None, paths -> str: safe for YAML/JSON."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
+        return plain(obj.tolist())
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

@@ -201,9 +201,9 @@ def register(app: typer.Typer) -> None:
             write_json(out / "metrics.json", m)
             write_plots(run, m, out)
         if fmt is Format.json:
-            from svdh.runs import _plain
+            from svdh.runs import plain
 
-            typer.echo(json.dumps(_plain(m), allow_nan=False))
+            typer.echo(json.dumps(plain(m), allow_nan=False))
         else:
             print_evaluation(m)
             if out is not None:

@@ -38,6 +38,7 @@ from svdh.errors import BadConfigError, BadDatasetError, BadRunError
 from svdh.models.losses import class_weights_from_labels
 from svdh.models.net import SvdhNet, average_raw, build_model, predict_outputs
 from svdh.models.schemes import default_unfreeze_every
+from svdh.runs import plain
 from svdh.scoring import SeverityBins
 from svdh.train.config import TrainConfig
 from svdh.train.data import CacheDataset, LazyImages, Targets, radiograph_augmentation
@@ -91,24 +92,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
-
-
-def _plain(obj: Any) -> Any:
-    """YAML/JSON-safe copy: numpy scalars to Python, NaN to None, paths to str."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating | float):
-        f = float(obj)
-        return f if np.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -495,7 +478,7 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], arch: dict[str, Any
     """``best.safetensors``: the model's state dict plus its architecture as metadata."""
     from safetensors.torch import save
 
-    meta = {"svdh_model": json.dumps(_plain(arch)), **{k: json.dumps(_plain(v)) for k, v in (extra or {}).items()}}
+    meta = {"svdh_model": json.dumps(plain(arch)), **{k: json.dumps(plain(v)) for k, v in (extra or {}).items()}}
     data = save({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=meta)
     atomic_write_bytes(path, data)
 
@@ -537,7 +520,7 @@ def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[s
         "world_size": int(trainer.world_size),
         "precision": precision,
     }
-    atomic_write_text(fold_dir / "done.json", json.dumps(_plain(info), indent=2))
+    atomic_write_text(fold_dir / "done.json", json.dumps(plain(info), indent=2))
     return info
 
 
@@ -659,7 +642,7 @@ def assemble_outputs(cfg: TrainConfig, data: RunData, targets: Targets, bins: Se
         test = prediction_table(cfg, data, targets, bins, test_rows, average_raw(cfg.task, test_raws), -1)
         atomic_write_text(run_dir / "test.csv", test.to_csv(index=False))
         metrics["test"] = table_metrics(cfg.task, test, bins, n_boot=1000)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(_plain(metrics), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n")
     return metrics
 
 
@@ -729,7 +712,7 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False, data: Run
             atomic_write_text(folds_csv, manifest[["image_id", "patient_id", "fold"]].to_csv(index=False))
         if saved is None:
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
-                _plain(run_config(cfg, data, bins, scope, kind)), sort_keys=False))
+                plain(run_config(cfg, data, bins, scope, kind)), sort_keys=False))
     _barrier()
     infos: dict[int, dict] = {}
     for k in folds_trained:
