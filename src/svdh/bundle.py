@@ -31,6 +31,7 @@ import numpy as np
 
 from svdh import __version__
 from svdh.errors import BadBundleError
+from svdh.runs import plain
 from svdh.scoring import SeverityBins
 
 FORMAT = "svdh-bundle"
@@ -206,23 +207,6 @@ def _digest(manifest_json: str, tensors: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays and paths inside manifest values into JSON types."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -276,8 +260,8 @@ def save_bundle(
                 # clone: safetensors refuses tensors that share storage (tied weights, views)
                 tensors[f"m{i}.f{k}.{name}"] = value.detach().cpu().contiguous().clone()
         member_entries.append(
-            {"name": m.name, "arch": _jsonable(dict(m.arch)), "n_models": len(m.state_dicts),
-             "info": _jsonable(dict(m.info))}
+            {"name": m.name, "arch": plain(dict(m.arch)), "n_models": len(m.state_dicts),
+             "info": plain(dict(m.info))}
         )
     card_d = dict(card or {})
     card_d.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
@@ -289,13 +273,13 @@ def save_bundle(
         "task": task,
         "score_scope": score_scope,
         "bins": bins.to_dict(),
-        "preprocess": _jsonable(dict(preprocess)),
+        "preprocess": plain(dict(preprocess)),
         "image_size": int(image_size),
         "members": member_entries,
-        "combine": _jsonable(dict(combine or {"method": "mean"})),
-        "conformal": _jsonable(dict(conformal)) if conformal else None,
-        "card": _jsonable(card_d),
-        **_jsonable(dict(extra or {})),
+        "combine": plain(dict(combine or {"method": "mean"})),
+        "conformal": plain(dict(conformal)) if conformal else None,
+        "card": plain(card_d),
+        **plain(dict(extra or {})),
     }
     manifest_json = json.dumps(manifest, sort_keys=True, allow_nan=False)
     metadata = {
@@ -634,7 +618,7 @@ def export_onnx(
 
     model = onnx.load(str(tmp))
     entry = model.metadata_props.add()
-    entry.key, entry.value = "svdh_manifest", json.dumps(_jsonable(dict(doc or {})), sort_keys=True)
+    entry.key, entry.value = "svdh_manifest", json.dumps(plain(dict(doc or {})), sort_keys=True)
     onnx.save(model, str(tmp))
     if check:
         diff, scale = onnx_parity(graph, tmp, torch.rand(3, 1, image_size, image_size,

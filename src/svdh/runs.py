@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,7 +336,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def plain(obj: Any) -> Any:
     """numpy scalars/arrays -> Python, non-finite floats -> None, paths -> str: safe for YAML/JSON."""
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [plain(v) for v in obj]
