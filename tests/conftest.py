@@ -30,3 +30,12 @@ def rsna_sample_dir() -> Path:
 @pytest.fixture
 def rsna_100px_dir() -> Path:
     return _need("rsna-boneage-100px")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """Small trained runs, an ensemble and bundles on a phantom cohort (tests/predict_world.py),
+    built once per session and shared by the bundle, predict, explain, ONNX and web tests."""
+    from predict_world import get_world
+
+    return get_world(tmp_path_factory.getbasetemp() / "predict_world")

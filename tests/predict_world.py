@@ -14,6 +14,8 @@ from image to image, which is what reproduction and parity tests need.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +85,12 @@ def get_world(root: Path) -> World:
     _WORLD["w"] = World(root, cohort, reg, ordr, ens, run_bundle, ens_bundle)
     (root / "done").write_text("complete\n")
     return _WORLD["w"]
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    """Run ``svdh ARGS...`` as a user does, with one torch thread (fast and steady on a shared
+    2-core machine)."""
+    code = "from svdh.cli import main; main()"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from predict_world import get_world
 from svdh.bundle import FORMAT_VERSION, Bundle, Member, load_bundle, read_manifest, save_bundle
 from svdh.errors import BadBundleError, BadRunError
 from svdh.scoring import SeverityBins
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    return get_world(tmp_path_factory.getbasetemp() / "predict_world")
 
 
 def _net() -> torch.nn.Module:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from predict_world import get_world
+from predict_world import run_cli as svdh
 from svdh.errors import BadConfigError
 from svdh.explain import (
     ClassTarget,
@@ -28,18 +25,6 @@ from svdh.explain import (
 )
 
 torch.set_num_threads(1)  # as the other test modules: steady on a shared 2-core machine
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    return get_world(tmp_path_factory.getbasetemp() / "predict_world")
-
-
-def svdh(*args) -> subprocess.CompletedProcess:
-    code = "from svdh.cli import main; main()"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: fast and steady on a shared 2-core machine
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 # --------------------------------------------------------------------------- the measure itself

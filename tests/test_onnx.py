@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from predict_world import get_world
+from predict_world import run_cli as svdh
 from svdh.errors import BadBundleError
 from svdh.io import read_radiograph
 from svdh.predict import Predictor
 from svdh.preprocess import PreprocessConfig, preprocess
 
 pytestmark = pytest.mark.slow  # the shared world trains two small runs once per session
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    return get_world(tmp_path_factory.getbasetemp() / "predict_world")
-
-
-def svdh(*args) -> subprocess.CompletedProcess:
-    code = "from svdh.cli import main; main()"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: fast and steady on a shared 2-core machine
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 def _images(world, n: int) -> np.ndarray:

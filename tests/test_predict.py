@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from predict_world import get_world
+from predict_world import run_cli as svdh
 from svdh.errors import BadConfigError
 from svdh.io import Radiograph, read_radiograph
 from svdh.metrics import ConformalModel
@@ -29,18 +26,6 @@ from svdh.predict import (
 from svdh.scoring import SeverityBins
 
 pytestmark = pytest.mark.slow  # the shared world trains two small runs once per session
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    return get_world(tmp_path_factory.getbasetemp() / "predict_world")
-
-
-def svdh(*args: str) -> subprocess.CompletedProcess:
-    code = "from svdh.cli import main; main()"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: fast and steady on a shared 2-core machine
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
 
 
 def test_bundle_reproduces_each_fold_model_on_its_oof_rows(world):

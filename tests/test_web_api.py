@@ -33,13 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.te
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from predict_world import get_world
-
-    return get_world(tmp_path_factory.getbasetemp() / "predict_world")
-
-
-@pytest.fixture(scope="module")
 def predictor(world):
     from svdh.predict import Predictor
 
