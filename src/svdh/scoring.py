@@ -285,8 +285,7 @@ class SeverityBins:
         out = []
         for k in range(self.n_classes):
             lo, hi = self.bounds(k)
-            f = (lambda x: f"{x:g}")
-            out.append(f(lo) if lo == hi else f"{f(lo)}-{f(hi)}")
+            out.append(f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}")
         return tuple(out)
 
     def to_dict(self) -> dict:
