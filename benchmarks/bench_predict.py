@@ -10,7 +10,7 @@
    ratio of medians is reported too):
    * bare: the images preprocessed beforehand (not timed), then only the batched forward pass
      of every fold model of every member (``torch.inference_mode``);
-   * predict: :func:`svdh.predict.run_prediction`, i.e. what ``svdh predict -o out.csv`` runs
+   * predict: :func:`svdh.inference.predictor.run_prediction`, i.e. what ``svdh predict -o out.csv`` runs
      after start-up: read and decode files, preprocess, forward, combine, intervals, quality
      checks, write the CSV.
    Also the whole command line (``svdh predict``) once, start-up and model loading included.
@@ -39,10 +39,10 @@ import numpy as np
 def make_inputs(out: Path, n: int, size: int, members: list[str], folds: int) -> tuple[Path, Path]:
     import torch
 
-    from svdh.bundle import Member, save_bundle
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.core.scoring import SeverityBins
+    from svdh.inference.bundle import Member, save_bundle
     from svdh.models.net import build_model
-    from svdh.preprocess import PreprocessConfig
-    from svdh.scoring import SeverityBins
     from svdh.synth import generate_cohort
 
     cohort = out / "cohort"
@@ -61,9 +61,24 @@ def make_inputs(out: Path, n: int, size: int, members: list[str], folds: int) ->
                 arch = net.config
             mems.append(Member(name, arch, sds))
         bins = SeverityBins.hand()
-        save_bundle(bundle, mems, task="regression", bins=bins, preprocess=PreprocessConfig(size=size).to_dict(),
-                    image_size=size, conformal={"alpha": 0.1, "level": 0.9, "method": "absolute", "q": 10.0,
-                                                "n": 100, "strata": [], "bins": bins.to_dict(), "max_score": 140.0})
+        save_bundle(
+            bundle,
+            mems,
+            task="regression",
+            bins=bins,
+            preprocess=PreprocessConfig(size=size).to_dict(),
+            image_size=size,
+            conformal={
+                "alpha": 0.1,
+                "level": 0.9,
+                "method": "absolute",
+                "q": 10.0,
+                "n": 100,
+                "strata": [],
+                "bins": bins.to_dict(),
+                "max_score": 140.0,
+            },
+        )
     return cohort, bundle
 
 
@@ -76,7 +91,7 @@ def bare_forward(predictor, x: np.ndarray, batch_size: int) -> float:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            t = torch.from_numpy(x[i:i + batch_size]).to(dev).unsqueeze(1).float().div_(255.0)
+            t = torch.from_numpy(x[i : i + batch_size]).to(dev).unsqueeze(1).float().div_(255.0)
             for m in models:
                 m(t).float().cpu()
     if dev.type == "cuda":
@@ -85,12 +100,14 @@ def bare_forward(predictor, x: np.ndarray, batch_size: int) -> float:
 
 
 def throughput(args: argparse.Namespace, cohort: Path, bundle: Path) -> dict:
-    from svdh.io import read_radiograph
-    from svdh.predict import Predictor, run_prediction
-    from svdh.preprocess import preprocess
+    from svdh.core.io import read_radiograph
+    from svdh.core.preprocess import preprocess
+    from svdh.inference.predictor import Predictor, run_prediction
 
     files = sorted(cohort.glob("*.png"))[: args.n]
-    predictor = Predictor(bundle, device=args.device, batch_size=args.batch_size, workers=args.workers)
+    predictor = Predictor(
+        bundle, device=args.device, batch_size=args.batch_size, workers=args.workers
+    )
     x = np.stack([preprocess(read_radiograph(f), predictor.preprocess_config) for f in files])
     bare_forward(predictor, x[: args.batch_size], args.batch_size)  # warm-up
     bare, pred = [], []
@@ -103,9 +120,26 @@ def throughput(args: argparse.Namespace, cohort: Path, bundle: Path) -> dict:
     n = len(files)
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from svdh.cli import main; main()", "predict", "--model", str(bundle),
-                    str(cohort), "-o", str(Path(args.out) / "cli.csv"), "--batch-size", str(args.batch_size),
-                    "--device", args.device], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from svdh.cli.main import main; main()",
+            "predict",
+            "--model",
+            str(bundle),
+            str(cohort),
+            "-o",
+            str(Path(args.out) / "cli.csv"),
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     cli = time.perf_counter() - t0
     n_cli = len(sorted(cohort.glob("*.png")))
     return {
@@ -125,18 +159,24 @@ def memory_child(args: argparse.Namespace, cohort: Path, bundle: Path, n: int) -
     """Run in a fresh process: score ``n`` images (the cohort's files repeated) and report peaks."""
     import tracemalloc
 
-    from svdh.predict import Predictor, run_prediction
+    from svdh.inference.predictor import Predictor, run_prediction
 
     files = sorted(cohort.glob("*.png"))
     paths = (files * (n // len(files) + 1))[:n]
-    predictor = Predictor(bundle, device=args.device, batch_size=args.batch_size, workers=args.workers)
+    predictor = Predictor(
+        bundle, device=args.device, batch_size=args.batch_size, workers=args.workers
+    )
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
     summary = run_prediction(predictor, paths, out=Path(args.out) / f"mem{n}.csv")
     _, peak_py = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"n_images": summary["n_images"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_after_loading_mb": rss_loaded / 1024, "peak_traced_python_mb": peak_py / 2**20}
+    return {
+        "n_images": summary["n_images"],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_loading_mb": rss_loaded / 1024,
+        "peak_traced_python_mb": peak_py / 2**20,
+    }
 
 
 def main() -> None:
@@ -146,13 +186,22 @@ def main() -> None:
     ap.add_argument("--members", default="resnet18,mobilenet_v2")
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=3, help="alternations of bare and predict (best of each kept)")
-    ap.add_argument("--workers", type=int, default=None, help="reader threads (default: svdh's choice)")
+    ap.add_argument(
+        "--reps", type=int, default=3, help="alternations of bare and predict (best of each kept)"
+    )
+    ap.add_argument(
+        "--workers", type=int, default=None, help="reader threads (default: svdh's choice)"
+    )
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)"
+    )
     ap.add_argument("--out", default="/tmp/bench_predict")
-    ap.add_argument("--memory-members", default="mobilenet_v2_050",
-                    help="members of the bundle for the memory runs (memory flatness does not depend on them)")
+    ap.add_argument(
+        "--memory-members",
+        default="mobilenet_v2_050",
+        help="members of the bundle for the memory runs (memory flatness does not depend on them)",
+    )
     ap.add_argument("--memory-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
@@ -170,9 +219,16 @@ def main() -> None:
     make_inputs(out, args.n, args.size, args.memory_members.split(","), 1)
     import torch
 
-    result = {"device": args.device, "torch_threads": torch.get_num_threads(), "workers": args.workers, "size": args.size,
-              "members": args.members, "folds": args.folds, "batch_size": args.batch_size,
-              "throughput": throughput(args, cohort, bundle)}
+    result = {
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "size": args.size,
+        "members": args.members,
+        "folds": args.folds,
+        "batch_size": args.batch_size,
+        "throughput": throughput(args, cohort, bundle),
+    }
     if not args.skip_memory:
         result["memory"] = {"members": args.memory_members}
         for n in (100, 400):

@@ -28,14 +28,32 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SVDH = [str(ROOT / ".venv" / "bin" / "svdh")] if (ROOT / ".venv" / "bin" / "svdh").exists() else [sys.executable, "-c", "from svdh.cli import main; main()"]
+SVDH = (
+    [str(ROOT / ".venv" / "bin" / "svdh")]
+    if (ROOT / ".venv" / "bin" / "svdh").exists()
+    else [sys.executable, "-c", "from svdh.cli.main import main; main()"]
+)
 
 
 def _prepare(source: str, out: Path, size: int, workers: int) -> float:
     """Wall-clock seconds of ``svdh prepare`` as a user runs it."""
     t0 = time.perf_counter()
-    subprocess.run([*SVDH, "prepare", source, "--size", str(size), "--out", str(out), "--workers", str(workers)],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *SVDH,
+            "prepare",
+            source,
+            "--size",
+            str(size),
+            "--out",
+            str(out),
+            "--workers",
+            str(workers),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0
 
 
@@ -45,8 +63,8 @@ def _serial_cpu(source: str, out: Path, size: int) -> float:
     Worker processes are reaped by the forkserver, so their CPU time never reaches this
     process's accounting; a serial build measures the same work where it can be counted.
     """
+    from svdh.core.preprocess import PreprocessConfig
     from svdh.data.cache import prepare
-    from svdh.preprocess import PreprocessConfig
 
     c0 = time.process_time()
     prepare(source, out, PreprocessConfig(size=size), workers=1, progress=False)
@@ -75,13 +93,17 @@ def _read_rate(cache_dir: Path, batches: int, batch_size: int, seed: int, to_flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "rsna-boneage-100px"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--read-size", type=int, default=256)
     ap.add_argument("--batches", type=int, default=400)
-    ap.add_argument("--keep", default="", help="keep the caches in this folder (default: a temporary one)")
+    ap.add_argument(
+        "--keep", default="", help="keep the caches in this folder (default: a temporary one)"
+    )
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         sys.exit(f"no data at {args.data}")
@@ -111,7 +133,7 @@ one process do not, and CPU / {args.workers} is about what it needs on {args.wor
 
 | what | figure | target |
 |---|---|---|
-| `svdh prepare {source.replace(str(ROOT.parent), '..')} --size {args.size} --workers {args.workers}` ({n:,} images, fresh folder, wall clock incl. start-up) | {first:.1f} s | < 60 s |
+| `svdh prepare {source.replace(str(ROOT.parent), "..")} --size {args.size} --workers {args.workers}` ({n:,} images, fresh folder, wall clock incl. start-up) | {first:.1f} s | < 60 s |
 | CPU of the same build, serial, in one process | {cpu:.1f} s ({1000 * cpu / n:.2f} ms per image; / {args.workers} = {cpu / args.workers:.1f} s) | - |
 | the same command again (cache up to date) | {again:.1f} s | - |
 | building the {args.read_size} px cache of the same images | {build256:.1f} s | - |

@@ -39,10 +39,33 @@ def main() -> None:
     if not a.data.is_dir():
         sys.exit(f"no data at {a.data}")
     svdh = str(Path(sys.executable).parent / "svdh")
-    cmd = [svdh, "pretrain", f"rsna-boneage:{a.data}", "--out", str(a.out), "--backbone", a.backbone,
-           "--image-size", str(a.size), "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
-           "--lr", str(a.lr), "--accelerator", a.accelerator, "--num-workers", str(a.num_workers),
-           "--test-fraction", "0.1", "--val-fraction", "0.15", "--patience", "0"]
+    cmd = [
+        svdh,
+        "pretrain",
+        f"rsna-boneage:{a.data}",
+        "--out",
+        str(a.out),
+        "--backbone",
+        a.backbone,
+        "--image-size",
+        str(a.size),
+        "--epochs",
+        str(a.epochs),
+        "--batch-size",
+        str(a.batch_size),
+        "--lr",
+        str(a.lr),
+        "--accelerator",
+        a.accelerator,
+        "--num-workers",
+        str(a.num_workers),
+        "--test-fraction",
+        "0.1",
+        "--val-fraction",
+        "0.15",
+        "--patience",
+        "0",
+    ]
     if a.out.exists():
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
@@ -52,9 +75,11 @@ def main() -> None:
     wall = time.time() - t
     m = json.loads((a.out / "metrics.json").read_text())
     done = json.loads((a.out / "fold_0" / "done.json").read_text())
-    print(f"| {a.backbone} {a.size}px, {a.epochs} epochs, batch {a.batch_size}, {a.accelerator} | "
-          f"{done['n_train']} / {done['n_val']} / {m['test']['n']} | {m['test']['mae']:.2f} | "
-          f"{m['overall']['mae']:.2f} | {m['test']['pcc']:.3f} | {wall / 60:.0f} min |")
+    print(
+        f"| {a.backbone} {a.size}px, {a.epochs} epochs, batch {a.batch_size}, {a.accelerator} | "
+        f"{done['n_train']} / {done['n_val']} / {m['test']['n']} | {m['test']['mae']:.2f} | "
+        f"{m['overall']['mae']:.2f} | {m['test']['pcc']:.3f} | {wall / 60:.0f} min |"
+    )
 
 
 if __name__ == "__main__":

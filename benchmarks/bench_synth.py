@@ -27,8 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SVDH = ([str(ROOT / ".venv" / "bin" / "svdh")] if (ROOT / ".venv" / "bin" / "svdh").exists()
-        else [sys.executable, "-c", "from svdh.cli import main; main()"])
+SVDH = (
+    [str(ROOT / ".venv" / "bin" / "svdh")]
+    if (ROOT / ".venv" / "bin" / "svdh").exists()
+    else [sys.executable, "-c", "from svdh.cli.main import main; main()"]
+)
 HEADING = "## Phantom generation (svdh synth)"
 
 
@@ -36,8 +39,25 @@ def _cli(out: Path, n: int, size: int, workers: int, seed: int) -> tuple[float, 
     """Wall seconds and CPU seconds (the command and its worker processes) of one run."""
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([*SVDH, "synth", "--out", str(out), "--n", str(n), "--size", str(size), "--workers", str(workers),
-                    "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *SVDH,
+            "synth",
+            "--out",
+            str(out),
+            "--n",
+            str(n),
+            "--size",
+            str(size),
+            "--workers",
+            str(workers),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
@@ -61,7 +81,9 @@ def _split(size: int, images: int) -> tuple[float, float]:
             img = render_patient(p, size, side)
             c1 = time.process_time()
             buf = io.BytesIO()
-            Image.fromarray(quantize(img.image)).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+            Image.fromarray(quantize(img.image)).save(
+                buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+            )
             c2 = time.process_time()
             t_render += c1 - c0
             t_png += c2 - c1
@@ -70,7 +92,9 @@ def _split(size: int, images: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=1000, help="patients (two hand images each)")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
@@ -86,8 +110,10 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in (Path(tmp) / "ra").iterdir()) / 1e6
     load_after = os.getloadavg()[0]
     render, png = _split(args.size, args.split_images)
-    cmd = (f".venv/bin/python benchmarks/bench_synth.py --n {args.n} --size {args.size} "
-           f"--workers {args.workers}" + (" --write-docs" if args.write_docs else ""))
+    cmd = (
+        f".venv/bin/python benchmarks/bench_synth.py --n {args.n} --size {args.size} "
+        f"--workers {args.workers}" + (" --write-docs" if args.write_docs else "")
+    )
     per_image_ms = 1000 * wall / max(n_images, 1)
     lines = [
         HEADING,
@@ -118,7 +144,11 @@ def main() -> None:
         path = ROOT / "docs" / "benchmarks.md"
         text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
         pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-        text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+        text = (
+            pattern.sub(section + "\n", text)
+            if pattern.search(text)
+            else text.rstrip("\n") + "\n\n" + section
+        )
         path.write_text(text, encoding="utf-8")
         print(f"updated {path}")
 

@@ -44,11 +44,16 @@ from svdh.train.run import (
 def synthetic_data(n: int, size: int, seed: int = 0) -> RunData:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
-    man = pd.DataFrame({
-        "image": [f"/mem/{i}.png" for i in range(n)], "image_id": [f"im{i}" for i in range(n)],
-        "patient_id": [f"P{i}" for i in range(n)], "side": "L",
-        "svdh": rng.uniform(0, 100, n).round(), "score_scope": "hand",
-    })
+    man = pd.DataFrame(
+        {
+            "image": [f"/mem/{i}.png" for i in range(n)],
+            "image_id": [f"im{i}" for i in range(n)],
+            "patient_id": [f"P{i}" for i in range(n)],
+            "side": "L",
+            "svdh": rng.uniform(0, 100, n).round(),
+            "score_scope": "hand",
+        }
+    )
     man["fold"] = np.where(np.arange(n) % 5 == 0, 0, 1)  # 20% validation (fold 0)
     return RunData(man, LazyImages(images), {"size": size}, "synthetic")
 
@@ -64,14 +69,25 @@ def bare_loop(cfg: TrainConfig, data: RunData) -> tuple[float, list[float]]:
     model = build_model(cfg.backbone, cfg.task, max_score=140)
     model.set_target_stats(*_target_stats(model, targets.y[tr]))
     model.to(device)
-    train_ds, val_ds = make_dataset(data, targets, tr, cfg.augment), make_dataset(data, targets, va, False)
+    train_ds, val_ds = (
+        make_dataset(data, targets, tr, cfg.augment),
+        make_dataset(data, targets, va, False),
+    )
     train_dl = _loader(train_ds, cfg, shuffle=True, drop_last=True)
     val_dl = _loader(val_ds, cfg, shuffle=False)
-    opt = torch.optim.AdamW(param_groups(model, Scheme.parse(cfg.scheme), cfg.lr, cfg.lr_decay, cfg.weight_decay))
+    opt = torch.optim.AdamW(
+        param_groups(model, Scheme.parse(cfg.scheme), cfg.lr, cfg.lr_decay, cfg.weight_decay)
+    )
     total = len(train_dl) * cfg.epochs
     warm = max(1, int(total * cfg.warmup_fraction))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else 0.02 + 0.49 * (
-        1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total - warm)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            (s + 1) / warm
+            if s < warm
+            else 0.02 + 0.49 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, total - warm))))
+        ),
+    )
     amp = device.type == "cuda" and "mixed" in cfg.precision
     dtype = torch.bfloat16 if cfg.precision.startswith("bf16") else torch.float16
     loss_fn = torch.nn.MSELoss()
@@ -125,9 +141,19 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     data = synthetic_data(a.n, a.size)
-    cfg = TrainConfig(source="synthetic", backbone=a.backbone, folds=1, epochs=a.epochs, batch_size=a.batch_size,
-                      image_size=a.size, num_workers=a.num_workers, accelerator=a.accelerator,
-                      precision=a.precision, patience=0, devices="1")
+    cfg = TrainConfig(
+        source="synthetic",
+        backbone=a.backbone,
+        folds=1,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        image_size=a.size,
+        num_workers=a.num_workers,
+        accelerator=a.accelerator,
+        precision=a.precision,
+        patience=0,
+        devices="1",
+    )
     n_train = int((data.manifest["fold"] == 1).sum())
     imgs = n_train * a.epochs
     bare, eng, bare_ep, eng_ep = [], [], [], []
@@ -140,15 +166,27 @@ def main() -> None:
             t, ep = svdh_engine(cfg, data, Path(tmp) / f"run{r}")
             eng.append(imgs / t)
             eng_ep += [n_train / s for s in ep[1:]]
-            print(f"repeat {r + 1}: whole fit: bare {bare[-1]:.1f} img/s, svdh {eng[-1]:.1f} img/s; "
-                  f"epochs 2+: bare {statistics.median(bare_ep):.1f}, svdh {statistics.median(eng_ep):.1f}",
-                  file=sys.stderr)
-    dev = torch.cuda.get_device_name() if a.accelerator in ("gpu", "cuda") else f"CPU, {torch.get_num_threads()} threads"
-    what = (f"{a.backbone} {a.size}px, batch {a.batch_size}, {n_train} train + {a.n - n_train} val images, "
-            f"{a.epochs} epochs, {a.precision}, {a.num_workers} loader workers, {dev}")
-    for label, b, e in (("whole fit", statistics.median(bare), statistics.median(eng)),
-                        ("epochs 2+", statistics.median(bare_ep), statistics.median(eng_ep))):
-        print(f"| {what} | {label} | {b:.1f} | {e:.1f} | {e / b:.3f} ({(1 - e / b) * 100:+.1f}% slower) |")
+            print(
+                f"repeat {r + 1}: whole fit: bare {bare[-1]:.1f} img/s, svdh {eng[-1]:.1f} img/s; "
+                f"epochs 2+: bare {statistics.median(bare_ep):.1f}, svdh {statistics.median(eng_ep):.1f}",
+                file=sys.stderr,
+            )
+    dev = (
+        torch.cuda.get_device_name()
+        if a.accelerator in ("gpu", "cuda")
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    what = (
+        f"{a.backbone} {a.size}px, batch {a.batch_size}, {n_train} train + {a.n - n_train} val images, "
+        f"{a.epochs} epochs, {a.precision}, {a.num_workers} loader workers, {dev}"
+    )
+    for label, b, e in (
+        ("whole fit", statistics.median(bare), statistics.median(eng)),
+        ("epochs 2+", statistics.median(bare_ep), statistics.median(eng_ep)),
+    ):
+        print(
+            f"| {what} | {label} | {b:.1f} | {e:.1f} | {e / b:.3f} ({(1 - e / b) * 100:+.1f}% slower) |"
+        )
 
 
 if __name__ == "__main__":

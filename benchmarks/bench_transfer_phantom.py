@@ -28,11 +28,15 @@ import torch
 SCHEMES = ("full", "head", "partial:2", "gradual", "discriminative")
 
 
-def cohort(path: Path, n: int, mode: str, seed: int, size: int, workers: int, severity: str = "uniform") -> Path:
+def cohort(
+    path: Path, n: int, mode: str, seed: int, size: int, workers: int, severity: str = "uniform"
+) -> Path:
     from svdh.synth import generate_cohort
 
     if not (path / ("training.csv" if mode == "ra" else "boneage.csv")).exists():
-        generate_cohort(path, n=n, mode=mode, size=size, seed=seed, severity=severity, workers=workers)
+        generate_cohort(
+            path, n=n, mode=mode, size=size, seed=seed, severity=severity, workers=workers
+        )
     return path
 
 
@@ -51,7 +55,9 @@ def ra_data(pool: Path, test: Path, n_hands: int, size: int, seed: int):
     mp = assign_folds(mp, n_folds=5, seed=seed, stratify="svdh")
     mt = c_test.manifest.copy()
     mt["fold"] = -1
-    images = np.concatenate([np.asarray(c_pool.images[mp["cache_index"].to_numpy()]), np.asarray(c_test.images)])
+    images = np.concatenate(
+        [np.asarray(c_pool.images[mp["cache_index"].to_numpy()]), np.asarray(c_test.images)]
+    )
     mt["cache_index"] = mt["cache_index"] + len(mp)
     mp["cache_index"] = np.arange(len(mp))
     man = pd.concat([mp, mt], ignore_index=True)
@@ -62,7 +68,9 @@ def ra_data(pool: Path, test: Path, n_hands: int, size: int, seed: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--size", type=int, default=64, help="training image size (phantoms drawn at 2x)")
+    ap.add_argument(
+        "--size", type=int, default=64, help="training image size (phantoms drawn at 2x)"
+    )
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--pretrain-epochs", type=int, default=10)
     ap.add_argument("--children", type=int, default=1500)
@@ -74,7 +82,9 @@ def main() -> None:
     ap.add_argument("--accelerator", default="cpu")
     ap.add_argument("--workers", type=int, default=2, help="phantom generation and loader workers")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--augment", action="store_true", help="training augmentation (off: as the learning test)")
+    ap.add_argument(
+        "--augment", action="store_true", help="training augmentation (off: as the learning test)"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.environ.setdefault("SVDH_CACHE_DIR", str(a.out / "cache"))
@@ -87,9 +97,17 @@ def main() -> None:
     pool = cohort(a.out / "ra_pool", max(hands) // 2, "ra", 2, draw, a.workers)
     test = cohort(a.out / "ra_test", 100, "ra", 3, draw, a.workers)
     print(f"phantoms ready in {time.time() - t0:.0f} s", file=sys.stderr)
-    common = dict(image_size=a.size, batch_size=a.batch_size, lr=a.lr, accelerator=a.accelerator,
-                  num_workers=0 if a.accelerator == "cpu" else a.workers, patience=0, devices="1", seed=0,
-                  augment=a.augment)
+    common = dict(
+        image_size=a.size,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        accelerator=a.accelerator,
+        num_workers=0 if a.accelerator == "cpu" else a.workers,
+        patience=0,
+        devices="1",
+        seed=0,
+        augment=a.augment,
+    )
     results_path = a.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["backbone"], r["init"], r["scheme"], r["hands"]) for r in results}
@@ -97,12 +115,28 @@ def main() -> None:
         pre = a.out / f"pretrain_{bb}"
         if not (pre / "metrics.json").exists():
             t = time.time()
-            m = train_run(TrainConfig(source=f"rsna-boneage:{child}", task="boneage", backbone=bb, folds=1,
-                                      val_fraction=0.15, test_fraction=0.1, epochs=a.pretrain_epochs,
-                                      use_sex=True, loss="huber", **common), pre, resume=pre.exists(),
-                          kind="pretrain", quiet=True)
-            print(f"{bb} bone-age pretraining: test MAE {m['test']['mae']:.1f} months ({time.time() - t:.0f} s)",
-                  file=sys.stderr)
+            m = train_run(
+                TrainConfig(
+                    source=f"rsna-boneage:{child}",
+                    task="boneage",
+                    backbone=bb,
+                    folds=1,
+                    val_fraction=0.15,
+                    test_fraction=0.1,
+                    epochs=a.pretrain_epochs,
+                    use_sex=True,
+                    loss="huber",
+                    **common,
+                ),
+                pre,
+                resume=pre.exists(),
+                kind="pretrain",
+                quiet=True,
+            )
+            print(
+                f"{bb} bone-age pretraining: test MAE {m['test']['mae']:.1f} months ({time.time() - t:.0f} s)",
+                file=sys.stderr,
+            )
         for n in hands:
             data = ra_data(pool, test, n, a.size, seed=0)
             runs = [("scratch", "full")] + [(f"checkpoint:{pre}", s) for s in a.schemes.split(",")]
@@ -110,26 +144,53 @@ def main() -> None:
                 init_name = "scratch" if init == "scratch" else "bone age"
                 if (bb, init_name, scheme, n) in done:
                     continue
-                out = a.out / "runs" / f"{bb}_{init_name.replace(' ', '')}_{scheme.replace(':', '')}_{n}"
+                out = (
+                    a.out
+                    / "runs"
+                    / f"{bb}_{init_name.replace(' ', '')}_{scheme.replace(':', '')}_{n}"
+                )
                 t = time.time()
-                cfg = TrainConfig(source=data.source, task="regression", backbone=bb, init=init, scheme=scheme,
-                                  folds=1, epochs=a.epochs, **common)
+                cfg = TrainConfig(
+                    source=data.source,
+                    task="regression",
+                    backbone=bb,
+                    init=init,
+                    scheme=scheme,
+                    folds=1,
+                    epochs=a.epochs,
+                    **common,
+                )
                 m = train_run(cfg, out, resume=out.exists(), data=data, quiet=True)
-                r = {"backbone": bb, "init": init_name, "scheme": scheme, "hands": n,
-                     "pcc": m["test"]["pcc"], "rmse": m["test"]["rmse"], "mae": m["test"]["mae"],
-                     "val_pcc": m["overall"]["pcc"], "seconds": round(time.time() - t)}
+                r = {
+                    "backbone": bb,
+                    "init": init_name,
+                    "scheme": scheme,
+                    "hands": n,
+                    "pcc": m["test"]["pcc"],
+                    "rmse": m["test"]["rmse"],
+                    "mae": m["test"]["mae"],
+                    "val_pcc": m["overall"]["pcc"],
+                    "seconds": round(time.time() - t),
+                }
                 results.append(r)
                 results_path.write_text(json.dumps(results, indent=1))
-                print(f"{bb:14s} {init_name:8s} {scheme:15s} {n:5d} hands: test PCC {r['pcc']:.3f} "
-                      f"RMSE {r['rmse']:.1f} ({r['seconds']} s)", file=sys.stderr)
-    print("| backbone | init | scheme | " + " | ".join(f"{n} hands PCC / RMSE" for n in hands) + " |")
+                print(
+                    f"{bb:14s} {init_name:8s} {scheme:15s} {n:5d} hands: test PCC {r['pcc']:.3f} "
+                    f"RMSE {r['rmse']:.1f} ({r['seconds']} s)",
+                    file=sys.stderr,
+                )
+    print(
+        "| backbone | init | scheme | " + " | ".join(f"{n} hands PCC / RMSE" for n in hands) + " |"
+    )
     print("|---|---|---|" + "---|" * len(hands))
     df = pd.DataFrame(results)
     for (bb, init, scheme), g in df.groupby(["backbone", "init", "scheme"], sort=False):
         cells = []
         for n in hands:
             row = g[g["hands"] == n]
-            cells.append(f"{row['pcc'].iloc[0]:.3f} / {row['rmse'].iloc[0]:.1f}" if len(row) else "-")
+            cells.append(
+                f"{row['pcc'].iloc[0]:.3f} / {row['rmse'].iloc[0]:.1f}" if len(row) else "-"
+            )
         print(f"| {bb} | {init} | {scheme} | " + " | ".join(cells) + " |")
 
 

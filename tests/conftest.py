@@ -13,7 +13,9 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def _need(sub: str) -> Path:
     p = SHARED_DATA / sub
     if not p.exists():
-        pytest.skip(f"real sample data absent: {p} (only the project's own checkout has ../shared/data)")
+        pytest.skip(
+            f"real sample data absent: {p} (only the project's own checkout has ../shared/data)"
+        )
     return p
 
 

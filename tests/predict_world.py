@@ -37,9 +37,24 @@ class World:
 def train(data, out: Path, task: str, extra_heads: bool = False) -> Path:
     from svdh.train import TrainConfig, train_run
 
-    cfg = TrainConfig(source=data.source, task=task, backbone="resnet18", folds=2, epochs=2, batch_size=8,
-                      image_size=IMAGE_SIZE, lr=1e-3, test_fraction=0.25, extra_heads=extra_heads,
-                      num_workers=0, patience=0, accelerator="cpu", devices="1", seed=0, augment=False)
+    cfg = TrainConfig(
+        source=data.source,
+        task=task,
+        backbone="resnet18",
+        folds=2,
+        epochs=2,
+        batch_size=8,
+        image_size=IMAGE_SIZE,
+        lr=1e-3,
+        test_fraction=0.25,
+        extra_heads=extra_heads,
+        num_workers=0,
+        patience=0,
+        accelerator="cpu",
+        devices="1",
+        seed=0,
+        augment=False,
+    )
     train_run(cfg, out, data=data, quiet=True)
     return out
 
@@ -64,9 +79,9 @@ def get_world(root: Path) -> World:
         if (root / "done").is_file():
             _WORLD["w"] = World(root, *(root / n for n in names))
             return _WORLD["w"]
-    from svdh.bundle import export_bundle
     from svdh.data.cache import ensure_cache
-    from svdh.ensemble import build_ensemble
+    from svdh.evaluate.ensemble import build_ensemble
+    from svdh.inference.bundle import export_bundle
     from svdh.synth import generate_cohort
     from svdh.train.data import LazyImages
     from svdh.train.run import RunData
@@ -90,7 +105,12 @@ def get_world(root: Path) -> World:
 def run_cli(*args) -> subprocess.CompletedProcess:
     """Run ``svdh ARGS...`` as a user does, with one torch thread (fast and steady on a shared
     2-core machine)."""
-    code = "from svdh.cli import main; main()"
+    code = "from svdh.cli.main import main; main()"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )

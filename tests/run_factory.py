@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from svdh.runs import write_run
-from svdh.scoring import SeverityBins
+from svdh.core.scoring import SeverityBins
+from svdh.runs.tables import write_run
 
 
-def cohort(n_patients: int = 60, n_folds: int = 5, seed: int = 0, reader2: bool = False) -> pd.DataFrame:
+def cohort(
+    n_patients: int = 60, n_folds: int = 5, seed: int = 0, reader2: bool = False
+) -> pd.DataFrame:
     """Two hand images per patient, skewed per-hand scores (0-140), patient-grouped folds."""
     rng = np.random.default_rng(seed)
     severity = rng.gamma(0.8, 18.0, n_patients)
@@ -26,17 +28,29 @@ def cohort(n_patients: int = 60, n_folds: int = 5, seed: int = 0, reader2: bool 
         pid = f"P{i:03d}"
         for side in "LR":
             s = float(np.clip(np.round(severity[i] * rng.uniform(0.7, 1.3)), 0, 140))
-            rows.append({"image": f"/nonexistent/{pid}-{side}H.png", "image_id": f"{pid}-{side}H",
-                         "patient_id": pid, "side": side, "fold": int(folds[i]), "y_true": s})
+            rows.append(
+                {
+                    "image": f"/nonexistent/{pid}-{side}H.png",
+                    "image_id": f"{pid}-{side}H",
+                    "patient_id": pid,
+                    "side": side,
+                    "fold": int(folds[i]),
+                    "y_true": s,
+                }
+            )
     df = pd.DataFrame(rows)
     if reader2:
         df["reader2"] = np.clip(np.round(df["y_true"] + rng.normal(0, 4, len(df))), 0, 140)
     return df
 
 
-def class_probs(classes: np.ndarray, k: int, sharpness: float, rng: np.random.Generator) -> np.ndarray:
+def class_probs(
+    classes: np.ndarray, k: int, sharpness: float, rng: np.random.Generator
+) -> np.ndarray:
     """Probabilities peaked around given classes (noisy, rows summing to 1)."""
-    logits = -sharpness * (np.arange(k)[None, :] - classes[:, None]) ** 2 + rng.normal(0, 0.5, (len(classes), k))
+    logits = -sharpness * (np.arange(k)[None, :] - classes[:, None]) ** 2 + rng.normal(
+        0, 0.5, (len(classes), k)
+    )
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     return p / p.sum(axis=1, keepdims=True)
 
@@ -62,7 +76,9 @@ def make_run(
 
     def predict(df: pd.DataFrame) -> pd.DataFrame:
         df = df.copy()
-        pred = np.clip(scale * df["y_true"].to_numpy() + bias + rng.normal(0, noise, len(df)), 0, 140)
+        pred = np.clip(
+            scale * df["y_true"].to_numpy() + bias + rng.normal(0, noise, len(df)), 0, 140
+        )
         df["class_true"] = bins.to_class(df["y_true"].to_numpy())
         if task in ("classification", "ordinal"):
             p = class_probs(np.asarray(bins.to_class(pred)), bins.n_classes, 1.5, rng)
@@ -75,9 +91,23 @@ def make_run(
             df["class_pred"] = bins.to_class(pred)
         return df
 
-    config = {"task": task, "backbone": backbone, "init": init, "scheme": scheme, "image_size": 64,
-              "bins": bins.to_dict(), "score_scope": "hand", "n_folds": int(base["fold"].nunique()),
-              "seed": seed, **(extra_config or {})}
-    write_run(out, config, predict(base), predict(test) if test is not None else None,
-              {"overall": {"note": "fabricated by tests/run_factory.py"}})
+    config = {
+        "task": task,
+        "backbone": backbone,
+        "init": init,
+        "scheme": scheme,
+        "image_size": 64,
+        "bins": bins.to_dict(),
+        "score_scope": "hand",
+        "n_folds": int(base["fold"].nunique()),
+        "seed": seed,
+        **(extra_config or {}),
+    }
+    write_run(
+        out,
+        config,
+        predict(base),
+        predict(test) if test is not None else None,
+        {"overall": {"note": "fabricated by tests/run_factory.py"}},
+    )
     return out

@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from svdh.bundle import FORMAT_VERSION, Bundle, Member, load_bundle, read_manifest, save_bundle
-from svdh.errors import BadBundleError, BadRunError
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadBundleError, BadRunError
+from svdh.core.scoring import SeverityBins
+from svdh.inference.bundle import (
+    FORMAT_VERSION,
+    Bundle,
+    Member,
+    load_bundle,
+    read_manifest,
+    save_bundle,
+)
 
 
 def _net() -> torch.nn.Module:
@@ -22,10 +29,22 @@ def _net() -> torch.nn.Module:
 
 def _small_bundle(path: Path, **kw) -> Path:
     torch.manual_seed(0)
-    members = [Member("a", {"backbone": "toy", "task": "regression"}, [_net().state_dict(), _net().state_dict()]),
-               Member("b", {"backbone": "toy", "task": "ordinal"}, [_net().state_dict()])]
-    args = dict(task="regression", bins=SeverityBins.hand(), preprocess={"size": 32}, image_size=32,
-                conformal={"alpha": 0.1, "level": 0.9, "q": 4.0}, card={"name": "toy"})
+    members = [
+        Member(
+            "a",
+            {"backbone": "toy", "task": "regression"},
+            [_net().state_dict(), _net().state_dict()],
+        ),
+        Member("b", {"backbone": "toy", "task": "ordinal"}, [_net().state_dict()]),
+    ]
+    args = dict(
+        task="regression",
+        bins=SeverityBins.hand(),
+        preprocess={"size": 32},
+        image_size=32,
+        conformal={"alpha": 0.1, "level": 0.9, "q": 4.0},
+        card={"name": "toy"},
+    )
     args.update(kw)
     return save_bundle(path, members, **args)
 
@@ -37,7 +56,11 @@ def test_round_trip_keeps_weights_and_manifest(tmp_path):
     assert [m["n_models"] for m in b.members] == [2, 1]
     assert b.bins == SeverityBins.hand() and b.conformal["q"] == 4.0 and b.image_size == 32
     card = b.card
-    assert card["name"] == "toy" and "created" in card and card["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert (
+        card["name"] == "toy"
+        and "created" in card
+        and card["versions"]["torch"] == torch.__version__.split("+")[0]
+    )
     models = b.build_models(factory=lambda **arch: _net())
     torch.manual_seed(0)
     ref = _net().state_dict()
@@ -53,7 +76,7 @@ def test_file_is_plain_safetensors_without_pickle(tmp_path):
     p = _small_bundle(tmp_path / "m.svdh")
     raw = p.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     assert header["__metadata__"]["format"] == "svdh-bundle"
     assert all(v["dtype"] in ("F32", "I64") for k, v in header.items() if k != "__metadata__")
     # a pickle (torch.save) renamed to .svdh is refused before anything is unpickled
@@ -67,8 +90,21 @@ def test_every_flipped_byte_is_detected(tmp_path):
     data = p.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
     # positions in the length prefix, the JSON header (tensor index and manifest) and the weights
-    positions = sorted({0, 3, 9, 8 + n // 3, 8 + n // 2, 8 + n - 2, 8 + n, 8 + n + 17, len(data) // 2, len(data) - 1}
-                       | set(range(8 + n, len(data), max(1, (len(data) - 8 - n) // 25))))
+    positions = sorted(
+        {
+            0,
+            3,
+            9,
+            8 + n // 3,
+            8 + n // 2,
+            8 + n - 2,
+            8 + n,
+            8 + n + 17,
+            len(data) // 2,
+            len(data) - 1,
+        }
+        | set(range(8 + n, len(data), max(1, (len(data) - 8 - n) // 25)))
+    )
     bad = tmp_path / "bad.svdh"
     for i in positions:
         b = bytearray(data)
@@ -143,7 +179,9 @@ def test_export_run_and_ensemble(world):
     assert run.members[0]["arch"]["backbone"] == "resnet18"
     card = run.card
     td = card["training_data"]
-    assert td["n_images"] + td["n_test_images"] == 48 and td["n_patients"] == 18 and td["n_folds"] == 2
+    assert (
+        td["n_images"] + td["n_test_images"] == 48 and td["n_patients"] == 18 and td["n_folds"] == 2
+    )
     assert card["metrics"]["n"] == td["n_images"] and card["metrics"]["rmse"] > 0
     assert {"created", "versions", "intended_use"} <= set(card)
     conf = run.conformal
@@ -165,7 +203,7 @@ def test_export_run_and_ensemble(world):
 
 
 def test_export_refuses_what_is_not_a_run(tmp_path):
-    from svdh.bundle import export_bundle
+    from svdh.inference.bundle import export_bundle
 
     with pytest.raises(BadRunError):
         export_bundle(tmp_path, tmp_path / "m.svdh")

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from svdh.core.errors import BadConfigError, BadDatasetError
+from svdh.core.io import read_radiograph
+from svdh.core.preprocess import PreprocessConfig, preprocess
 from svdh.data import load_source
 from svdh.data.cache import ensure_cache, open_cache, prepare
-from svdh.errors import BadConfigError, BadDatasetError
-from svdh.io import read_radiograph
-from svdh.preprocess import PreprocessConfig, preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,13 @@ def _hand(size: int, seed: int) -> np.ndarray:
     cv2.rectangle(img, (c - size // 6, size // 2), (c + size // 6, size - 1), 120, -1)
     for k in range(-2, 3):
         x = c + k * size // 16
-        cv2.line(img, (x, size // 2), (x + k * size // 40, size // 6 + abs(k) * size // 20), 200, max(2, size // 40))
+        cv2.line(
+            img,
+            (x, size // 2),
+            (x + k * size // 40, size // 6 + abs(k) * size // 20),
+            200,
+            max(2, size // 40),
+        )
     noise = rng.normal(0, 4, img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
@@ -43,7 +49,14 @@ def _csv_source(folder: Path, n: int, size: int = 96) -> str:
     rows = []
     for i in range(n):
         Image.fromarray(_hand(size, i)).save(folder / f"h{i:03d}.png")
-        rows.append({"image": f"h{i:03d}.png", "patient_id": f"p{i // 2}", "svdh": i % 7, "side": "LR"[i % 2]})
+        rows.append(
+            {
+                "image": f"h{i:03d}.png",
+                "patient_id": f"p{i // 2}",
+                "svdh": i % 7,
+                "side": "LR"[i % 2],
+            }
+        )
     pd.DataFrame(rows).to_csv(folder / "m.csv", index=False)
     return f"csv:{folder / 'm.csv'}"
 
@@ -70,7 +83,9 @@ def test_prepare_in_parallel_matches_preprocess_and_is_idempotent(tmp_path: Path
     assert m.attrs["source"] == spec
     for i in (0, 7, 23):
         row = m.iloc[i]
-        np.testing.assert_array_equal(cache.images[row["cache_index"]], _expected(row["image"], cfg))
+        np.testing.assert_array_equal(
+            cache.images[row["cache_index"]], _expected(row["image"], cfg)
+        )
         _, t = preprocess(read_radiograph(row["image"]), cfg, return_transform=True)
         assert cache.transform(row["cache_index"]) == t
     np.testing.assert_array_equal(cache.batch([5, 1, 5]), cache.images[[5, 1, 5]])
@@ -150,7 +165,7 @@ def test_bad_images_listed_after_the_rest_then_skipped_or_fixed(tmp_path: Path) 
 _KILL_SCRIPT = """
 import sys
 from svdh.data.cache import prepare
-from svdh.preprocess import PreprocessConfig
+from svdh.core.preprocess import PreprocessConfig
 prepare(sys.argv[1], sys.argv[2], PreprocessConfig(size=64), workers=1, progress=False)
 """
 
@@ -196,7 +211,9 @@ def test_resumes_after_kill_9(tmp_path: Path) -> None:
     assert len(cache) == 160 and (cache.images[finished] == 7).all()
     cfg = PreprocessConfig(size=64)
     for i in (int(np.flatnonzero(keys == 0)[0]), 159):  # rows done after the resume
-        np.testing.assert_array_equal(cache.images[i], _expected(cache.manifest["image"].iloc[i], cfg))
+        np.testing.assert_array_equal(
+            cache.images[i], _expected(cache.manifest["image"].iloc[i], cfg)
+        )
 
 
 def test_dataframe_input_and_ensure_cache(tmp_path: Path) -> None:
@@ -205,12 +222,18 @@ def test_dataframe_input_and_ensure_cache(tmp_path: Path) -> None:
     out = prepare(df, tmp_path / "from_df", PreprocessConfig(size=32), workers=1, progress=False)
     assert open_cache(out).meta["source"] == spec
     bare = pd.DataFrame({"image": df["image"]})  # the least a manifest can be
-    cache = open_cache(prepare(bare, tmp_path / "bare", PreprocessConfig(size=32), workers=1, progress=False))
+    cache = open_cache(
+        prepare(bare, tmp_path / "bare", PreprocessConfig(size=32), workers=1, progress=False)
+    )
     assert cache.manifest["image_id"].tolist()[:2] == ["h000", "h001"]
 
     c1 = ensure_cache(spec, 40, tmp_path / "root", workers=1, progress=False)
     c2 = ensure_cache(spec, 40, tmp_path / "root", workers=1, progress=False)
-    assert c1.path == c2.path and c1.path.parent == tmp_path / "root" and c1.images.shape == (6, 40, 40)
+    assert (
+        c1.path == c2.path
+        and c1.path.parent == tmp_path / "root"
+        and c1.images.shape == (6, 40, 40)
+    )
     c3 = ensure_cache(spec, 40, tmp_path / "root", clahe=True, workers=1, progress=False)
     assert c3.path != c1.path and c3.config.clahe
 
@@ -231,5 +254,9 @@ def test_refuses_foreign_folders_and_reports_damage(tmp_path: Path) -> None:
 def test_cache_of_the_ra2_dream_sample(ra2_dream_dir: Path, tmp_path: Path) -> None:
     cache = ensure_cache(f"ra2-dream:{ra2_dream_dir}", 64, tmp_path, workers=1, progress=False)
     assert cache.images.shape == (6, 64, 64)
-    assert cache.manifest.groupby("patient_id")["patient_svdh"].first().to_dict() == {"UAB001": 39, "UAB002": 2, "UAB003": 0}
+    assert cache.manifest.groupby("patient_id")["patient_svdh"].first().to_dict() == {
+        "UAB001": 39,
+        "UAB002": 2,
+        "UAB003": 0,
+    }
     assert all(30 < cache.images[i].mean() < 200 for i in range(6))

@@ -10,7 +10,7 @@ import typer.main
 from typer.testing import CliRunner
 
 from svdh import __version__
-from svdh.cli import app
+from svdh.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,22 @@ def test_version():
 
 def test_every_pipeline_stage_has_its_command():
     names = {" ".join(c) for c in COMMANDS}
-    for needed in ("data inspect", "prepare", "synth", "pretrain", "train", "ensemble", "evaluate",
-                   "report", "compare", "export", "predict", "serve", "run", "demo"):
+    for needed in (
+        "data inspect",
+        "prepare",
+        "synth",
+        "pretrain",
+        "train",
+        "ensemble",
+        "evaluate",
+        "report",
+        "compare",
+        "export",
+        "predict",
+        "serve",
+        "run",
+        "demo",
+    ):
         assert needed in names
 
 
@@ -48,9 +62,17 @@ def test_help_on_every_command(command):
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     # the real entry point, as a user runs it
     proc = subprocess.run(
-        [sys.executable, "-c", "from svdh.cli import main; main()", "data", "inspect",
-         f"ra2-dream:{tmp_path / 'nowhere'}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from svdh.cli.main import main; main()",
+            "data",
+            "inspect",
+            f"ra2-dream:{tmp_path / 'nowhere'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     err = proc.stderr.strip()
@@ -66,8 +88,18 @@ def test_cli_reference_lists_every_command():
 
 def test_bad_option_value_is_a_usage_error_not_a_traceback():
     proc = subprocess.run(
-        [sys.executable, "-c", "from svdh.cli import main; main()", "evaluate", "x", "--format", "xml"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from svdh.cli.main import main; main()",
+            "evaluate",
+            "x",
+            "--format",
+            "xml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Invalid value for '--format'" in proc.stderr and "Traceback" not in proc.stderr

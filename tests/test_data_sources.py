@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from svdh.core.errors import BadDatasetError
+from svdh.core.scoring import JOINTS
 from svdh.data import COLUMNS, load_source, parse_spec
-from svdh.errors import BadDatasetError
-from svdh.scoring import JOINTS
 
 
 def _png(path: Path, value: int = 100) -> Path:
@@ -53,7 +53,10 @@ def test_rsna_sample_labels(rsna_sample_dir: Path) -> None:
         t = truth[rec["image_id"]]
         assert rec["boneage"] == float(t["boneage"])
         assert rec["male"] == (1.0 if t["male"] == "True" else 0.0)
-        assert rec["patient_id"] == rec["image_id"] and Path(rec["image"]).name == f"{rec['image_id']}.png"
+        assert (
+            rec["patient_id"] == rec["image_id"]
+            and Path(rec["image"]).name == f"{rec['image_id']}.png"
+        )
         assert math.isnan(rec["svdh"])
 
 
@@ -75,7 +78,9 @@ def test_rsna_kaggle_layout(tmp_path: Path, nested: bool) -> None:
         folder = folder / "boneage-training-dataset"
     for i in (1377, 1378):
         _png(folder / f"{i}.png")
-    (tmp_path / "boneage-training-dataset.csv").write_text("id,boneage,male\n1377,180,False\n1378,12,True\n")
+    (tmp_path / "boneage-training-dataset.csv").write_text(
+        "id,boneage,male\n1377,180,False\n1378,12,True\n"
+    )
     df = load_source(f"rsna-boneage:{tmp_path}")
     assert df["image_id"].tolist() == ["1377", "1378"] and df["boneage"].tolist() == [180, 12]
     assert df["male"].tolist() == [0.0, 1.0] and all(Path(p).parent == folder for p in df["image"])
@@ -91,9 +96,13 @@ def test_rsna_flat_layout_problems_listed_then_skipped(tmp_path: Path) -> None:
         load_source(f"rsna-boneage:{tmp_path}")
     msg = str(err.value)
     assert "\n" not in msg and "--skip-invalid" in msg
-    for expected in ("row 3 (id 2): boneage is missing", "row 4 (id 3): boneage 500 months is out of range",
-                     "row 5 (id 1): duplicate id (first on row 2)", "row 6 (id 5): image 5.png not found",
-                     "row 7 (id 4): boneage 'x' is not a number"):
+    for expected in (
+        "row 3 (id 2): boneage is missing",
+        "row 4 (id 3): boneage 500 months is out of range",
+        "row 5 (id 1): duplicate id (first on row 2)",
+        "row 6 (id 5): image 5.png not found",
+        "row 7 (id 4): boneage 'x' is not a number",
+    ):
         assert expected in msg
     df = load_source(f"rsna-boneage:{tmp_path}", skip_invalid=True)
     assert df["image_id"].tolist() == ["1"] and df.attrs["n_skipped"] == 5
@@ -105,7 +114,12 @@ def test_rsna_flat_layout_problems_listed_then_skipped(tmp_path: Path) -> None:
 
 def _ra2_table(path: Path, patients: dict[str, dict[str, float]]) -> None:
     """training.csv in RA2-DREAM columns; ``patients`` maps id -> {column: value} overrides."""
-    cols = ["Patient_ID", "Overall_Tol", *(j.column(s) for s in ("L", "R") for j in JOINTS), "LF_mtp_E__1"]
+    cols = [
+        "Patient_ID",
+        "Overall_Tol",
+        *(j.column(s) for s in ("L", "R") for j in JOINTS),
+        "LF_mtp_E__1",
+    ]
     rows = []
     for pid, over in patients.items():
         row = {c: 0 for c in cols}
@@ -131,11 +145,14 @@ def _dicom(path: Path) -> None:
 
 
 def test_ra2_dream_phantom_layout_png_dicom_and_dual_hand(tmp_path: Path) -> None:
-    _ra2_table(tmp_path, {
-        "PH001": {"LH_mcp_E__2": 3, "RH_pip_J__4": 2, "RH_wrist_J__radcar": 4},
-        "PH002": {"LH_wrist_E__ulna": 5, "RH_mcp_J__1": 1},
-        "PH003": {"RH_mcp_E__ip": 1},
-    })
+    _ra2_table(
+        tmp_path,
+        {
+            "PH001": {"LH_mcp_E__2": 3, "RH_pip_J__4": 2, "RH_wrist_J__radcar": 4},
+            "PH002": {"LH_wrist_E__ulna": 5, "RH_mcp_J__1": 1},
+            "PH003": {"RH_mcp_E__ip": 1},
+        },
+    )
     _png(tmp_path / "PH001-LH.png")
     _dicom(tmp_path / "PH001-RH.dcm")
     _png(tmp_path / "PH002-BH.png")  # one film of both hands
@@ -149,19 +166,28 @@ def test_ra2_dream_phantom_layout_png_dicom_and_dual_hand(tmp_path: Path) -> Non
     assert df.loc["PH001-RH", ["svdh", "erosion", "jsn"]].tolist() == [6, 0, 6]
     assert df.loc["PH001-RH", "image"].endswith(".dcm") and df.loc["PH001-LH", "patient_svdh"] == 9
     both = df.loc["PH002-BH"]
-    assert (both["side"], both["score_scope"], both["svdh"], both["erosion"], both["jsn"], both["patient_svdh"]) == (
-        "both", "patient", 6, 5, 1, 6)
+    assert (
+        both["side"],
+        both["score_scope"],
+        both["svdh"],
+        both["erosion"],
+        both["jsn"],
+        both["patient_svdh"],
+    ) == ("both", "patient", 6, 5, 1, 6)
     assert df.loc["PH003-RH", "image"].endswith(".tif") and df.loc["PH003-RH", "svdh"] == 1
 
 
 def test_ra2_dream_bad_rows(tmp_path: Path) -> None:
-    _ra2_table(tmp_path, {
-        "A1": {},
-        "A2": {"LH_mcp_E__2": 7},  # out of range 0-5
-        "A3": {"RH_pip_J__3": float("nan")},
-        "A1 ": {},  # duplicate after stripping
-        "A4": {},
-    })
+    _ra2_table(
+        tmp_path,
+        {
+            "A1": {},
+            "A2": {"LH_mcp_E__2": 7},  # out of range 0-5
+            "A3": {"RH_pip_J__3": float("nan")},
+            "A1 ": {},  # duplicate after stripping
+            "A4": {},
+        },
+    )
     for pid in ("A1", "A2", "A3"):
         _png(tmp_path / f"{pid}-LH.jpg".replace(".jpg", ".png"))
         _png(tmp_path / f"{pid}-RH.png")
@@ -169,14 +195,19 @@ def test_ra2_dream_bad_rows(tmp_path: Path) -> None:
     with pytest.raises(BadDatasetError) as err:
         load_source(f"ra2-dream:{tmp_path}")
     msg = str(err.value)
-    assert "training.csv row 3 (A2): LH_mcp_E__2 (metacarpophalangeal joint 2) = 7 is out of range 0-5 for erosion" in msg
+    assert (
+        "training.csv row 3 (A2): LH_mcp_E__2 (metacarpophalangeal joint 2) = 7 is out of range 0-5 for erosion"
+        in msg
+    )
     assert "row 4 (A3): RH_pip_J__3" in msg and "missing (NaN)" in msg
     assert "row 5 (A1): duplicate Patient_ID (first on row 2)" in msg
     assert "row 6 (A4): image A4-RH.jpg (or .png/.dcm/.tif) not found" in msg
     df = load_source(f"ra2-dream:{tmp_path}", skip_invalid=True)
     # A2's left hand and A3's right hand are out; their other hands stay (without a patient total)
     assert sorted(df["image_id"]) == ["A1-LH", "A1-RH", "A2-RH", "A3-LH", "A4-LH"]
-    assert df.set_index("image_id").loc["A2-RH", "svdh"] == 0 and math.isnan(df.set_index("image_id").loc["A2-RH", "patient_svdh"])
+    assert df.set_index("image_id").loc["A2-RH", "svdh"] == 0 and math.isnan(
+        df.set_index("image_id").loc["A2-RH", "patient_svdh"]
+    )
     assert df.attrs["n_skipped"] == 4
 
 
@@ -207,7 +238,11 @@ def test_csv_source(tmp_path: Path) -> None:
     assert df.loc["a/p1_l", "image"] == str((tmp_path / "a/p1_l.png").resolve())
     assert df["side"].tolist() == ["L", "R", "both", ""]
     assert df.loc["a/p1_l", "patient_svdh"] == 15 == df.loc["a/p1_r", "patient_svdh"]  # L + R
-    assert df.loc["b/p2", ["score_scope", "patient_svdh", "reader2"]].tolist() == ["patient", 150, 140]
+    assert df.loc["b/p2", ["score_scope", "patient_svdh", "reader2"]].tolist() == [
+        "patient",
+        150,
+        140,
+    ]
     assert math.isnan(df.loc["a/p1_r", "reader2"]) and df.loc["a/p1_l", "reader2"] == 12
     assert df.loc["p3", "visit"] == "y1" and df.loc["p3", "score_scope"] == "hand"
     assert math.isnan(df.loc["p3", "patient_svdh"])
@@ -218,16 +253,19 @@ def test_csv_source_errors(tmp_path: Path) -> None:
     _png(tmp_path / "y.png")
     (tmp_path / "s.csv").write_text(
         "image,patient_id,svdh,erosion,jsn,side\n"
-        "x.png,1,150,,,L\n"        # one hand cannot score 150
-        "x.png,1,3,,,R\n"          # duplicate image
-        "y.png,2,10,5,6,\n"        # erosion + jsn != svdh
-        "gone.png,3,1,,,\n"        # missing file
-        "y.png,,nan,,,up\n"        # empty patient, NaN score, bad side
+        "x.png,1,150,,,L\n"  # one hand cannot score 150
+        "x.png,1,3,,,R\n"  # duplicate image
+        "y.png,2,10,5,6,\n"  # erosion + jsn != svdh
+        "gone.png,3,1,,,\n"  # missing file
+        "y.png,,nan,,,up\n"  # empty patient, NaN score, bad side
     )
     with pytest.raises(BadDatasetError) as err:
         load_source(f"csv:{tmp_path / 's.csv'}")
     msg = str(err.value)
-    assert "s.csv row 2 (x.png): svdh 150 is out of range 0-140 (hand); mark dual-hand films side=both" in msg
+    assert (
+        "s.csv row 2 (x.png): svdh 150 is out of range 0-140 (hand); mark dual-hand films side=both"
+        in msg
+    )
     assert "row 3 (x.png): duplicate image (first on row 2)" in msg
     assert "row 4 (y.png): erosion 5 + jsn 6 != svdh 10" in msg
     assert "row 5 (gone.png): image not found" in msg

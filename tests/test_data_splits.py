@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from svdh.core.errors import BadConfigError
 from svdh.data.splits import assign_folds
-from svdh.errors import BadConfigError
 
 
 def _cohort(n: int = 150, seed: int = 0) -> pd.DataFrame:
@@ -17,7 +17,13 @@ def _cohort(n: int = 150, seed: int = 0) -> pd.DataFrame:
     rows = []
     for i, s in enumerate(patient):
         for side in "LR":
-            rows.append({"patient_id": f"P{i:03d}", "side": side, "svdh": float(np.round(s / 2 + rng.integers(0, 3)))})
+            rows.append(
+                {
+                    "patient_id": f"P{i:03d}",
+                    "side": side,
+                    "svdh": float(np.round(s / 2 + rng.integers(0, 3))),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -63,7 +69,9 @@ def test_held_out_test_split() -> None:
 
 
 def test_other_targets_missing_values_and_small_cohorts() -> None:
-    df = pd.DataFrame({"patient_id": [str(i) for i in range(30)], "boneage": np.linspace(1, 228, 30)})
+    df = pd.DataFrame(
+        {"patient_id": [str(i) for i in range(30)], "boneage": np.linspace(1, 228, 30)}
+    )
     df.loc[[3, 4], "boneage"] = np.nan
     out = assign_folds(df, n_folds=3, seed=0, stratify="boneage")
     assert out["fold"].between(0, 2).all()

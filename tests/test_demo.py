@@ -14,8 +14,14 @@ pytestmark = pytest.mark.slow
 
 def _svdh(*args, cwd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-c", "from svdh.cli import main; main()", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-c", "from svdh.cli.main import main; main()", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=900,
+    )
 
 
 def test_demo_quick_end_to_end_then_predict(tmp_path):
@@ -24,11 +30,21 @@ def test_demo_quick_end_to_end_then_predict(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     # every stage left its files
-    for rel in ("data/train/training.csv", "data/pretrain/boneage.csv", "data/explain/landmarks.json",
-                "pretrain/resnet18/metrics.json",
-                "members/resnet18-regression/oof.csv", "members/resnet18-ordinal/oof.csv",
-                "ensemble/oof.csv", "ensemble/test.csv", "ensemble/meta_learner.json",
-                "ensemble/conformal.json", "ensemble/localisation.json", "model.svdh", "report.html"):
+    for rel in (
+        "data/train/training.csv",
+        "data/pretrain/boneage.csv",
+        "data/explain/landmarks.json",
+        "pretrain/resnet18/metrics.json",
+        "members/resnet18-regression/oof.csv",
+        "members/resnet18-ordinal/oof.csv",
+        "ensemble/oof.csv",
+        "ensemble/test.csv",
+        "ensemble/meta_learner.json",
+        "ensemble/conformal.json",
+        "ensemble/localisation.json",
+        "model.svdh",
+        "report.html",
+    ):
         assert (out / rel).is_file(), rel
 
     # the ensemble is honest: out-of-fold rows cover every training hand once, the held-out

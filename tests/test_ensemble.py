@@ -11,11 +11,11 @@ import yaml
 from typer.testing import CliRunner
 
 from run_factory import cohort, make_run
-from svdh.ensemble import apply_meta, build_ensemble
-from svdh.errors import BadConfigError, BadRunError
-from svdh.metrics import ConformalModel
-from svdh.runs import read_run
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadConfigError, BadRunError
+from svdh.core.scoring import SeverityBins
+from svdh.evaluate.ensemble import apply_meta, build_ensemble
+from svdh.evaluate.metrics import ConformalModel
+from svdh.runs.tables import read_run
 
 
 def _rmse(df: pd.DataFrame) -> float:
@@ -114,7 +114,12 @@ def test_members_must_share_images_truth_and_scale(members):
     d = make_run(tmp / "d", base.assign(y_true=base["y_true"] + 1), seed=3)
     with pytest.raises(BadRunError, match="y_true of image"):
         build_ensemble([a, d], tmp / "e", n_boot=0)
-    e = make_run(tmp / "f", base, seed=3, extra_config={"score_scope": "patient", "bins": SeverityBins.patient().to_dict()})
+    e = make_run(
+        tmp / "f",
+        base,
+        seed=3,
+        extra_config={"score_scope": "patient", "bins": SeverityBins.patient().to_dict()},
+    )
     with pytest.raises(BadRunError, match="score scale differs"):
         build_ensemble([a, e], tmp / "e", n_boot=0)
     with pytest.raises(BadConfigError, match="at least two"):
@@ -125,9 +130,17 @@ def test_members_must_share_images_truth_and_scale(members):
 
 def test_weighted_and_nnls(members):
     tmp, base, a, b = members
-    w = json.loads((build_ensemble([a, b], tmp / "w", method="weighted", n_boot=0) / "meta_learner.json").read_text())
+    w = json.loads(
+        (
+            build_ensemble([a, b], tmp / "w", method="weighted", n_boot=0) / "meta_learner.json"
+        ).read_text()
+    )
     assert w["score"]["coef"][0] > 0.8 and sum(w["score"]["coef"]) == pytest.approx(1.0)
-    n = json.loads((build_ensemble([a, b], tmp / "n", method="nnls", n_boot=0) / "meta_learner.json").read_text())
+    n = json.loads(
+        (
+            build_ensemble([a, b], tmp / "n", method="nnls", n_boot=0) / "meta_learner.json"
+        ).read_text()
+    )
     assert all(c >= 0 for c in n["score"]["coef"]) and n["score"]["intercept"] == 0
     assert _rmse(read_run(tmp / "w").oof) < _rmse(read_run(tmp / "a").oof) * 1.1
 
@@ -176,10 +189,12 @@ def test_conformal_and_test_split(tmp_path):
 
 
 def test_cli_ensemble(members):
-    from svdh.cli import app
+    from svdh.cli.main import app
 
     tmp, base, a, b = members
-    res = CliRunner().invoke(app, ["ensemble", str(a), str(b), "--out", str(tmp / "e"), "--boot", "50"])
+    res = CliRunner().invoke(
+        app, ["ensemble", str(a), str(b), "--out", str(tmp / "e"), "--boot", "50"]
+    )
     assert res.exit_code == 0, res.output
     assert "plain mean" in res.output and "coverage" in res.output
     for f in ("config.yaml", "oof.csv", "metrics.json", "meta_learner.json", "conformal.json"):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 from svdh.experiment import CONFIG_DIR, load_experiment
 
 MINIMAL = {
@@ -51,13 +51,42 @@ def test_quick_profile_overrides_deeply(tmp_path):
 @pytest.mark.parametrize(
     "patch,needle",
     [
-        ({"members": [{"name": "a", "backbone": "resnet18"}, {"name": "a", "backbone": "resnet18"}]}, "unique"),
-        ({"members": [{"name": "a", "backbone": "resnet18", "task": "dance"},
-                      {"name": "b", "backbone": "resnet18"}]}, "members.0.task"),
-        ({"members": [{"name": "a", "backbone": "resnet18", "init": "pretrain"},
-                      {"name": "b", "backbone": "resnet18"}]}, "pretrain"),
-        ({"members": [{"name": "a", "backbone": "alexnet9000"},
-                      {"name": "b", "backbone": "resnet18"}]}, "members.a"),
+        (
+            {
+                "members": [
+                    {"name": "a", "backbone": "resnet18"},
+                    {"name": "a", "backbone": "resnet18"},
+                ]
+            },
+            "unique",
+        ),
+        (
+            {
+                "members": [
+                    {"name": "a", "backbone": "resnet18", "task": "dance"},
+                    {"name": "b", "backbone": "resnet18"},
+                ]
+            },
+            "members.0.task",
+        ),
+        (
+            {
+                "members": [
+                    {"name": "a", "backbone": "resnet18", "init": "pretrain"},
+                    {"name": "b", "backbone": "resnet18"},
+                ]
+            },
+            "pretrain",
+        ),
+        (
+            {
+                "members": [
+                    {"name": "a", "backbone": "alexnet9000"},
+                    {"name": "b", "backbone": "resnet18"},
+                ]
+            },
+            "members.a",
+        ),
         ({"defaults": {"epochz": 3}}, "epochz"),
         ({"data": {"train": {}}}, "exactly one of"),
         ({"bogus_section": 1}, "bogus_section"),

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from predict_world import run_cli as svdh
-from svdh.errors import BadConfigError
-from svdh.explain import (
+from svdh.core.errors import BadConfigError
+from svdh.inference.gradcam import (
     ClassTarget,
     Explainer,
     HandLandmarks,
@@ -36,7 +36,11 @@ def test_mass_and_pointing_on_constructed_maps():
     pts = [(10.0, 10.0), (50.0, 10.0), (10.0, 50.0), (50.0, 50.0)]  # hand size: diagonal 56.6 px
     hand = _hand(pts, damaged=[1])
     region = damage_region((64, 64), [hand], radius_frac=0.1)  # radius 5.66 px around (50, 10)
-    assert region[10, 50] and not region[10, 10] and region.sum() == disc_mask((64, 64), np.array([[50, 10]]), 5.657).sum()
+    assert (
+        region[10, 50]
+        and not region[10, 10]
+        and region.sum() == disc_mask((64, 64), np.array([[50, 10]]), 5.657).sum()
+    )
 
     on = np.zeros((64, 64))
     on[9:12, 49:52] = 1.0  # all heat on the damaged joint
@@ -52,7 +56,9 @@ def test_mass_and_pointing_on_constructed_maps():
     # the hand-restricted baseline: the disc's share of the hand's pixels
     hm = np.zeros((64, 64), bool)
     hm[:32] = True
-    assert score_map(on, region, hm).random_hand_mass == pytest.approx((region & hm).sum() / hm.sum())
+    assert score_map(on, region, hm).random_hand_mass == pytest.approx(
+        (region & hm).sum() / hm.sum()
+    )
 
 
 def test_random_baseline_matches_random_maps():
@@ -103,9 +109,18 @@ class _SmallNet(torch.nn.Module):
         super().__init__()
         c, b, r = torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU
         self.features = torch.nn.Sequential(
-            c(1, 16, 3, padding=1), b(16), r(), torch.nn.MaxPool2d(2),
-            c(16, 32, 3, padding=1), b(32), r(), torch.nn.MaxPool2d(2),
-            c(32, 32, 3, padding=1), b(32), r())
+            c(1, 16, 3, padding=1),
+            b(16),
+            r(),
+            torch.nn.MaxPool2d(2),
+            c(16, 32, 3, padding=1),
+            b(32),
+            r(),
+            torch.nn.MaxPool2d(2),
+            c(32, 32, 3, padding=1),
+            b(32),
+            r(),
+        )
         self.head = torch.nn.Linear(32, 1)
 
     def forward(self, x):
@@ -133,8 +148,10 @@ def test_gradcam_of_a_trained_model_points_at_the_damage():
     maps = ex.explain(xt).ensemble
     scores = []
     for i in range(len(xt)):
-        hand = HandLandmarks({f"j{k}": tuple(p) for k, p in enumerate(LANDMARKS)},
-                             {f"j{k}" for k in np.flatnonzero(dt[i])})
+        hand = HandLandmarks(
+            {f"j{k}": tuple(p) for k, p in enumerate(LANDMARKS)},
+            {f"j{k}" for k in np.flatnonzero(dt[i])},
+        )
         # radius 0.15 x 44 px = 6.6 px: one joint (joints lie 16 px apart)
         region = damage_region((S, S), [hand], radius_frac=0.15)
         if region.any():
@@ -156,7 +173,9 @@ def test_default_target_layer_of_each_backbone(backbone):
     assert net.get_submodule(default_target_layer(backbone)) is net.cam_target_layer()
     maps = Explainer([[net]], [net.config]).explain(torch.rand(2, 1, 64, 64))
     assert maps.ensemble.shape == (2, 64, 64) and maps.members.shape == (1, 2, 64, 64)
-    assert np.isfinite(maps.ensemble).all() and maps.ensemble.min() >= 0 and maps.ensemble.max() <= 1
+    assert (
+        np.isfinite(maps.ensemble).all() and maps.ensemble.min() >= 0 and maps.ensemble.max() <= 1
+    )
 
 
 def test_targets_and_layer_override():
@@ -187,7 +206,9 @@ def test_ensemble_map_is_the_weighted_member_mean():
     a, b = (build_model("resnet18", "regression").eval() for _ in range(2))
     for n in (a, b):
         n.set_target_stats([10.0], [5.0])
-    r = Explainer([[a], [b]], [a.config, b.config], weights=[3.0, -1.0]).explain(torch.rand(2, 1, 64, 64))
+    r = Explainer([[a], [b]], [a.config, b.config], weights=[3.0, -1.0]).explain(
+        torch.rand(2, 1, 64, 64)
+    )
     np.testing.assert_allclose(r.ensemble, 0.75 * r.members[0] + 0.25 * r.members[1], atol=1e-6)
 
 
@@ -196,16 +217,32 @@ def test_ensemble_map_is_the_weighted_member_mean():
 def test_explain_cli_writes_localisation_that_evaluate_shows(world, tmp_path):
     ens = tmp_path / "ens"
     shutil.copytree(world.ensemble, ens)
-    r = svdh("explain", world.cohort, "--model", world.ens_bundle, "--out", ens, "--gallery", "3",
-             "--max-images", "8", "--batch-size", "8")
+    r = svdh(
+        "explain",
+        world.cohort,
+        "--model",
+        world.ens_bundle,
+        "--out",
+        ens,
+        "--gallery",
+        "3",
+        "--max-images",
+        "8",
+        "--batch-size",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     loc = json.loads((ens / "localisation.json").read_text())
     for key in ("mass_on_damaged", "pointing_game", "random_mass", "random_pointing", "n_images"):
         assert key in loc
     assert loc["n_images"] + loc["n_images_without_damage"] == 8
     assert 0 <= loc["mass_on_damaged"] <= 1 and 0 <= loc["pointing_game"] <= 1
-    assert 0 < loc["random_mass"] < loc["random_hand_mass"] < 1  # discs are a bigger share of the hand
-    assert set(loc["by_member"]) == {"reg", "ord"} and loc["target_layers"]["reg"] == "backbone.layer4"
+    assert (
+        0 < loc["random_mass"] < loc["random_hand_mass"] < 1
+    )  # discs are a bigger share of the hand
+    assert (
+        set(loc["by_member"]) == {"reg", "ord"} and loc["target_layers"]["reg"] == "backbone.layer4"
+    )
     gallery = sorted((ens / "cam_gallery").glob("*.png"))
     assert len(gallery) == 3
     from PIL import Image
@@ -213,13 +250,15 @@ def test_explain_cli_writes_localisation_that_evaluate_shows(world, tmp_path):
     assert Image.open(gallery[0]).size == (512, 512)
     ev = svdh("evaluate", ens, "--format", "json", "--boot", "20")
     assert ev.returncode == 0, ev.stderr
-    assert json.loads(ev.stdout)["localisation"]["mass_on_damaged"] == pytest.approx(loc["mass_on_damaged"])
+    assert json.loads(ev.stdout)["localisation"]["mass_on_damaged"] == pytest.approx(
+        loc["mass_on_damaged"]
+    )
 
 
 def test_cohort_landmarks_single_and_dual_hand_films(tmp_path):
     import json as _json
 
-    from svdh.explain import cohort_hands
+    from svdh.inference.gradcam import cohort_hands
     from svdh.synth import generate_cohort
 
     generate_cohort(tmp_path / "dual", n=2, size=160, seed=1, severity="uniform", dual_hand=True)

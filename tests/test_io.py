@@ -1,4 +1,4 @@
-"""svdh.io: every format users have, and one clear error per bad input."""
+"""svdh.core.io: every format users have, and one clear error per bad input."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
-from svdh.errors import BadRadiographError
-from svdh.io import read_radiograph, read_radiograph_bytes
+from svdh.core.errors import BadRadiographError
+from svdh.core.io import read_radiograph, read_radiograph_bytes
 
 
 def _grey(h: int = 60, w: int = 40) -> np.ndarray:
@@ -131,13 +131,23 @@ def test_dicom_16bit_monochrome1_with_rescale_and_window_puts_bone_bright(tmp_pa
     stored, bone = _bone_phantom()
     # Modality values = 2 * stored - 1000: bone 0, background 6000, strip 5000.
     ds = _dicom(
-        stored, PhotometricInterpretation="MONOCHROME1", RescaleSlope=2, RescaleIntercept=-1000,
-        WindowCenter=3000, WindowWidth=6000, PatientID="P-007", StudyDate="20240131",
+        stored,
+        PhotometricInterpretation="MONOCHROME1",
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        WindowCenter=3000,
+        WindowWidth=6000,
+        PatientID="P-007",
+        StudyDate="20240131",
         ImageLaterality="L",
     )
     r = read_radiograph(_save(ds, tmp_path / "m1.dcm"))
     assert r.meta["photometric"] == "MONOCHROME1" and r.meta["bit_depth"] == 12
-    assert (r.meta["patient_id"], r.meta["study_date"], r.meta["laterality"]) == ("P-007", "20240131", "L")
+    assert (r.meta["patient_id"], r.meta["study_date"], r.meta["laterality"]) == (
+        "P-007",
+        "20240131",
+        "L",
+    )
     px = r.pixels
     assert px.dtype == np.float32 and 0 <= px.min() and px.max() <= 1
     assert px[bone].mean() > 0.95  # bone is bright after MONOCHROME1 inversion
@@ -149,7 +159,9 @@ def test_dicom_16bit_monochrome1_with_rescale_and_window_puts_bone_bright(tmp_pa
 
 def test_dicom_monochrome2_and_monochrome1_of_the_same_film_agree(tmp_path: Path) -> None:
     stored, bone = _bone_phantom()
-    m1 = read_radiograph(_save(_dicom(stored, PhotometricInterpretation="MONOCHROME1"), tmp_path / "a.dcm"))
+    m1 = read_radiograph(
+        _save(_dicom(stored, PhotometricInterpretation="MONOCHROME1"), tmp_path / "a.dcm")
+    )
     m2 = read_radiograph(_save(_dicom(4095 - stored), tmp_path / "b.dcm"))
     assert m1.pixels[bone].mean() > m1.pixels[~bone].mean()
     np.testing.assert_allclose(m1.pixels, m2.pixels, atol=1e-6)
@@ -179,10 +191,14 @@ def test_compressed_dicom_decodes(tmp_path: Path, syntax: object) -> None:
     ds = _dicom(stored)
     ds.compress(syntax, encoding_plugin="pydicom" if syntax == RLELossless else "pylibjpeg")
     r = read_radiograph(_save(ds, tmp_path / "c.dcm"))
-    np.testing.assert_allclose(r.pixels, (stored - stored.min()) / (stored.max() - stored.min()), atol=1e-6)
+    np.testing.assert_allclose(
+        r.pixels, (stored - stored.min()) / (stored.max() - stored.min()), atol=1e-6
+    )
 
 
-def test_compressed_dicom_without_its_plugin_names_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compressed_dicom_without_its_plugin_names_the_plugin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pydicom.pixels.decoders.base as decoders
 
     ds = _dicom(np.zeros((64, 64), np.uint16) + 7)
@@ -204,7 +220,12 @@ def _png_bytes(a: np.ndarray) -> bytes:
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 @pytest.mark.parametrize(
@@ -247,7 +268,12 @@ def test_truncated_dicom(tmp_path: Path) -> None:
 
 def test_zero_size_images(tmp_path: Path) -> None:
     ihdr = struct.pack(">IIBBBBB", 0, 10, 8, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"")) + _chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b""))
+        + _chunk(b"IEND", b"")
+    )
     (tmp_path / "zero.png").write_bytes(png)
     with pytest.raises(BadRadiographError, match=r"zero\.png: zero-size image \(0 x 10"):
         read_radiograph(tmp_path / "zero.png")
@@ -258,9 +284,13 @@ def test_zero_size_images(tmp_path: Path) -> None:
         read_radiograph(_save(ds, tmp_path / "zero.dcm"))
 
 
-def test_pixel_limit_guards_against_decompression_bombs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pixel_limit_guards_against_decompression_bombs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
-    with pytest.raises(BadRadiographError, match=r"big\.png: 100 x 100 = 10,000 pixels exceeds the limit of 5,000"):
+    with pytest.raises(
+        BadRadiographError, match=r"big\.png: 100 x 100 = 10,000 pixels exceeds the limit of 5,000"
+    ):
         read_radiograph(tmp_path / "big.png", max_pixels=5000)
     assert read_radiograph(tmp_path / "big.png", max_pixels=10_000).shape == (100, 100)
     monkeypatch.setenv("SVDH_MAX_PIXELS", "9999")

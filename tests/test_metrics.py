@@ -14,8 +14,9 @@ from sklearn import metrics as skm
 from typer.testing import CliRunner
 
 from run_factory import cohort, make_run
-from svdh.errors import BadConfigError, BadRunError
-from svdh.metrics import (
+from svdh.core.errors import BadConfigError, BadRunError
+from svdh.core.scoring import SeverityBins
+from svdh.evaluate.metrics import (
     ConformalModel,
     bland_altman,
     bootstrap_ci,
@@ -28,15 +29,14 @@ from svdh.metrics import (
     patient_table,
     score_metrics,
 )
-from svdh.runs import read_predictions_csv, read_run
-from svdh.scoring import SeverityBins
+from svdh.runs.tables import read_predictions_csv, read_run
 
 T = np.array([0, 1, 3, 7, 12, 20, 45, 80, 2, 0, 33, 60], float)
 P = np.array([2, 0, 5, 6, 15, 18, 40, 70, 4, 1, 30, 66], float)
 
 
 def _pearson_axis(x, y, axis=-1):
-    from svdh.metrics import _pearson_axis as f
+    from svdh.evaluate.metrics import _pearson_axis as f
 
     return f(x, y, axis=axis)
 
@@ -65,7 +65,9 @@ def test_lin_ccc_hand_computed():
 
 def test_icc_2_1_shrout_fleiss_and_hand_case():
     # Shrout & Fleiss (1979), Table 2: 6 targets x 4 judges; ICC(2,1) = 0.29
-    sf = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+    sf = np.array(
+        [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float
+    )
     assert icc_2_1(sf) == pytest.approx(0.29, abs=0.005)
     # By hand: MSR = 4.5, MSC = 0, MSE = 0.5, n = 3, k = 2 -> 4 / (5 - 1/3) = 6/7
     assert icc_2_1(np.array([[1, 2], [3, 3], [5, 4]], float)) == pytest.approx(6 / 7)
@@ -195,16 +197,20 @@ def test_crossfit_intervals_do_not_calibrate_on_their_own_fold():
 
 
 def test_patient_table_sums_both_hands_only():
-    df = pd.DataFrame({
-        "patient_id": ["a", "a", "b", "c", "c"],
-        "side": ["L", "R", "L", "L", "R"],
-        "y_true": [1.0, 2, 5, 10, 20],
-        "y_pred": [1.5, 2.5, 4, 12, 18],
-        "reader2": [1.0, 3, 5, 11, 19],
-    })
+    df = pd.DataFrame(
+        {
+            "patient_id": ["a", "a", "b", "c", "c"],
+            "side": ["L", "R", "L", "L", "R"],
+            "y_true": [1.0, 2, 5, 10, 20],
+            "y_pred": [1.5, 2.5, 4, 12, 18],
+            "reader2": [1.0, 3, 5, 11, 19],
+        }
+    )
     pt = patient_table(df).set_index("patient_id")
     assert list(pt.index) == ["a", "c"]  # b has one hand only
-    assert pt.loc["a", "y_true"] == 3 and pt.loc["c", "y_pred"] == 30 and pt.loc["c", "reader2"] == 30
+    assert (
+        pt.loc["a", "y_true"] == 3 and pt.loc["c", "y_pred"] == 30 and pt.loc["c", "reader2"] == 30
+    )
 
 
 def test_evaluate_run_regression_patient_human_and_test(tmp_path):
@@ -219,10 +225,14 @@ def test_evaluate_run_regression_patient_human_and_test(tmp_path):
     assert 0.8 <= m["interval"]["coverage"] <= 1.0
     assert m["patient"]["n"] == 60
     pt = patient_table(run.oof)
-    assert m["patient"]["rmse"] == pytest.approx(np.sqrt(((pt["y_pred"] - pt["y_true"]) ** 2).mean()))
+    assert m["patient"]["rmse"] == pytest.approx(
+        np.sqrt(((pt["y_pred"] - pt["y_true"]) ** 2).mean())
+    )
     assert m["human"]["n"] == 120
     r2 = run.oof["reader2"].to_numpy()
-    assert m["human"]["reader2"]["pcc"] == pytest.approx(stats.pearsonr(run.oof["y_true"], r2).statistic)
+    assert m["human"]["reader2"]["pcc"] == pytest.approx(
+        stats.pearsonr(run.oof["y_true"], r2).statistic
+    )
     assert m["test"]["n"] == 24 and "coverage" in m["test"]["interval"]
     assert m["warnings"] == []
 
@@ -233,16 +243,25 @@ def test_evaluate_class_run_uses_model_classes(tmp_path):
     assert m["classes_from"] == "model classes"
     c_true = SeverityBins.hand().to_class(run.oof["y_true"].to_numpy())
     assert m["accuracy"] == pytest.approx(np.mean(c_true == run.oof["class_pred"].to_numpy()))
-    assert m["qwk"] == pytest.approx(skm.cohen_kappa_score(c_true, run.oof["class_pred"], weights="quadratic"))
+    assert m["qwk"] == pytest.approx(
+        skm.cohen_kappa_score(c_true, run.oof["class_pred"], weights="quadratic")
+    )
 
 
 def test_evaluate_flags_phantom_and_in_fold(tmp_path):
-    run = read_run(make_run(tmp_path / "p", cohort(20), extra_config={
-        "data_kind": "phantom", "prediction_kind": "in_fold"}))
+    run = read_run(
+        make_run(
+            tmp_path / "p",
+            cohort(20),
+            extra_config={"data_kind": "phantom", "prediction_kind": "in_fold"},
+        )
+    )
     warnings = evaluate_run(run, n_boot=0)["warnings"]
     assert any("in-fold" in w for w in warnings)
     assert any("not a clinical validation" in w for w in warnings)
-    run2 = read_run(make_run(tmp_path / "s", cohort(20), extra_config={"source": "ra2-dream:/data/synth-ra"}))
+    run2 = read_run(
+        make_run(tmp_path / "s", cohort(20), extra_config={"source": "ra2-dream:/data/synth-ra"})
+    )
     assert run2.is_phantom
 
 
@@ -264,11 +283,13 @@ def test_predictions_csv_scope_and_errors(tmp_path):
 
 
 def test_cli_evaluate_json_and_out(tmp_path):
-    from svdh.cli import app
+    from svdh.cli.main import app
 
     d = make_run(tmp_path / "run", cohort(30, reader2=True), seed=7)
-    res = CliRunner().invoke(app, ["evaluate", str(d), "--format", "json", "--boot", "100",
-                                   "--out", str(tmp_path / "ev")])
+    res = CliRunner().invoke(
+        app,
+        ["evaluate", str(d), "--format", "json", "--boot", "100", "--out", str(tmp_path / "ev")],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
     for key in ("n", "pcc", "rmse", "mae", "accuracy", "qwk"):
@@ -278,7 +299,9 @@ def test_cli_evaluate_json_and_out(tmp_path):
         with Image.open(tmp_path / "ev" / f"{name}.png") as im:
             assert im.size[0] > 300 and im.size[1] > 300
     csv = tmp_path / "p.csv"
-    pd.DataFrame({"y_true": [0, 4, 9, 20, 50, 120], "y_pred": [1, 3, 11, 18, 60, 100]}).to_csv(csv, index=False)
+    pd.DataFrame({"y_true": [0, 4, 9, 20, 50, 120], "y_pred": [1, 3, 11, 18, 60, 100]}).to_csv(
+        csv, index=False
+    )
     res = CliRunner().invoke(app, ["evaluate", str(csv), "--boot", "50"])
     assert res.exit_code == 0 and "PCC" in res.output and "confusion" in res.output
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "missing")])
@@ -286,9 +309,13 @@ def test_cli_evaluate_json_and_out(tmp_path):
 
 
 def test_phantom_marker_only_from_data_settings(tmp_path):
-    cfg = {"task": "regression", "init": "checkpoint:runs/phantom-boneage/best.ckpt", "data_kind": "images",
-           "source": "ra2-dream:/data/uab"}
-    from svdh.runs import is_phantom
+    cfg = {
+        "task": "regression",
+        "init": "checkpoint:runs/phantom-boneage/best.ckpt",
+        "data_kind": "images",
+        "source": "ra2-dream:/data/uab",
+    }
+    from svdh.runs.tables import is_phantom
 
     assert not is_phantom(cfg)
     assert is_phantom({**cfg, "source": "ra2-dream:/work/synth_ra"})
@@ -300,7 +327,7 @@ def test_phantom_marker_only_from_data_settings(tmp_path):
 
 
 def test_headline_reads_evaluation_and_training_metrics():
-    from svdh.metrics import headline
+    from svdh.evaluate.metrics import headline
 
     assert headline({"pcc": 0.9, "rmse": 3.0})["pcc"] == 0.9
     assert headline({"folds": [], "overall": {"pcc": 0.8, "mae": 2.0}})["mae"] == 2.0

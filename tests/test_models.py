@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from svdh.errors import BadConfigError, WeightsUnavailableError
+from svdh.core.errors import BadConfigError, WeightsUnavailableError
+from svdh.core.scoring import SeverityBins
 from svdh.models import BACKBONES, build_model, predict_outputs
 from svdh.models.backbones import stage_of
 from svdh.models.losses import OrdinalLoss, class_weights_from_labels, make_loss
@@ -27,7 +28,6 @@ from svdh.models.schemes import (
     param_groups,
     stage_parameters,
 )
-from svdh.scoring import SeverityBins
 
 torch.set_num_threads(1)
 HAND = SeverityBins.hand()
@@ -43,8 +43,11 @@ def test_every_backbone_builds_runs_and_its_stages_cover_it(name: str) -> None:
     # every backbone parameter belongs to exactly one stage, stages ordered stem -> top
     counts = {}
     for pname, _ in m.backbone.named_parameters():
-        hits = [i for i, prefixes in enumerate(m.spec.stages)
-                if any(pname == p or pname.startswith(p + ".") for p in prefixes)]
+        hits = [
+            i
+            for i, prefixes in enumerate(m.spec.stages)
+            if any(pname == p or pname.startswith(p + ".") for p in prefixes)
+        ]
         assert len(hits) == 1, f"{name}: {pname} is in stages {hits}"
         counts[hits[0]] = counts.get(hits[0], 0) + 1
     assert sorted(counts) == list(range(len(m.spec.stages)))
@@ -70,8 +73,9 @@ def test_greyscale_stem_is_imagenet_normalised_three_channels() -> None:
 
 def test_regression_outputs_live_on_the_score_scale() -> None:
     torch.manual_seed(0)
-    m = build_model("mobilenet_v2_050", "regression", extra_heads=True, target_transform="log1p",
-                    max_score=140).eval()
+    m = build_model(
+        "mobilenet_v2_050", "regression", extra_heads=True, target_transform="log1p", max_score=140
+    ).eval()
     m.set_target_stats([1.5, 1.0], [0.7, 0.5])
     y = torch.tensor([[0.0, 3.0], [12.0, 40.0], [80.0, 60.0]])  # erosion, jsn
     assert torch.allclose(m.decode(m.encode_target(y))[:, 1:], y, atol=1e-3)
@@ -125,8 +129,14 @@ def test_coral_loss_matches_its_definition() -> None:
     logits = torch.tensor([[2.0, 0.0, -2.0], [0.5, -0.5, -1.0]])
     labels = torch.tensor([2, 0])
     levels = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    manual = -(levels * torch.nn.functional.logsigmoid(logits)
-               + (1 - levels) * torch.nn.functional.logsigmoid(-logits)).sum(1).mean()
+    manual = (
+        -(
+            levels * torch.nn.functional.logsigmoid(logits)
+            + (1 - levels) * torch.nn.functional.logsigmoid(-logits)
+        )
+        .sum(1)
+        .mean()
+    )
     assert torch.isclose(OrdinalLoss(4)(logits, labels), manual)
 
 
@@ -160,7 +170,9 @@ def test_param_groups_cover_every_parameter_once() -> None:
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))
     lrs = {g["name"]: g["lr"] for g in groups}
-    assert lrs["head"] == 1e-3 and lrs["stage4"] == 5e-4 and lrs["stage0"] == pytest.approx(1e-3 / 32)
+    assert (
+        lrs["head"] == 1e-3 and lrs["stage4"] == 5e-4 and lrs["stage0"] == pytest.approx(1e-3 / 32)
+    )
 
 
 def test_frozen_stages_get_no_gradient_and_keep_batchnorm_statistics() -> None:
@@ -197,7 +209,9 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path, monkeypatch) -> No
         raise urllib.error.URLError("network unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-    with pytest.raises(WeightsUnavailableError, match="could not be downloaded.*network unreachable"):
+    with pytest.raises(
+        WeightsUnavailableError, match="could not be downloaded.*network unreachable"
+    ):
         build_model("resnet18", "regression", init="imagenet")
     assert not any(tmp_path.rglob("*.pth"))  # no half-written file left behind
 
@@ -228,8 +242,10 @@ def test_checkpoint_init_transfers_backbone_and_fitting_head(tmp_path) -> None:
 
     reg = build_model("mobilenet_v2_050", "regression", init=f"checkpoint:{f}")
     assert torch.equal(reg.backbone.features[0][0].weight, src.backbone.features[0][0].weight)
-    assert reg.init_report == {"backbone_tensors": len([k for k in src.state_dict() if k.startswith("backbone.")]),
-                               "head_transferred": False}
+    assert reg.init_report == {
+        "backbone_tensors": len([k for k in src.state_dict() if k.startswith("backbone.")]),
+        "head_transferred": False,
+    }
     assert float(reg.out_shift) == 0.0  # fresh head, fresh standardisation
 
     same = build_model("mobilenet_v2_050", "boneage", init=f"checkpoint:{f}", use_sex=True)

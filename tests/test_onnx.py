@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from predict_world import run_cli as svdh
-from svdh.errors import BadBundleError
-from svdh.io import read_radiograph
-from svdh.predict import Predictor
-from svdh.preprocess import PreprocessConfig, preprocess
+from svdh.core.errors import BadBundleError
+from svdh.core.io import read_radiograph
+from svdh.core.preprocess import PreprocessConfig, preprocess
+from svdh.inference.predictor import Predictor
 
 pytestmark = pytest.mark.slow  # the shared world trains two small runs once per session
 
@@ -54,7 +54,9 @@ def test_onnx_graph_carries_the_manifest(world):
     model = onnx.load(str(world.ens_bundle.with_suffix(".onnx")))
     meta = {p.key: p.value for p in model.metadata_props}
     doc = json.loads(meta["svdh_manifest"])
-    assert doc["task"] == "regression" and doc["image_size"] == 64 and doc["bins"]["max_score"] == 140
+    assert (
+        doc["task"] == "regression" and doc["image_size"] == 64 and doc["bins"]["max_score"] == 140
+    )
     assert [i.name for i in model.graph.input] == ["image"]
     assert [o.name for o in model.graph.output] == ["m0_f0", "m0_f1", "m1_f0", "m1_f1"]
 

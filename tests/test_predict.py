@@ -13,17 +13,17 @@ import pandas as pd
 import pytest
 
 from predict_world import run_cli as svdh
-from svdh.errors import BadConfigError
-from svdh.io import Radiograph, read_radiograph
-from svdh.metrics import ConformalModel
-from svdh.predict import (
+from svdh.core.errors import BadConfigError
+from svdh.core.io import Radiograph, read_radiograph
+from svdh.core.scoring import SeverityBins
+from svdh.evaluate.metrics import ConformalModel
+from svdh.inference.predictor import (
     PatientTotals,
     Predictor,
     expand_inputs,
     quality_warnings,
     read_patients_csv,
 )
-from svdh.scoring import SeverityBins
 
 pytestmark = pytest.mark.slow  # the shared world trains two small runs once per session
 
@@ -36,11 +36,15 @@ def test_bundle_reproduces_each_fold_model_on_its_oof_rows(world):
         res = list(pred.predict_paths(rows["image"]))
         assert [r["image"] for r in res] == list(rows["image"])
         score = np.array([r["score"] for r in res])
-        assert rows["y_pred"].std() > 0.01  # the run's predictions vary: the comparison means something
+        assert (
+            rows["y_pred"].std() > 0.01
+        )  # the run's predictions vary: the comparison means something
         np.testing.assert_allclose(score, rows["y_pred"], atol=1e-3)
         np.testing.assert_allclose([r["erosion"] for r in res], rows["erosion_pred"], atol=1e-3)
         np.testing.assert_allclose([r["jsn"] for r in res], rows["jsn_pred"], atol=1e-3)
-        np.testing.assert_allclose(np.array([r["erosion"] + r["jsn"] for r in res]), score, atol=1e-3)
+        np.testing.assert_allclose(
+            np.array([r["erosion"] + r["jsn"] for r in res]), score, atol=1e-3
+        )
 
 
 def test_bundle_reproduces_fold_averaged_test_predictions(world):
@@ -55,7 +59,9 @@ def test_bundle_reproduces_fold_averaged_test_predictions(world):
     np.testing.assert_allclose([r["interval"][0] for r in res], lo, atol=1e-3)
     np.testing.assert_allclose([r["interval"][1] for r in res], hi, atol=1e-3)
     assert all(r["interval"][0] <= r["score"] <= r["interval"][1] for r in res)
-    assert all(r["member_spread"] >= 0 and r["probs"] is None for r in res)  # regression: no class head
+    assert all(
+        r["member_spread"] >= 0 and r["probs"] is None for r in res
+    )  # regression: no class head
 
 
 def test_ensemble_bundle_reproduces_ensemble_test_predictions(world):
@@ -64,9 +70,13 @@ def test_ensemble_bundle_reproduces_ensemble_test_predictions(world):
     assert test["y_pred"].std() > 0.01
     np.testing.assert_allclose([r["score"] for r in res], test["y_pred"], atol=1e-3)
     for name in ("reg", "ord"):
-        np.testing.assert_allclose([r["member_scores"][name] for r in res], test[f"member_{name}"], atol=1e-3)
+        np.testing.assert_allclose(
+            [r["member_scores"][name] for r in res], test[f"member_{name}"], atol=1e-3
+        )
     spread = np.array([r["member_spread"] for r in res])
-    np.testing.assert_allclose(spread, np.abs(test["member_reg"] - test["member_ord"]) / 2, atol=1e-3)
+    np.testing.assert_allclose(
+        spread, np.abs(test["member_reg"] - test["member_ord"]) / 2, atol=1e-3
+    )
     conf = json.loads((world.ensemble / "conformal.json").read_text())
     lo, hi = ConformalModel.from_dict(conf).interval(test["y_pred"].to_numpy())
     np.testing.assert_allclose([r["interval"][1] for r in res], hi, atol=1e-3)
@@ -82,7 +92,9 @@ def _folder_with_bad_files(world, tmp_path: Path) -> Path:
     data = (world.cohort / "SYN00003-LH.png").read_bytes()
     (d / "sub" / "truncated.png").write_bytes(data[: len(data) // 3])  # a corrupt file in a folder
     (d / "notes.png").write_text("radiology report: not an image")  # a text file named .png
-    (d / "labels.csv").write_text("not,an,image\n")  # not an image suffix: not picked up from folders
+    (d / "labels.csv").write_text(
+        "not,an,image\n"
+    )  # not an image suffix: not picked up from folders
     return d
 
 
@@ -97,15 +109,22 @@ def test_cli_scores_a_folder_with_corrupt_files(world, tmp_path):
     bad = {Path(x["image"]).name: x for x in rows if x["error"]}
     assert set(bad) == {"truncated.png", "notes.png"}
     assert "not an image" in bad["notes.png"]["error"] and "\n" not in bad["notes.png"]["error"]
-    assert "truncated" in bad["truncated.png"]["error"] or "corrupt" in bad["truncated.png"]["error"]
+    assert (
+        "truncated" in bad["truncated.png"]["error"] or "corrupt" in bad["truncated.png"]["error"]
+    )
     good = [x for x in rows if not x["error"]]
-    assert all(float(x["interval_lo"]) <= float(x["score"]) <= float(x["interval_hi"]) for x in good)
+    assert all(
+        float(x["interval_lo"]) <= float(x["score"]) <= float(x["interval_hi"]) for x in good
+    )
     assert all(x["erosion"] and x["jsn"] for x in good)
     # RA2-DREAM-style names give patient and side: SYN00001 has both hands, SYN00002 one
     patients = {p["patient_id"]: p for p in csv.DictReader((tmp_path / "pred_patients.csv").open())}
     s1 = [float(x["score"]) for x in good if x["patient_id"] == "SYN00001"]
     assert float(patients["SYN00001"]["total"]) == pytest.approx(sum(s1), abs=2e-3)
-    assert patients["SYN00002"]["total"] == "" and "one left and one right" in patients["SYN00002"]["note"]
+    assert (
+        patients["SYN00002"]["total"] == ""
+        and "one left and one right" in patients["SYN00002"]["note"]
+    )
 
 
 def test_cli_json_output_and_patient_map(world, tmp_path):
@@ -117,7 +136,10 @@ def test_cli_json_output_and_patient_map(world, tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert doc["summary"]["n_images"] == 2 and doc["summary"]["n_failed"] == 0
-    assert doc["model"]["kind"] == "ensemble" and [m["name"] for m in doc["model"]["members"]] == ["reg", "ord"]
+    assert doc["model"]["kind"] == "ensemble" and [m["name"] for m in doc["model"]["members"]] == [
+        "reg",
+        "ord",
+    ]
     assert [i["patient_id"] for i in doc["images"]] == ["PX", "PX"]
     (p,) = doc["patients"]
     assert p["total"] == pytest.approx(sum(i["score"] for i in doc["images"]))
@@ -144,8 +166,21 @@ def test_predict_images_contract_and_error_items(world):
     assert [r["image"] for r in res] == ["SYN00006-LH.png", "broken.dcm", "SYN00006-RH.png"]
     assert res[1]["error"] and res[1]["score"] is None
     for r in (res[0], res[2]):
-        keys = {"image", "score", "interval", "severity_class", "severity_label", "probs", "erosion", "jsn",
-                "member_spread", "warnings", "error", "cam", "preprocessed"}
+        keys = {
+            "image",
+            "score",
+            "interval",
+            "severity_class",
+            "severity_label",
+            "probs",
+            "erosion",
+            "jsn",
+            "member_spread",
+            "warnings",
+            "error",
+            "cam",
+            "preprocessed",
+        }
         assert keys <= set(r)
         assert r["cam"].shape == (64, 64) and np.isfinite(r["cam"]).all() and r["cam"].max() > 0
         assert r["preprocessed"].dtype == np.uint8
@@ -168,7 +203,9 @@ def test_streaming_reads_ahead_only_a_few_batches(world, workers):
     it = pred.predict_paths(paths())
     first = next(it)
     assert first["error"] is None
-    assert pulled <= (3 * 4 + 1 if workers else 4)  # the batch scored plus the read-ahead (2 batches)
+    assert pulled <= (
+        3 * 4 + 1 if workers else 4
+    )  # the batch scored plus the read-ahead (2 batches)
     n = 1 + sum(1 for _ in it)
     assert n == 3 * len(src) == pulled
 
@@ -183,7 +220,9 @@ def test_expand_inputs(world, tmp_path):
     (d / "a" / "readme.txt").write_text("x")
     found = expand_inputs([d])
     assert sorted(p.name for p in found) == ["IM0001", "one.PNG", "two.png"]
-    assert [p.name for p in expand_inputs([str(d / "a" / "*.PNG"), d / "a" / "one.PNG"])] == ["one.PNG"]
+    assert [p.name for p in expand_inputs([str(d / "a" / "*.PNG"), d / "a" / "one.PNG"])] == [
+        "one.PNG"
+    ]
     with pytest.raises(BadConfigError, match="no such file"):
         expand_inputs([tmp_path / "absent"])
     with pytest.raises(BadConfigError, match="matches no file"):
@@ -202,24 +241,70 @@ def test_patients_csv_errors(tmp_path):
 
 def test_patient_totals_rules():
     t = PatientTotals(SeverityBins.hand())
-    t.add({"image": "a", "patient_id": "P", "side": "L", "score": 10.0, "interval": [5, 15], "erosion": 6, "jsn": 4})
-    t.add({"image": "b", "patient_id": "P", "side": "R", "score": 30.0, "interval": [20, 40], "erosion": 20, "jsn": 10})
-    t.add({"image": "c", "patient_id": "Q", "side": "L", "score": 3.0, "interval": [0, 8], "erosion": None, "jsn": None})
-    t.add({"image": "d", "patient_id": "Q", "side": "L", "score": 4.0, "interval": [0, 9], "erosion": None, "jsn": None})
+    t.add(
+        {
+            "image": "a",
+            "patient_id": "P",
+            "side": "L",
+            "score": 10.0,
+            "interval": [5, 15],
+            "erosion": 6,
+            "jsn": 4,
+        }
+    )
+    t.add(
+        {
+            "image": "b",
+            "patient_id": "P",
+            "side": "R",
+            "score": 30.0,
+            "interval": [20, 40],
+            "erosion": 20,
+            "jsn": 10,
+        }
+    )
+    t.add(
+        {
+            "image": "c",
+            "patient_id": "Q",
+            "side": "L",
+            "score": 3.0,
+            "interval": [0, 8],
+            "erosion": None,
+            "jsn": None,
+        }
+    )
+    t.add(
+        {
+            "image": "d",
+            "patient_id": "Q",
+            "side": "L",
+            "score": 4.0,
+            "interval": [0, 9],
+            "erosion": None,
+            "jsn": None,
+        }
+    )
     t.add({"image": "e", "patient_id": "R", "error": "bad file", "score": None})
     by = {p["patient_id"]: p for p in t.totals()}
-    assert by["P"]["total"] == 40 and by["P"]["interval"] == [25, 55] and (by["P"]["erosion"], by["P"]["jsn"]) == (26, 14)
+    assert (
+        by["P"]["total"] == 40
+        and by["P"]["interval"] == [25, 55]
+        and (by["P"]["erosion"], by["P"]["jsn"]) == (26, 14)
+    )
     assert by["P"]["severity_label"] == "40-79"
     assert by["Q"]["total"] is None and "L, L" in by["Q"]["note"]
     assert "R" not in by
 
 
 def test_quality_warnings_flag_unusual_images():
-    from svdh.preprocess import PreprocessConfig, preprocess
+    from svdh.core.preprocess import PreprocessConfig, preprocess
 
     cfg = PreprocessConfig(size=64)
     rng = np.random.default_rng(0)
-    flat = Radiograph(np.full((300, 300), 0.5, np.float32) + rng.normal(0, 0.002, (300, 300)).astype(np.float32))
+    flat = Radiograph(
+        np.full((300, 300), 0.5, np.float32) + rng.normal(0, 0.002, (300, 300)).astype(np.float32)
+    )
     assert any("no contrast" in w for w in quality_warnings(flat, preprocess(flat, cfg)))
     tiny = Radiograph(rng.uniform(0, 1, (40, 30)).astype(np.float32))
     assert any("low resolution" in w for w in quality_warnings(tiny, preprocess(tiny, cfg)))
@@ -233,7 +318,7 @@ def test_quality_warnings_flag_unusual_images():
 
 
 def test_quality_warnings_quiet_on_phantom_hands(world):
-    from svdh.preprocess import PreprocessConfig, preprocess
+    from svdh.core.preprocess import PreprocessConfig, preprocess
 
     cfg = PreprocessConfig(size=64)
     for n in ("SYN00001-LH.png", "SYN00001-RH.png", "SYN00002-RH.png", "SYN00003-LH.png"):
@@ -242,14 +327,18 @@ def test_quality_warnings_quiet_on_phantom_hands(world):
 
 
 @pytest.mark.real_data
-def test_every_real_radiograph_gets_a_score_and_an_overlay(world, ra2_dream_dir, rsna_sample_dir, tmp_path):
+def test_every_real_radiograph_gets_a_score_and_an_overlay(
+    world, ra2_dream_dir, rsna_sample_dir, tmp_path
+):
     from PIL import Image
 
     hands = sorted(ra2_dream_dir.glob("*-?H.jpg")) + sorted(rsna_sample_dir.glob("*.png"))
     assert len(hands) == 26
     cam = tmp_path / "cam"
     out = tmp_path / "real.csv"
-    r = svdh("predict", "--model", world.run_bundle, *hands, "-o", out, "--cam", cam, "--batch-size", "8")
+    r = svdh(
+        "predict", "--model", world.run_bundle, *hands, "-o", out, "--cam", cam, "--batch-size", "8"
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 26 and not any(x["error"] for x in rows)

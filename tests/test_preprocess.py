@@ -1,4 +1,4 @@
-"""svdh.preprocess: crop to the hand whatever surrounds it, then a deterministic square uint8 image."""
+"""svdh.core.preprocess: crop to the hand whatever surrounds it, then a deterministic square uint8 image."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from svdh.errors import BadConfigError
-from svdh.io import read_radiograph
-from svdh.preprocess import PreprocessConfig, Transform, detect_hand, hand_box, preprocess
+from svdh.core.errors import BadConfigError
+from svdh.core.io import read_radiograph
+from svdh.core.preprocess import PreprocessConfig, Transform, detect_hand, hand_box, preprocess
 
 
 def _rot(pts: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarray:
@@ -21,8 +21,15 @@ def _rot(pts: np.ndarray, angle: float, centre: tuple[float, float]) -> np.ndarr
 
 
 def draw_hand(
-    h: int = 400, w: int = 320, *, angle: float = 0.0, flip: bool = False, cx: float = 0.5,
-    scale: float = 1.0, background: float = 0.12, seed: int = 0,
+    h: int = 400,
+    w: int = 320,
+    *,
+    angle: float = 0.0,
+    flip: bool = False,
+    cx: float = 0.5,
+    scale: float = 1.0,
+    background: float = 0.12,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A crude PA hand film: forearm from the bottom edge, palm, four fingers and a thumb.
 
@@ -37,7 +44,9 @@ def draw_hand(
 
     def capsule(mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, width: float) -> None:
         q0, q1 = _rot(np.array([p0, p1]) * s + c, angle, tuple(c))
-        cv2.line(mask, tuple(int(v) for v in q0), tuple(int(v) for v in q1), 1, max(1, int(width * s)))
+        cv2.line(
+            mask, tuple(int(v) for v in q0), tuple(int(v) for v in q1), 1, max(1, int(width * s))
+        )
 
     # forearm to the bottom edge (far beyond it, then clipped by the film)
     capsule(tissue, np.array([0, 40]), np.array([0, 400]), 110)
@@ -93,7 +102,9 @@ def _marker(img: np.ndarray, x: int, y: int, size: int = 24) -> np.ndarray:
 # --------------------------------------------------------------------------- cropping
 
 
-@pytest.mark.parametrize(("angle", "flip"), [(0, False), (25, False), (-30, False), (0, True), (20, True)])
+@pytest.mark.parametrize(
+    ("angle", "flip"), [(0, False), (25, False), (-30, False), (0, True), (20, True)]
+)
 def test_crop_finds_rotated_and_flipped_hands(angle: float, flip: bool) -> None:
     img, tissue, bone = draw_hand(angle=angle, flip=flip, scale=0.8)
     box = hand_box(img)
@@ -200,7 +211,9 @@ def test_transform_maps_points_into_the_output() -> None:
     qx, qy = t.map_points([px, py])
     oy, ox = np.unravel_index(np.argmax(out.astype(float) + 0), out.shape)
     assert abs(ox - qx) <= 1.5 and abs(oy - qy) <= 1.5, ((ox, oy), (qx, qy))
-    np.testing.assert_allclose(t.inverse(t.map_points([[px, py], [0, 0]])), [[px, py], [0, 0]], atol=1e-9)
+    np.testing.assert_allclose(
+        t.inverse(t.map_points([[px, py], [0, 0]])), [[px, py], [0, 0]], atol=1e-9
+    )
     assert Transform.from_dict(t.to_dict()) == t
     assert t.box[0] >= t.x0 and t.box[2] <= t.x0 + t.side
 
@@ -259,7 +272,9 @@ def _real_files(root: Path, pattern: str) -> list[str]:
 
 
 @pytest.mark.real_data
-def test_every_real_radiograph_decodes_and_crops_to_the_hand(ra2_dream_dir: Path, rsna_sample_dir: Path) -> None:
+def test_every_real_radiograph_decodes_and_crops_to_the_hand(
+    ra2_dream_dir: Path, rsna_sample_dir: Path
+) -> None:
     files = _real_files(ra2_dream_dir, "*.jpg") + _real_files(rsna_sample_dir, "*.png")
     assert len(files) == 12 + 20
     cfg = PreprocessConfig(size=128)
@@ -271,7 +286,11 @@ def test_every_real_radiograph_decodes_and_crops_to_the_hand(ra2_dream_dir: Path
         if "F.jpg" in f:  # the feet of RA2-DREAM are decoded, not hands to crop
             continue
         # References at a quarter of the resolution (the test's own cost stays small).
-        small = cv2.resize(rad.pixels, (rad.pixels.shape[1] // 4, rad.pixels.shape[0] // 4), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            rad.pixels,
+            (rad.pixels.shape[1] // 4, rad.pixels.shape[0] // 4),
+            interpolation=cv2.INTER_AREA,
+        )
         x0, y0, x1, y1 = t.box
         box4 = (x0 // 4, y0 // 4, -(-x1 // 4), -(-y1 // 4))
         assert _inside(_bone_pixels(small), box4) > 0.97, f"{f}: the crop {t.box} cuts the hand"
@@ -280,8 +299,12 @@ def test_every_real_radiograph_decodes_and_crops_to_the_hand(ra2_dream_dir: Path
             tissue = cv2.GaussianBlur(small, (0, 0), 1) > 0.08
             assert _inside(tissue, box4) > 0.99, f
             bx0, by0, bx1, by1 = box4
-            for side in (np.s_[by0:by1, bx0 : bx0 + 5], np.s_[by0:by1, bx1 - 5 : bx1],
-                         np.s_[by0 : by0 + 5, bx0:bx1], np.s_[by1 - 5 : by1, bx0:bx1]):
+            for side in (
+                np.s_[by0:by1, bx0 : bx0 + 5],
+                np.s_[by0:by1, bx1 - 5 : bx1],
+                np.s_[by0 : by0 + 5, bx0:bx1],
+                np.s_[by1 - 5 : by1, bx0:bx1],
+            ):
                 assert tissue[side].any(), f"{f}: the crop {t.box} has empty film along a side"
 
 
@@ -308,7 +331,9 @@ def test_real_100px_films_with_markers_and_frames_preprocess(rsna_100px_dir: Pat
 def test_every_phantom_joint_lies_inside_the_crop(tmp_path: Path, dual: bool) -> None:
     """Phantoms carry every joint's position: none may fall outside the crop, and the
     Transform carries each to its place in the model's input."""
-    synth = pytest.importorskip("svdh.synth", reason="the phantom generator (svdh synth) is not installed")
+    synth = pytest.importorskip(
+        "svdh.synth", reason="the phantom generator (svdh synth) is not installed"
+    )
     synth.generate_cohort(tmp_path, n=5, size=256, seed=11 + dual, dual_hand=dual)
     doc = synth.load_landmarks(tmp_path)
     cfg = PreprocessConfig(size=128)
@@ -317,7 +342,11 @@ def test_every_phantom_joint_lies_inside_the_crop(tmp_path: Path, dual: bool) ->
         pts = np.array([[lm["x"], lm["y"]] for lm in entry["landmarks"].values()])
         assert len(pts) >= 21 * (2 if dual else 1)
         x0, y0, x1, y1 = t.box
-        assert ((pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1)).all(), f"{name}: a joint outside {t.box}"
+        assert (
+            (pts[:, 0] >= x0) & (pts[:, 0] < x1) & (pts[:, 1] >= y0) & (pts[:, 1] < y1)
+        ).all(), f"{name}: a joint outside {t.box}"
         q = t.map_points(pts)
         assert ((q >= 0) & (q < cfg.size)).all(), name
-        assert out[np.rint(q[:, 1]).astype(int), np.rint(q[:, 0]).astype(int)].mean() > 60, f"{name}: joints are not on the hand"
+        assert out[np.rint(q[:, 1]).astype(int), np.rint(q[:, 0]).astype(int)].mean() > 60, (
+            f"{name}: joints are not on the hand"
+        )

@@ -15,15 +15,22 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from run_factory import cohort, make_run
-from svdh.ensemble import build_ensemble
-from svdh.metrics import evaluate_run
-from svdh.report.html import PHANTOM_NOTE, build_report
-from svdh.report.plots import write_plots
-from svdh.runs import read_run
+from svdh.evaluate.ensemble import build_ensemble
+from svdh.evaluate.metrics import evaluate_run
+from svdh.evaluate.report.html import PHANTOM_NOTE, build_report
+from svdh.evaluate.report.plots import write_plots
+from svdh.runs.tables import read_run
 
 CHROMIUM = Path("/usr/bin/chromium")
-LOCALISATION = {"n_images": 12, "mass_on_damaged": 0.41, "pointing_game": 0.75, "random_mass": 0.08,
-                "random_pointing": 0.08, "random_hand_mass": 0.19, "random_hand_pointing": 0.19}
+LOCALISATION = {
+    "n_images": 12,
+    "mass_on_damaged": 0.41,
+    "pointing_game": 0.75,
+    "random_mass": 0.08,
+    "random_pointing": 0.08,
+    "random_hand_mass": 0.19,
+    "random_hand_pointing": 0.19,
+}
 
 
 class _Collect(HTMLParser):
@@ -68,22 +75,39 @@ def _hand_png(path: Path, seed: int) -> Path:
 @pytest.fixture
 def runs(tmp_path):
     base = cohort(40, seed=0, reader2=True)
-    a = make_run(tmp_path / "resnet_reg", base, noise=6, seed=1,
-                 extra_config={"data_kind": "phantom", "source": "ra2-dream:/data/phantoms"})
-    b = make_run(tmp_path / "mnet_ord", base, task="ordinal", noise=6, seed=2, backbone="mobilenet_v2",
-                 init="checkpoint:boneage/best.ckpt", scheme="gradual")
+    a = make_run(
+        tmp_path / "resnet_reg",
+        base,
+        noise=6,
+        seed=1,
+        extra_config={"data_kind": "phantom", "source": "ra2-dream:/data/phantoms"},
+    )
+    b = make_run(
+        tmp_path / "mnet_ord",
+        base,
+        task="ordinal",
+        noise=6,
+        seed=2,
+        backbone="mobilenet_v2",
+        init="checkpoint:boneage/best.ckpt",
+        scheme="gradual",
+    )
     e = build_ensemble([a, b], tmp_path / "ens", n_boot=0)
     (e / "localisation.json").write_text(json.dumps(LOCALISATION))
     (e / "cam_gallery").mkdir()
     for i in range(3):
         Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype(np.uint8)).save(
-            e / "cam_gallery" / f"P00{i}-LH_cam.png")
+            e / "cam_gallery" / f"P00{i}-LH_cam.png"
+        )
     return tmp_path, a, b, e
 
 
 def test_plots_are_valid_pngs(runs, tmp_path):
     _, a, b, e = runs
-    for run_dir, expect in ((a, {"confusion", "coverage", "patient_pred_vs_true"}), (b, {"confusion"})):
+    for run_dir, expect in (
+        (a, {"confusion", "coverage", "patient_pred_vs_true"}),
+        (b, {"confusion"}),
+    ):
         run = read_run(run_dir)
         plots = write_plots(run, evaluate_run(run, n_boot=0), tmp_path / "plots" / run.name)
         assert expect <= set(plots)
@@ -91,7 +115,9 @@ def test_plots_are_valid_pngs(runs, tmp_path):
             with Image.open(p) as im:
                 assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 350
                 assert np.asarray(im.convert("L")).std() > 5  # something is drawn
-    age = make_run(tmp_path / "age", cohort(20).assign(y_true=lambda d: d["y_true"] + 60), task="boneage")
+    age = make_run(
+        tmp_path / "age", cohort(20).assign(y_true=lambda d: d["y_true"] + 60), task="boneage"
+    )
     run = read_run(age)
     plots = write_plots(run, evaluate_run(run, n_boot=0), tmp_path / "plots" / "age")
     assert set(plots) == {"pred_vs_true", "bland_altman"}  # no classes for bone age
@@ -110,8 +136,15 @@ def test_report_is_self_contained_and_complete(runs):
     assert "http://" not in html and "https://" not in html
     assert PHANTOM_NOTE.split(":")[0] in html and "not a clinical validation" in html
     # comparison table: one row per run with its backbone, initialisation and scheme
-    for text in ("resnet_reg", "mnet_ord", "ens", "mobilenet_v2", "checkpoint:boneage/best.ckpt", "gradual",
-                 "stacking ensemble"):
+    for text in (
+        "resnet_reg",
+        "mnet_ord",
+        "ens",
+        "mobilenet_v2",
+        "checkpoint:boneage/best.ckpt",
+        "gradual",
+        "stacking ensemble",
+    ):
         assert text in html
     m = read_run(a).metrics  # fabricated runs carry only a note; figures come from oof.csv
     assert "note" in m["overall"]
@@ -133,12 +166,14 @@ def test_report_without_phantoms_has_no_phantom_note(tmp_path):
 
 
 def test_worst_cases_show_preprocessed_thumbnails(tmp_path):
-    pytest.importorskip("svdh.io")
-    pytest.importorskip("svdh.preprocess")
+    pytest.importorskip("svdh.core.io")
+    pytest.importorskip("svdh.core.preprocess")
     base = cohort(6, n_folds=3, seed=4)
     img_dir = tmp_path / "imgs"
     img_dir.mkdir()
-    base["image"] = [str(_hand_png(img_dir / f"{i}.png", k)) for k, i in enumerate(base["image_id"])]
+    base["image"] = [
+        str(_hand_png(img_dir / f"{i}.png", k)) for k, i in enumerate(base["image_id"])
+    ]
     a = make_run(tmp_path / "a", base, seed=1)
     html = build_report([a], tmp_path / "r.html", n_boot=0, n_worst=4).read_text()
     thumbs = [i for i in _parse(html).imgs if i.get("alt", "").startswith("P00")]
@@ -149,11 +184,14 @@ def test_worst_cases_show_preprocessed_thumbnails(tmp_path):
 
 @pytest.mark.real_data
 def test_report_thumbnails_of_real_radiographs(ra2_dream_dir, tmp_path):
-    pytest.importorskip("svdh.preprocess")
+    pytest.importorskip("svdh.core.preprocess")
     images = sorted(ra2_dream_dir.glob("*-?H.jpg"))
     assert len(images) == 6
     base = cohort(3, n_folds=3, seed=0)
-    base["image"] = [str(ra2_dream_dir / f"UAB00{int(p[1:]) + 1}-{s}H.jpg") for p, s in zip(base["patient_id"], base["side"], strict=True)]
+    base["image"] = [
+        str(ra2_dream_dir / f"UAB00{int(p[1:]) + 1}-{s}H.jpg")
+        for p, s in zip(base["patient_id"], base["side"], strict=True)
+    ]
     a = make_run(tmp_path / "real", base, seed=1)
     html = build_report([a], tmp_path / "r.html", n_boot=0, n_worst=6).read_text()
     thumbs = [i for i in _parse(html).imgs if i.get("alt", "").startswith("P00")]
@@ -164,15 +202,26 @@ def test_report_thumbnails_of_real_radiographs(ra2_dream_dir, tmp_path):
 
 
 def test_cli_report_and_compare(runs):
-    from svdh.cli import app
+    from svdh.cli.main import app
 
     tmp, a, b, e = runs
-    res = CliRunner().invoke(app, ["report", str(a), str(e), "--out", str(tmp / "cli.html"), "--boot", "50"])
+    res = CliRunner().invoke(
+        app, ["report", str(a), str(e), "--out", str(tmp / "cli.html"), "--boot", "50"]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp / "cli.html").stat().st_size > 50_000
     res = CliRunner().invoke(app, ["compare", str(a), str(b), str(e), "--boot", "50"])
     assert res.exit_code == 0, res.output
-    for text in ("backbone", "PCC", "RMSE", "MAE", "accuracy", "resnet_reg", "mnet_ord", "mobilenet_v2"):
+    for text in (
+        "backbone",
+        "PCC",
+        "RMSE",
+        "MAE",
+        "accuracy",
+        "resnet_reg",
+        "mnet_ord",
+        "mobilenet_v2",
+    ):
         assert text in res.output
     res = CliRunner().invoke(app, ["compare", str(a), str(b), "--format", "json", "--boot", "0"])
     rows = json.loads(res.output)
@@ -190,8 +239,14 @@ def test_report_opens_in_headless_chromium(runs):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -202,7 +257,9 @@ def test_report_opens_in_headless_chromium(runs):
             assert page.title() == "svdh evaluation report"
             assert page.locator("#comparison tr").count() == 1 + 3
             assert page.locator("#phantom-note").is_visible()
-            broken = page.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+            broken = page.evaluate(
+                "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length"
+            )
             assert broken == 0
             assert page.evaluate("document.images.length") > 15
             page.screenshot(path=str(tmp / "report.png"), full_page=True)

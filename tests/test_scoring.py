@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from svdh import scoring
-from svdh.errors import BadConfigError, BadDatasetError
-from svdh.scoring import SeverityBins
+from svdh.core import scoring
+from svdh.core.errors import BadConfigError, BadDatasetError
+from svdh.core.scoring import SeverityBins
 
 
 def test_catalogue_sizes_and_maxima():
@@ -35,8 +35,12 @@ def test_hand_and_patient_totals():
 
 @pytest.mark.parametrize(
     "col,value,needle",
-    [("LH_mcp_E__2", 6, "out of range 0-5"), ("RH_pip_J__3", 5, "out of range 0-4"),
-     ("LH_mcp_E__ip", float("nan"), "missing"), ("RH_wrist_E__ulna", "x", "not a number")],
+    [
+        ("LH_mcp_E__2", 6, "out of range 0-5"),
+        ("RH_pip_J__3", 5, "out of range 0-4"),
+        ("LH_mcp_E__ip", float("nan"), "missing"),
+        ("RH_wrist_E__ulna", "x", "not a number"),
+    ],
 )
 def test_bad_joint_scores_name_joint_and_row(col, value, needle):
     row = _row(0)
@@ -67,7 +71,20 @@ def test_hand_bins_are_patient_edges_halved():
     h = SeverityBins.hand()
     assert h.n_classes == 7 and h.max_score == 140
     assert h.labels == ("0", "1-2", "3-4", "5-9", "10-19", "20-39", "40-140")
-    assert list(h.to_class([0, 1, 2, 3, 4, 5, 9, 10, 19, 20, 39, 40])) == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
+    assert list(h.to_class([0, 1, 2, 3, 4, 5, 9, 10, 19, 20, 39, 40])) == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        4,
+        4,
+        5,
+        5,
+        6,
+    ]
 
 
 def test_bins_round_trip_and_expected_score():

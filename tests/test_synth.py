@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svdh import scoring
-from svdh.errors import BadConfigError
+from svdh.core import scoring
+from svdh.core.errors import BadConfigError
 from svdh.synth import generate_cohort, load_landmarks, make_patient, render_hand
 from svdh.synth.anatomy import JOINT_GAP, HandShape, build_hand, narrowed_gap
 from svdh.synth.damage import allocate, draw_patient_total, parse_severity
@@ -28,22 +28,33 @@ def _dist_mm(img, point) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("key", "score", "side", "size"),
-    [("ero_mcp3", 4, "L", 256), ("jsn_pip3", 3, "R", 256), ("ero_ulna", 5, "L", 256),
-     ("jsn_capnlun", 4, "R", 256), ("ero_mcp2", 1, "L", 512)],
+    [
+        ("ero_mcp3", 4, "L", 256),
+        ("jsn_pip3", 3, "R", 256),
+        ("ero_ulna", 5, "L", 256),
+        ("jsn_capnlun", 4, "R", 256),
+        ("ero_mcp2", 1, "L", 512),
+    ],
 )
-def test_damage_changes_pixels_near_its_joint_only(key: str, score: int, side: str, size: int) -> None:
+def test_damage_changes_pixels_near_its_joint_only(
+    key: str, score: int, side: str, size: int
+) -> None:
     """The same hand rendered with and without damage at one joint differs around that
     joint's landmark and nowhere far from it (film, noise and anatomy are identical).
     A score-1 erosion is 1-2 mm across: a few pixels at 512 px, so it is checked there."""
     clean = render_hand(seed=4, index=2, side=side, size=size, severity="healthy", scores={})
-    hurt = render_hand(seed=4, index=2, side=side, size=size, severity="healthy", scores={key: score})
+    hurt = render_hand(
+        seed=4, index=2, side=side, size=size, severity="healthy", scores={key: score}
+    )
     lm = clean.landmarks[side][scoring.JOINTS_BY_KEY[key].landmark]
     assert hurt.landmarks == clean.landmarks
     diff = np.abs(hurt.image - clean.image)
     r = _dist_mm(clean, lm)
     near = diff[r < 8.0]
     assert (near > 2 / 255).sum() >= 10, f"{key}={score} is not visible near its landmark"
-    assert diff[r > 60.0].max() == 0.0, f"{key}={score} changed pixels more than 60 mm from its joint"
+    assert diff[r > 60.0].max() == 0.0, (
+        f"{key}={score} changed pixels more than 60 mm from its joint"
+    )
     # most of the change is at the joint
     assert diff[r < 25.0].sum() > 0.9 * diff.sum()
 
@@ -51,20 +62,29 @@ def test_damage_changes_pixels_near_its_joint_only(key: str, score: int, side: s
 def test_erosion_removes_bone_and_ankylosis_bridges_the_joint() -> None:
     """Erosions darken the joint's bone ends; JSN 4 fills the joint space with bone."""
     base = render_hand(seed=1, index=0, size=512, severity="healthy", scores={}, with_film=False)
-    ero = render_hand(seed=1, index=0, size=512, severity="healthy", scores={"ero_mcp2": 5}, with_film=False)
-    fused = render_hand(seed=1, index=0, size=512, severity="healthy", scores={"jsn_mcp2": 4}, with_film=False)
+    ero = render_hand(
+        seed=1, index=0, size=512, severity="healthy", scores={"ero_mcp2": 5}, with_film=False
+    )
+    fused = render_hand(
+        seed=1, index=0, size=512, severity="healthy", scores={"jsn_mcp2": 4}, with_film=False
+    )
     r = _dist_mm(base, base.landmarks["L"]["mcp2"])
     ring = r < 7.0
     assert ero.image[ring].mean() < base.image[ring].mean() - 0.01
     x, y = (round(v) for v in base.landmarks["L"]["mcp2"])
-    assert fused.image[y - 1 : y + 2, x - 1 : x + 2].mean() > base.image[y - 1 : y + 2, x - 1 : x + 2].mean() + 0.05
+    assert (
+        fused.image[y - 1 : y + 2, x - 1 : x + 2].mean()
+        > base.image[y - 1 : y + 2, x - 1 : x + 2].mean() + 0.05
+    )
 
 
 def test_landmarks_lie_on_the_hand() -> None:
     """Every landmark of every hand lies inside the image, on tissue (never on background)."""
     for index in range(4):
         for side in ("L", "R", "B"):
-            img = render_hand(seed=7, index=index, side=side, size=128, severity="uniform", with_film=False)
+            img = render_hand(
+                seed=7, index=index, side=side, size=128, severity="uniform", with_film=False
+            )
             h, w = img.image.shape
             for sd, pts in img.landmarks.items():
                 assert set(pts) == set(scoring.LANDMARKS)
@@ -115,7 +135,9 @@ def test_ra_cohort_labels_agree_with_joint_columns_and_landmarks(tmp_path: Path)
             for j in scoring.JOINTS:
                 assert entry["landmarks"][j.landmark][j.kind] == int(row[j.column(side)])
             assert (entry["width"], entry["height"], entry["side"]) == (96, 96, side)
-    assert summary.n_images == 8 and sorted(summary.totals) == sorted(float(r["Overall_Tol"]) for r in rows)
+    assert summary.n_images == 8 and sorted(summary.totals) == sorted(
+        float(r["Overall_Tol"]) for r in rows
+    )
 
 
 def test_ra2_dream_source_reads_a_phantom_cohort(tmp_path: Path) -> None:
@@ -128,7 +150,10 @@ def test_ra2_dream_source_reads_a_phantom_cohort(tmp_path: Path) -> None:
         assert r["svdh"] == r["erosion"] + r["jsn"]
         assert r["patient_svdh"] == float(rows[r["patient_id"]]["Overall_Tol"])
     generate_cohort(tmp_path / "bh", n=2, size=64, seed=2, dual_hand=True)
-    assert sorted(p.name for p in (tmp_path / "bh").glob("*.png")) == ["SYN00001-BH.png", "SYN00002-BH.png"]
+    assert sorted(p.name for p in (tmp_path / "bh").glob("*.png")) == [
+        "SYN00001-BH.png",
+        "SYN00002-BH.png",
+    ]
     entry = load_landmarks(tmp_path / "bh")["images"]["SYN00001-BH.png"]
     assert (entry["width"], entry["height"], entry["side"]) == (128, 64, "both")
     assert set(entry["landmarks"]) == {f"{s}:{n}" for s in "LR" for n in scoring.LANDMARKS}
@@ -162,7 +187,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
 
 def test_dicom_output_reads_back_like_the_png(tmp_path: Path) -> None:
     pydicom = pytest.importorskip("pydicom")
-    io = pytest.importorskip("svdh.io")
+    io = pytest.importorskip("svdh.core.io")
     generate_cohort(tmp_path / "png", n=1, size=96, seed=3, bits=16)
     generate_cohort(tmp_path / "dcm", n=1, size=96, seed=3, fmt="dicom", bits=16)
     generate_cohort(tmp_path / "m1", n=1, size=96, seed=3, fmt="dicom", bits=8, monochrome1=True)
@@ -171,13 +196,17 @@ def test_dicom_output_reads_back_like_the_png(tmp_path: Path) -> None:
     assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.BitsStored == 12
     assert len(ds.StudyDate) == 8 and float(ds.RescaleSlope) == 1.0 and float(ds.WindowWidth) > 0
     doc = load_landmarks(tmp_path / "dcm")
-    assert float(ds.PixelSpacing[0]) == pytest.approx(doc["images"]["SYN00001-LH.dcm"]["mm_per_pixel"], rel=1e-3)
+    assert float(ds.PixelSpacing[0]) == pytest.approx(
+        doc["images"]["SYN00001-LH.dcm"]["mm_per_pixel"], rel=1e-3
+    )
     ref = io.read_radiograph(tmp_path / "png" / "SYN00001-LH.png").pixels
     for path in (tmp_path / "dcm" / "SYN00001-LH.dcm", tmp_path / "m1" / "SYN00001-LH.dcm"):
         got = io.read_radiograph(path)
         assert got.pixels.shape == ref.shape
         assert np.abs(got.pixels - ref).max() < 2.5 / 255, path
-    assert io.read_radiograph(tmp_path / "m1" / "SYN00001-LH.dcm").meta["photometric"] == "MONOCHROME1"
+    assert (
+        io.read_radiograph(tmp_path / "m1" / "SYN00001-LH.dcm").meta["photometric"] == "MONOCHROME1"
+    )
 
 
 def test_child_cohort_rsna_layout(tmp_path: Path) -> None:
@@ -199,7 +228,16 @@ def test_bones_ossify_in_order_and_fuse() -> None:
     shape = HandShape(scale=0.6)
 
     def carpals(m: float) -> set[str]:
-        names = {"capitate", "hamate", "triquetrum", "lunate", "trapezium", "trapezoid", "scaphoid", "pisiform"}
+        names = {
+            "capitate",
+            "hamate",
+            "triquetrum",
+            "lunate",
+            "trapezium",
+            "trapezoid",
+            "scaphoid",
+            "pisiform",
+        }
         return names & set(build_hand(shape, maturity=m).bones)
 
     assert carpals(0.1) == set()
@@ -224,15 +262,19 @@ def test_severity_models() -> None:
     uniform = np.array([draw_patient_total(rng, "uniform") for _ in range(2000)])
     assert abs(np.median(uniform) - 140) < 15 and uniform.max() > 260
     assert all(draw_patient_total(rng, "healthy") == 0 for _ in range(5))
-    from svdh.scoring import SeverityBins
+    from svdh.core.scoring import SeverityBins
 
-    balanced = np.bincount(SeverityBins.patient().to_class([draw_patient_total(rng, "balanced") for _ in range(1400)]))
+    balanced = np.bincount(
+        SeverityBins.patient().to_class([draw_patient_total(rng, "balanced") for _ in range(1400)])
+    )
     assert len(balanced) == 7 and balanced.min() > 140  # ~200 per class
     assert draw_patient_total(rng, "fixed:37") == 37
     for total in (0, 1, 50, 280):
         s = allocate(rng, total)
         assert sum(s["L"].values()) + sum(s["R"].values()) == total
-        assert all(0 <= v <= scoring.JOINTS_BY_KEY[k].max_score for h in s.values() for k, v in h.items())
+        assert all(
+            0 <= v <= scoring.JOINTS_BY_KEY[k].max_score for h in s.values() for k, v in h.items()
+        )
     with pytest.raises(BadConfigError):
         parse_severity("fixed:300")
     with pytest.raises(BadConfigError):
@@ -249,17 +291,29 @@ def test_physical_scale_of_joint_spaces() -> None:
 
 
 def _svdh(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from svdh.cli import main; main()", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from svdh.cli.main import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_synth_writes_cohort_and_sheet(tmp_path: Path) -> None:
     out, sheet = tmp_path / "c", tmp_path / "sheet.png"
-    res = _svdh("synth", "--out", str(out), "--n", "2", "--size", "64", "--seed", "3", "--sheet", str(sheet))
+    res = _svdh(
+        "synth", "--out", str(out), "--n", "2", "--size", "64", "--seed", "3", "--sheet", str(sheet)
+    )
     assert res.returncode == 0, res.stderr
     assert "ra2-dream:" in res.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "SYN00001-LH.png", "SYN00001-RH.png", "SYN00002-LH.png", "SYN00002-RH.png", "landmarks.json", "training.csv"]
+        "SYN00001-LH.png",
+        "SYN00001-RH.png",
+        "SYN00002-LH.png",
+        "SYN00002-RH.png",
+        "landmarks.json",
+        "training.csv",
+    ]
     from PIL import Image
 
     with Image.open(sheet) as im:
@@ -278,7 +332,9 @@ def test_cli_synth_writes_cohort_and_sheet(tmp_path: Path) -> None:
         (["--monochrome1"], "--monochrome1 applies to --format dicom"),
     ],
 )
-def test_cli_synth_bad_options_give_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
+def test_cli_synth_bad_options_give_one_line_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     res = _svdh("synth", "--out", str(tmp_path / "x"), "--size", "64", "--n", "1", *args)
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr

@@ -17,8 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from svdh.errors import BadRunError
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadRunError
+from svdh.core.scoring import SeverityBins
 from svdh.train import TrainConfig, load_run, train_run
 from svdh.train.data import LazyImages
 from svdh.train.run import RunData
@@ -53,8 +53,16 @@ def make_csv_source(root: Path, n_patients: int = 12, seed: int = 0) -> str:
             ero, jsn = float(rng.integers(0, 30)), float(rng.integers(0, 20))
             name = f"p{p:02d}-{side}.png"
             Image.fromarray(_hand_like(ero + jsn, rng)).save(root / name)
-            rows.append({"image": name, "patient_id": f"P{p:02d}", "side": side,
-                         "svdh": ero + jsn, "erosion": ero, "jsn": jsn})
+            rows.append(
+                {
+                    "image": name,
+                    "patient_id": f"P{p:02d}",
+                    "side": side,
+                    "svdh": ero + jsn,
+                    "erosion": ero,
+                    "jsn": jsn,
+                }
+            )
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return f"csv:{root / 'labels.csv'}"
 
@@ -63,18 +71,32 @@ def memory_data(n: int = 24, size: int = 32, seed: int = 0) -> RunData:
     rng = np.random.default_rng(seed)
     y = rng.uniform(0, 60, n).round()
     images = np.stack([_hand_like(v, rng, size) for v in y])
-    man = pd.DataFrame({
-        "image": [f"/mem/{i}.png" for i in range(n)], "image_id": [f"im{i}" for i in range(n)],
-        "patient_id": [f"P{i // 2}" for i in range(n)], "side": ["L", "R"] * (n // 2),
-        "svdh": y, "score_scope": "hand",
-    })
+    man = pd.DataFrame(
+        {
+            "image": [f"/mem/{i}.png" for i in range(n)],
+            "image_id": [f"im{i}" for i in range(n)],
+            "patient_id": [f"P{i // 2}" for i in range(n)],
+            "side": ["L", "R"] * (n // 2),
+            "svdh": y,
+            "score_scope": "hand",
+        }
+    )
     man.attrs["source"] = "memory"
     return RunData(man, LazyImages(images), {"size": size}, "memory")
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(backbone="mobilenet_v2_050", folds=2, epochs=1, batch_size=8, image_size=32,
-                num_workers=0, accelerator="cpu", patience=0, lr=3e-3)
+    base = dict(
+        backbone="mobilenet_v2_050",
+        folds=2,
+        epochs=1,
+        batch_size=8,
+        image_size=32,
+        num_workers=0,
+        accelerator="cpu",
+        patience=0,
+        lr=3e-3,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -118,7 +140,9 @@ def test_run_directory_from_a_csv_source(tmp_path, monkeypatch) -> None:
     run = tmp_path / "run"
     metrics = train_run(cfg, run)
     oof = check_layout(run, [0, 1, 2], test=True)
-    assert {"erosion_true", "erosion_pred", "jsn_true", "jsn_pred", "patient_svdh"} <= set(oof.columns)
+    assert {"erosion_true", "erosion_pred", "jsn_true", "jsn_pred", "patient_svdh"} <= set(
+        oof.columns
+    )
     assert np.allclose(oof["erosion_pred"] + oof["jsn_pred"], oof["y_pred"], atol=1e-3)
     bins = SeverityBins.hand()
     assert (oof["class_true"] == bins.to_class(oof["y_true"].to_numpy())).all()
@@ -141,7 +165,9 @@ def test_run_directory_from_a_csv_source(tmp_path, monkeypatch) -> None:
     idx = cache.manifest.set_index("image_id")["cache_index"]
     for k, model in zip(info.folds, info.models, strict=True):
         rows = oof[oof["fold"] == k]
-        x = torch.from_numpy(cache.batch(idx.loc[rows["image_id"]].to_numpy()).astype(np.float32) / 255)
+        x = torch.from_numpy(
+            cache.batch(idx.loc[rows["image_id"]].to_numpy()).astype(np.float32) / 255
+        )
         with torch.no_grad():
             pred = model(x.unsqueeze(1))[:, 0].numpy()
         assert np.allclose(pred, rows["y_pred"], atol=1e-4)
@@ -173,7 +199,9 @@ def test_head_scheme_trains_only_the_head(tmp_path) -> None:
     torch.manual_seed(0)
     start = build_model("mobilenet_v2_050", "regression")
     save_weights(tmp_path / "start.safetensors", start.state_dict(), start.config)
-    cfg = tiny(init=f"checkpoint:{tmp_path / 'start.safetensors'}", scheme="head", epochs=2, lr=1e-2)
+    cfg = tiny(
+        init=f"checkpoint:{tmp_path / 'start.safetensors'}", scheme="head", epochs=2, lr=1e-2
+    )
     train_run(cfg, tmp_path / "run", data=memory_data(), quiet=True)
     trained = load_run(tmp_path / "run").models[0]
     s0, s1 = start.state_dict(), trained.state_dict()
@@ -183,10 +211,13 @@ def test_head_scheme_trains_only_the_head(tmp_path) -> None:
 
 
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys) -> None:
-    from svdh.cli import main
+    from svdh.cli.main import main
 
-    monkeypatch.setattr(sys, "argv", ["svdh", "train", "csv:/nowhere.csv", "--out", str(tmp_path / "r"),
-                                      "--scheme", "sideways"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["svdh", "train", "csv:/nowhere.csv", "--out", str(tmp_path / "r"), "--scheme", "sideways"],
+    )
     with pytest.raises(SystemExit) as exc:
         main()
     err = capsys.readouterr().err
@@ -204,14 +235,41 @@ def test_resume_after_kill_9(tmp_path) -> None:
     env = dict(os.environ, SVDH_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     src = make_csv_source(tmp_path / "data", n_patients=16)
     run = tmp_path / "run"
-    args = [SVDH, "train", src, "--out", str(run), "--folds", "2", "--epochs", "6", "--batch-size", "8",
-            "--image-size", "32", "--backbone", "mobilenet_v2_050", "--num-workers", "0", "--patience", "0",
-            "--accelerator", "cpu", "--no-augment"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        SVDH,
+        "train",
+        src,
+        "--out",
+        str(run),
+        "--folds",
+        "2",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "8",
+        "--image-size",
+        "32",
+        "--backbone",
+        "mobilenet_v2_050",
+        "--num-workers",
+        "0",
+        "--patience",
+        "0",
+        "--accelerator",
+        "cpu",
+        "--no-augment",
+    ]
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     t0 = time.time()
     try:
-        while not ((run / "fold_0" / "done.json").exists() and (run / "fold_1" / "last.ckpt").exists()):
-            assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        while not (
+            (run / "fold_0" / "done.json").exists() and (run / "fold_1" / "last.ckpt").exists()
+        ):
+            assert proc.poll() is None, (
+                f"training ended before it could be killed: {proc.stderr.read()[-2000:]}"
+            )
             assert time.time() - t0 < 300
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
@@ -229,7 +287,9 @@ def test_resume_after_kill_9(tmp_path) -> None:
     versions = sorted((run / "logs" / "csv" / "fold_1").glob("version_*"))
     assert len(versions) == 2 and not (run / "logs" / "csv" / "fold_0" / "version_1").exists()
     resumed = _last_epoch(versions[-1])
-    assert min(resumed) == saved_epoch + 1 and max(resumed) == 5  # lost nothing saved, ran to the end
+    assert (
+        min(resumed) == saved_epoch + 1 and max(resumed) == 5
+    )  # lost nothing saved, ran to the end
     assert json.loads((run / "fold_1" / "done.json").read_text())["epochs_run"] == 6
 
 
@@ -240,11 +300,43 @@ def test_ddp_on_two_cpu_processes(tmp_path) -> None:
     src = make_csv_source(tmp_path / "data", n_patients=10)
     run = tmp_path / "run"
     r = subprocess.run(
-        [SVDH, "train", src, "--out", str(run), "--folds", "2", "--epochs", "2", "--batch-size", "4",
-         "--image-size", "32", "--backbone", "mobilenet_v2_050", "--num-workers", "0", "--patience", "0",
-         "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--scheme", "gradual",
-         "--unfreeze-every", "1", "--test-fraction", "0.2"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            SVDH,
+            "train",
+            src,
+            "--out",
+            str(run),
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--backbone",
+            "mobilenet_v2_050",
+            "--num-workers",
+            "0",
+            "--patience",
+            "0",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--scheme",
+            "gradual",
+            "--unfreeze-every",
+            "1",
+            "--test-fraction",
+            "0.2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     check_layout(run, [0, 1], test=True)
@@ -257,13 +349,35 @@ def test_ddp_on_two_cpu_processes(tmp_path) -> None:
 @pytest.mark.real_data
 def test_pretrain_on_the_rsna_sample_then_transfer(tmp_path, rsna_sample_dir, monkeypatch) -> None:
     monkeypatch.setenv("SVDH_CACHE_DIR", str(tmp_path / "cache"))
-    from svdh.cli import main
+    from svdh.cli.main import main
 
-    monkeypatch.setattr(sys, "argv", [
-        "svdh", "pretrain", f"rsna-boneage:{rsna_sample_dir}", "--out", str(tmp_path / "ba"),
-        "--backbone", "mobilenet_v2_050", "--epochs", "1", "--batch-size", "4", "--image-size", "32",
-        "--num-workers", "0", "--accelerator", "cpu", "--test-fraction", "0.2", "--val-fraction", "0.25",
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "svdh",
+            "pretrain",
+            f"rsna-boneage:{rsna_sample_dir}",
+            "--out",
+            str(tmp_path / "ba"),
+            "--backbone",
+            "mobilenet_v2_050",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--image-size",
+            "32",
+            "--num-workers",
+            "0",
+            "--accelerator",
+            "cpu",
+            "--test-fraction",
+            "0.2",
+            "--val-fraction",
+            "0.25",
+        ],
+    )
     main()
     run = tmp_path / "ba"
     oof = pd.read_csv(run / "oof.csv")
@@ -276,5 +390,7 @@ def test_pretrain_on_the_rsna_sample_then_transfer(tmp_path, rsna_sample_dir, mo
 
     seeded = build_model("mobilenet_v2_050", "regression", init=f"checkpoint:{run}")
     pre = load_run(run).models[0]
-    assert torch.equal(seeded.backbone.features[1].conv[0][0].weight, pre.backbone.features[1].conv[0][0].weight)
+    assert torch.equal(
+        seeded.backbone.features[1].conv[0][0].weight, pre.backbone.features[1].conv[0][0].weight
+    )
     assert not seeded.init_report["head_transferred"]

@@ -24,11 +24,27 @@ def test_regression_learns_on_unseen_phantom_hands(tmp_path, monkeypatch) -> Non
 
     torch.set_num_threads(1)
     monkeypatch.setenv("SVDH_CACHE_DIR", str(tmp_path / "cache"))
-    generate_cohort(tmp_path / "ra", n=200, mode="ra", size=128, seed=7, severity="uniform", workers=2)
+    generate_cohort(
+        tmp_path / "ra", n=200, mode="ra", size=128, seed=7, severity="uniform", workers=2
+    )
     cfg = TrainConfig(
-        source=f"ra2-dream:{tmp_path / 'ra'}", task="regression", backbone="resnet18", init="scratch",
-        folds=1, val_fraction=0.15, test_fraction=0.2, image_size=96, epochs=10, batch_size=32,
-        lr=1e-3, augment=False, patience=0, max_cpu_minutes=2.0, num_workers=0, accelerator="cpu", seed=0,
+        source=f"ra2-dream:{tmp_path / 'ra'}",
+        task="regression",
+        backbone="resnet18",
+        init="scratch",
+        folds=1,
+        val_fraction=0.15,
+        test_fraction=0.2,
+        image_size=96,
+        epochs=10,
+        batch_size=32,
+        lr=1e-3,
+        augment=False,
+        patience=0,
+        max_cpu_minutes=2.0,
+        num_workers=0,
+        accelerator="cpu",
+        seed=0,
     )
     cpu0 = time.process_time()
     metrics = train_run(cfg, tmp_path / "run", quiet=True)
@@ -39,7 +55,9 @@ def test_regression_learns_on_unseen_phantom_hands(tmp_path, monkeypatch) -> Non
     trained_on = set(folds.loc[folds["fold"] >= 0, "patient_id"])
     assert len(test) == 80 and trained_on.isdisjoint(test["patient_id"])  # 40 unseen patients
     pcc = float(np.corrcoef(test["y_true"], test["y_pred"])[0, 1])
-    print(f"phantom learning test: PCC {pcc:.3f}, RMSE {metrics['test']['rmse']:.1f} on unseen hands; "
-          f"{cpu:.0f} s CPU for training and prediction")
+    print(
+        f"phantom learning test: PCC {pcc:.3f}, RMSE {metrics['test']['rmse']:.1f} on unseen hands; "
+        f"{cpu:.0f} s CPU for training and prediction"
+    )
     assert np.isclose(pcc, metrics["test"]["pcc"])
     assert pcc >= 0.6

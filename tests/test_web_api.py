@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from svdh.scoring import SeverityBins
+from svdh.core.scoring import SeverityBins
 from svdh.web.uploads import UploadError, parse_multipart, sniff_format
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.te
 
 @pytest.fixture(scope="module")
 def predictor(world):
-    from svdh.predict import Predictor
+    from svdh.inference.predictor import Predictor
 
     return Predictor(world.ens_bundle)
 
@@ -67,7 +67,9 @@ def _files(*items: tuple[str, bytes]) -> list:
     return [("files", (n, b, "application/octet-stream")) for n, b in items]
 
 
-def _dicom_bytes(pixels: np.ndarray, patient_id: str, laterality: str, preamble: bool = True) -> bytes:
+def _dicom_bytes(
+    pixels: np.ndarray, patient_id: str, laterality: str, preamble: bool = True
+) -> bytes:
     """A 16-bit MONOCHROME2 CR image with the usual tags, written by pydicom."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -108,7 +110,9 @@ def _check_result(r: dict, bins: SeverityBins) -> None:
 
 
 def test_score_one_radiograph(client, predictor, world):
-    r = client.post("/api/v1/score", files=_files(("SYN00003-LH.png", hand_png(world, "SYN00003-LH.png"))))
+    r = client.post(
+        "/api/v1/score", files=_files(("SYN00003-LH.png", hand_png(world, "SYN00003-LH.png")))
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["n_images"] == 1 and body["errors"] == []
@@ -120,31 +124,48 @@ def test_score_one_radiograph(client, predictor, world):
     assert "views" not in res  # images only when asked for
     assert "not a medical device" in body["notice"]
     # the same numbers as the predict stage gives for the same image
-    from svdh.io import read_radiograph
+    from svdh.core.io import read_radiograph
 
     (row,) = predictor.predict_images([("x", read_radiograph(world.cohort / "SYN00003-LH.png"))])
     assert res["score"] == pytest.approx(row["score"], abs=1e-4)
 
 
 def test_two_hands_of_one_patient_give_the_total(client, predictor, world):
-    files = _files(*((n, hand_png(world, n)) for n in ("SYN00005-LH.png", "SYN00005-RH.png", "SYN00007-LH.png")))
+    files = _files(
+        *(
+            (n, hand_png(world, n))
+            for n in ("SYN00005-LH.png", "SYN00005-RH.png", "SYN00007-LH.png")
+        )
+    )
     r = client.post("/api/v1/score", files=files)
     assert r.status_code == 200, r.text
     body = r.json()
     by = {x["image"]: x for x in body["results"]}
     pats = {p["patient_id"]: p for p in body["patients"]}
     p5 = pats["SYN00005"]
-    assert p5["total"] == pytest.approx(by["SYN00005-LH.png"]["score"] + by["SYN00005-RH.png"]["score"])
-    assert p5["interval"][0] == pytest.approx(by["SYN00005-LH.png"]["interval"][0] + by["SYN00005-RH.png"]["interval"][0])
-    assert p5["erosion"] == pytest.approx(by["SYN00005-LH.png"]["erosion"] + by["SYN00005-RH.png"]["erosion"])
+    assert p5["total"] == pytest.approx(
+        by["SYN00005-LH.png"]["score"] + by["SYN00005-RH.png"]["score"]
+    )
+    assert p5["interval"][0] == pytest.approx(
+        by["SYN00005-LH.png"]["interval"][0] + by["SYN00005-RH.png"]["interval"][0]
+    )
+    assert p5["erosion"] == pytest.approx(
+        by["SYN00005-LH.png"]["erosion"] + by["SYN00005-RH.png"]["erosion"]
+    )
     patient_bins = SeverityBins.patient([2 * e for e in predictor.bins.edges])
     assert p5["severity_class"] == patient_bins.to_class(p5["total"])
-    assert pats["SYN00007"]["total"] is None and "one left and one right" in pats["SYN00007"]["note"]
+    assert (
+        pats["SYN00007"]["total"] is None and "one left and one right" in pats["SYN00007"]["note"]
+    )
 
 
 def test_patient_and_side_from_form_fields(client, world):
-    files = _files(("a.png", hand_png(world, "SYN00009-LH.png")), ("b.png", hand_png(world, "SYN00009-RH.png")))
-    r = client.post("/api/v1/score", files=files, data={"patient_id": "trial-17", "side": ["L", "R"]})
+    files = _files(
+        ("a.png", hand_png(world, "SYN00009-LH.png")), ("b.png", hand_png(world, "SYN00009-RH.png"))
+    )
+    r = client.post(
+        "/api/v1/score", files=files, data={"patient_id": "trial-17", "side": ["L", "R"]}
+    )
     assert r.status_code == 200, r.text
     (p,) = r.json()["patients"]
     assert p["patient_id"] == "trial-17" and p["total"] is not None
@@ -170,26 +191,36 @@ def test_dicom_with_and_without_preamble_and_patient_id(client, world):
 
 
 def test_images_as_png_data_urls(client, world):
-    r = client.post("/api/v1/score?images=true", files=_files(("SYN00003-RH.png", hand_png(world, "SYN00003-RH.png"))))
+    r = client.post(
+        "/api/v1/score?images=true",
+        files=_files(("SYN00003-RH.png", hand_png(world, "SYN00003-RH.png"))),
+    )
     assert r.status_code == 200, r.text
     views = r.json()["results"][0]["views"]
     decoded = {}
     for key in ("image", "overlay"):
         assert views[key].startswith("data:image/png;base64,")
-        decoded[key] = np.asarray(Image.open(io.BytesIO(base64.b64decode(views[key].split(",", 1)[1]))))
-    assert decoded["image"].shape[:2] == decoded["overlay"].shape[:2] and decoded["image"].shape[0] >= 256
+        decoded[key] = np.asarray(
+            Image.open(io.BytesIO(base64.b64decode(views[key].split(",", 1)[1])))
+        )
+    assert (
+        decoded["image"].shape[:2] == decoded["overlay"].shape[:2]
+        and decoded["image"].shape[0] >= 256
+    )
     assert decoded["overlay"].ndim == 3 and not np.array_equal(decoded["image"], decoded["overlay"])
 
 
 def test_class_model_gives_probabilities(world, tmp_path):
     """A bundle with a class head (ordinal): probabilities per class, in JSON and on the page."""
-    from svdh.bundle import export_bundle
+    from svdh.inference.bundle import export_bundle
 
     with make_client(export_bundle(world.ord_run, tmp_path / "ord.svdh")) as c:
         files = _files(("SYN00003-LH.png", hand_png(world, "SYN00003-LH.png")))
         res = c.post("/api/v1/score", files=files).json()["results"][0]
         probs = np.asarray(res["probabilities"])
-        assert probs.shape == (7,) and probs.sum() == pytest.approx(1, abs=1e-4) and (probs >= 0).all()
+        assert (
+            probs.shape == (7,) and probs.sum() == pytest.approx(1, abs=1e-4) and (probs >= 0).all()
+        )
         page = c.post("/score", files=files)
         assert page.status_code == 200
         assert page.text.count('<td class="pct">') == 7 and 'class="pred"' in page.text
@@ -252,7 +283,9 @@ def test_422_corrupt_image_with_a_clear_message(client, world):
 
 def test_400_and_422_for_malformed_requests(client):
     assert client.post("/api/v1/score", json={"files": []}).status_code == 400
-    r = client.post("/api/v1/score", data={"patient_id": "x"}, files=[("other", ("a.txt", b"", "text/plain"))])
+    r = client.post(
+        "/api/v1/score", data={"patient_id": "x"}, files=[("other", ("a.txt", b"", "text/plain"))]
+    )
     assert r.status_code == 400 and "'files'" in r.json()["detail"]
     r = client.post("/api/v1/score", data={"patient_id": "x"})
     assert r.status_code in (400, 422)
@@ -267,10 +300,16 @@ def test_healthz_and_model_card(client):
     hj = h.json()
     assert hj["status"] == "ok" and hj["max_concurrency"] >= 1 and "images_scored" in hj
     m = client.get("/api/v1/model").json()
-    assert m["task"] == "regression" and m["score_scope"] == "hand" and m["score_range"] == [0, 140.0]
+    assert (
+        m["task"] == "regression" and m["score_scope"] == "hand" and m["score_range"] == [0, 140.0]
+    )
     assert len(m["severity_classes"]) == 7 and m["interval_level"] == pytest.approx(0.9)
     card = m["card"]
-    assert card["training_data"]["n_images"] > 0 and "pcc" in card["metrics"] and "torch" in card["versions"]
+    assert (
+        card["training_data"]["n_images"] > 0
+        and "pcc" in card["metrics"]
+        and "torch" in card["versions"]
+    )
     page = client.get("/model")
     assert page.status_code == 200 and "Training data" in page.text and "Metrics" in page.text
 
@@ -294,8 +333,11 @@ def test_docs_and_pages_work_offline(client):
 
 
 def test_page_form_renders_results_and_errors(client, world):
-    files = _files(("SYN00003-LH.png", hand_png(world, "SYN00003-LH.png")), ("SYN00003-RH.png", hand_png(world, "SYN00003-RH.png")),
-                   ("notes.png", b"not an image at all, just text"))
+    files = _files(
+        ("SYN00003-LH.png", hand_png(world, "SYN00003-LH.png")),
+        ("SYN00003-RH.png", hand_png(world, "SYN00003-RH.png")),
+        ("notes.png", b"not an image at all, just text"),
+    )
     r = client.post("/score", files=files)
     assert r.status_code == 200
     html = r.text
@@ -308,9 +350,12 @@ def test_page_form_renders_results_and_errors(client, world):
 # --------------------------------------------------------------------------- privacy
 
 
-def test_nothing_written_to_disk_and_no_names_in_logs(predictor, world, tmp_path, monkeypatch, caplog):
+def test_nothing_written_to_disk_and_no_names_in_logs(
+    predictor, world, tmp_path, monkeypatch, caplog
+):
     """A 3 MB upload (over Starlette's 1 MB spooling threshold) leaves no file anywhere, and
     logs carry neither the file name nor the patient id."""
+
     def refuse(*a, **k):
         raise AssertionError("a temporary file was created for an upload")
 
@@ -321,12 +366,18 @@ def test_nothing_written_to_disk_and_no_names_in_logs(predictor, world, tmp_path
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
     big = np.asarray(Image.open(world.cohort / "SYN00003-LH.png").resize((1600, 2000)))
-    big = (big.astype(np.int16) + np.random.default_rng(1).integers(-4, 5, big.shape)).clip(0, 255).astype(np.uint8)
+    big = (
+        (big.astype(np.int16) + np.random.default_rng(1).integers(-4, 5, big.shape))
+        .clip(0, 255)
+        .astype(np.uint8)
+    )
     data = _png_bytes(big)
     assert len(data) > 1_500_000
     caplog.set_level(logging.DEBUG)
     with make_client(predictor, max_upload_mb=8) as c:
-        r = c.post("/score", files=_files(("Jane-Doe-1970.png", data)), data={"patient_id": "NHS-943-476"})
+        r = c.post(
+            "/score", files=_files(("Jane-Doe-1970.png", data)), data={"patient_id": "NHS-943-476"}
+        )
         assert r.status_code == 200 and "Jane-Doe-1970.png" in r.text
     logs = caplog.text
     assert "POST /score -> 200" in logs
@@ -367,7 +418,12 @@ def test_healthz_is_answered_while_inference_is_busy(predictor, world):
     with make_client(gated) as c:
         out = {}
         t = threading.Thread(
-            target=lambda: out.setdefault("r", c.post("/api/v1/score", files=_files(("a.png", hand_png(world, "SYN00003-LH.png")))))
+            target=lambda: out.setdefault(
+                "r",
+                c.post(
+                    "/api/v1/score", files=_files(("a.png", hand_png(world, "SYN00003-LH.png")))
+                ),
+            )
         )
         t.start()
         try:
@@ -396,12 +452,16 @@ def test_busy_server_answers_503():
 # --------------------------------------------------------------------------- uploads, no model needed
 
 
-def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "svdhTESTboundary") -> tuple[str, bytes]:
+def _multipart(
+    parts: list[tuple[str, str | None, bytes]], boundary: str = "svdhTESTboundary"
+) -> tuple[str, bytes]:
     """Encode (field, filename or None, bytes) parts as multipart/form-data."""
     out = bytearray()
     for name, filename, data in parts:
         out += f"--{boundary}\r\n".encode()
-        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        disp = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
         out += f"Content-Disposition: {disp}\r\n".encode()
         if filename is not None:
             out += b"Content-Type: application/octet-stream\r\n"
@@ -417,10 +477,17 @@ async def _chunks(body: bytes, size: int = 64 * 1024):
 
 def test_oversize_file_is_dropped_while_streaming_not_after():
     """A 12 MB part against a 1 MB limit: parsing never holds much more than the limit."""
-    ctype, body = _multipart([("patient_id", None, b"P1"), ("files", "big.png", b"\x89PNG\r\n\x1a\n" + bytes(12_000_000))])
+    ctype, body = _multipart(
+        [
+            ("patient_id", None, b"P1"),
+            ("files", "big.png", b"\x89PNG\r\n\x1a\n" + bytes(12_000_000)),
+        ]
+    )
     tracemalloc.start()
     try:
-        form = asyncio.run(parse_multipart(ctype, _chunks(body), max_file_bytes=1_000_000, max_files=5))
+        form = asyncio.run(
+            parse_multipart(ctype, _chunks(body), max_file_bytes=1_000_000, max_files=5)
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -434,12 +501,17 @@ def test_oversize_file_is_dropped_while_streaming_not_after():
 def test_multipart_keeps_files_in_order_and_refuses_too_many():
     ctype, body = _multipart([("files", "a.png", b"A" * 10), ("files", "dir/b.png", b"B" * 20)])
     form = asyncio.run(parse_multipart(ctype, _chunks(body, 7), max_file_bytes=100, max_files=2))
-    assert [(f.filename, bytes(f.data)) for f in form.files] == [("a.png", b"A" * 10), ("b.png", b"B" * 20)]
+    assert [(f.filename, bytes(f.data)) for f in form.files] == [
+        ("a.png", b"A" * 10),
+        ("b.png", b"B" * 20),
+    ]
     with pytest.raises(UploadError) as exc:
         asyncio.run(parse_multipart(ctype, _chunks(body), max_file_bytes=100, max_files=1))
     assert exc.value.status == 413 and "at most 1" in exc.value.message
     with pytest.raises(UploadError) as exc:
-        asyncio.run(parse_multipart("application/json", _chunks(b"{}"), max_file_bytes=100, max_files=1))
+        asyncio.run(
+            parse_multipart("application/json", _chunks(b"{}"), max_file_bytes=100, max_files=1)
+        )
     assert exc.value.status == 400
 
 
@@ -461,7 +533,7 @@ def test_sniffing_goes_by_content_not_name():
 
 
 def test_serve_command_refuses_bad_options_in_one_line(tmp_path):
-    svdh = [sys.executable, "-c", "from svdh.cli import main; main()"]
+    svdh = [sys.executable, "-c", "from svdh.cli.main import main; main()"]
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
@@ -469,8 +541,14 @@ def test_serve_command_refuses_bad_options_in_one_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         free = str(s.getsockname()[1])
     for args, needle in (
-        (["serve", "--model", str(tmp_path / "missing.svdh"), "--port", free], "no such model bundle"),
-        (["serve", "--model", str(tmp_path / "m.svdh"), "--port", str(busy.getsockname()[1])], "cannot listen"),
+        (
+            ["serve", "--model", str(tmp_path / "missing.svdh"), "--port", free],
+            "no such model bundle",
+        ),
+        (
+            ["serve", "--model", str(tmp_path / "m.svdh"), "--port", str(busy.getsockname()[1])],
+            "cannot listen",
+        ),
         (["serve", "--model", str(tmp_path / "m.svdh"), "--max-upload-mb", "0"], "--max-upload-mb"),
     ):
         p = subprocess.run(svdh + args, capture_output=True, text=True, timeout=120)
@@ -481,10 +559,13 @@ def test_serve_command_refuses_bad_options_in_one_line(tmp_path):
 
 
 def test_serve_help_documents_the_options():
-    p = subprocess.run([sys.executable, "-c", "from svdh.cli import main; main()", "serve", "--help"],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", "from svdh.cli.main import main; main()", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0
     for opt in ("--model", "--host", "--port", "--keep", "--max-upload-mb", "--workers"):
         assert opt in p.stdout
     assert "127.0.0.1" in p.stdout
-

@@ -20,8 +20,12 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--no-first-run", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
 ]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -51,7 +55,9 @@ def server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    srv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 60
@@ -103,7 +109,10 @@ def test_upload_phantoms_see_scores_overlay_and_total(browser, server, phantoms,
             card = cards.nth(i)
             score = card.locator('[data-field="score"]').inner_text()
             assert re.fullmatch(r"\d+\.\d", score), score
-            assert re.search(r"90% interval \d+\.\d – \d+\.\d", card.locator('[data-field="interval"]').inner_text())
+            assert re.search(
+                r"90% interval \d+\.\d – \d+\.\d",
+                card.locator('[data-field="interval"]').inner_text(),
+            )
             assert card.locator('[data-field="erosion"]').is_visible()
             assert card.locator('[data-field="severity"]').is_visible()
             cam, plain = card.locator("img.cam"), card.locator("img.img")

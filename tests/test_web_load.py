@@ -55,7 +55,9 @@ def _radiograph_png(src: Path) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read memory")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="needs Linux /proc to read memory"
+)
 def test_twenty_concurrent_uploads_are_all_answered_with_bounded_memory(tmp_path_factory):
     import httpx
 
@@ -65,8 +67,16 @@ def test_twenty_concurrent_uploads_are_all_answered_with_bounded_memory(tmp_path
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    cmd = [sys.executable, "-c", "from svdh.cli import main; main()", "serve",
-           "--model", str(world.ens_bundle), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from svdh.cli.main import main; main()",
+        "serve",
+        "--model",
+        str(world.ens_bundle),
+        "--port",
+        str(port),
+    ]
     data = _radiograph_png(world.cohort / "SYN00003-LH.png")
     secret_name = "LOADTEST-Doe-Jane.png"
     with open(log_path, "wb") as log:
@@ -86,8 +96,11 @@ def test_twenty_concurrent_uploads_are_all_answered_with_bounded_memory(tmp_path
             h0 = c.get(base + "/healthz").json()
             # warm up: the first requests load lazily imported code and allocate torch buffers
             for _ in range(2):
-                r = c.post(base + "/api/v1/score", params={"images": "true"},
-                           files={"files": (secret_name, data, "image/png")})
+                r = c.post(
+                    base + "/api/v1/score",
+                    params={"images": "true"},
+                    files={"files": (secret_name, data, "image/png")},
+                )
                 assert r.status_code == 200, r.text
             warm = _proc_mem_mb(proc.pid)["VmRSS"]
 
@@ -96,8 +109,11 @@ def test_twenty_concurrent_uploads_are_all_answered_with_bounded_memory(tmp_path
         def upload(i: int) -> None:
             try:
                 with httpx.Client(timeout=600) as cl:
-                    results[i] = cl.post(base + "/api/v1/score", params={"images": "true"},
-                                         files={"files": (secret_name, data, "image/png")})
+                    results[i] = cl.post(
+                        base + "/api/v1/score",
+                        params={"images": "true"},
+                        files={"files": (secret_name, data, "image/png")},
+                    )
             except BaseException as exc:  # reported by the assertions below
                 results[i] = exc
 
@@ -138,9 +154,11 @@ def test_twenty_concurrent_uploads_are_all_answered_with_bounded_memory(tmp_path
         assert final["peak_inflight"] <= final["max_concurrency"]
         assert final["peak_admitted"] <= final["max_admitted"] < N_UPLOADS
         growth = max(peak_rss, mem["VmHWM"]) - warm
-        print(f"server RSS: warm {warm:.0f} MB, peak {mem['VmHWM']:.0f} MB (growth {growth:.0f} MB), "
-              f"after {mem['VmRSS']:.0f} MB; {len(health)} /healthz answers during load, "
-              f"{len(busy)} while busy; peak admitted {final['peak_admitted']}, inflight {final['peak_inflight']}")
+        print(
+            f"server RSS: warm {warm:.0f} MB, peak {mem['VmHWM']:.0f} MB (growth {growth:.0f} MB), "
+            f"after {mem['VmRSS']:.0f} MB; {len(health)} /healthz answers during load, "
+            f"{len(busy)} while busy; peak admitted {final['peak_admitted']}, inflight {final['peak_inflight']}"
+        )
         assert growth < RSS_GROWTH_LIMIT_MB
     finally:
         proc.terminate()

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 
 #: The experiments shipped with the package (``configs/`` at the repository root links here).
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -92,7 +92,9 @@ class MemberSpec(_Strict):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         if not v or any(c in v for c in "/\\ ") or v.startswith("."):
-            raise ValueError(f"member name {v!r} must be a plain folder name (no slashes or spaces)")
+            raise ValueError(
+                f"member name {v!r} must be a plain folder name (no slashes or spaces)"
+            )
         return v
 
 
@@ -131,8 +133,10 @@ class Experiment(_Strict):
         if any(m.init == PRETRAIN_INIT for m in self.members) and (
             self.pretrain is None or self.data.pretrain is None
         ):
-            raise ValueError("a member has 'init: pretrain' but the file has no 'pretrain' section "
-                             "and 'data.pretrain' source")
+            raise ValueError(
+                "a member has 'init: pretrain' but the file has no 'pretrain' section "
+                "and 'data.pretrain' source"
+            )
         if self.ensemble is not None and len(self.members) < 2:
             raise ValueError("an ensemble needs at least 2 members (or set 'ensemble: null')")
         if self.explain is not None and self.data.explain is None:
@@ -161,8 +165,9 @@ def _format_validation(path: Path, err: ValidationError) -> str:
     return f"{path}: " + "; ".join(parts)
 
 
-def load_experiment(path: str | Path, profile: str | None = None,
-                    out: str | Path | None = None) -> Experiment:
+def load_experiment(
+    path: str | Path, profile: str | None = None, out: str | Path | None = None
+) -> Experiment:
     """Read, apply ``profile`` and ``out``, and validate an experiment file, including every
     member's training settings, before anything runs."""
     path = Path(path)
@@ -173,11 +178,15 @@ def load_experiment(path: str | Path, profile: str | None = None,
     except yaml.YAMLError as exc:
         raise BadConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise BadConfigError(f"{path}: expected a mapping of sections (data, members, ...) at the top")
+        raise BadConfigError(
+            f"{path}: expected a mapping of sections (data, members, ...) at the top"
+        )
     if profile:
         profiles = raw.get("profiles") or {}
         if profile not in profiles:
-            raise BadConfigError(f"{path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}")
+            raise BadConfigError(
+                f"{path}: no profile {profile!r}; it has: {', '.join(profiles) or 'none'}"
+            )
         raw = _merge(raw, profiles[profile])
     if out is not None:
         raw["out"] = str(out)
@@ -219,8 +228,16 @@ def _pretrain_config(exp: Experiment, backbone: str, source: str):
 
 def _member_config(exp: Experiment, m: MemberSpec, source: str, pretrain_init: str):
     init = pretrain_init if m.init == PRETRAIN_INIT else m.init
-    over = _merge(m.train, {"task": m.task, "backbone": m.backbone, "init": init,
-                            "scheme": m.scheme, "source": source})
+    over = _merge(
+        m.train,
+        {
+            "task": m.task,
+            "backbone": m.backbone,
+            "init": init,
+            "scheme": m.scheme,
+            "source": source,
+        },
+    )
     return _train_config(exp, over, f"members.{m.name}")
 
 
@@ -230,8 +247,12 @@ def _member_config(exp: Experiment, m: MemberSpec, source: str, pretrain_init: s
 class Runner:
     """Carries out an :class:`Experiment` step by step, skipping finished steps."""
 
-    def __init__(self, exp: Experiment, log: Callable[[str], None] = print,
-                 runtime: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        exp: Experiment,
+        log: Callable[[str], None] = print,
+        runtime: dict[str, Any] | None = None,
+    ) -> None:
         self.exp = exp
         self.out = Path(exp.out)
         self.log = log
@@ -263,12 +284,22 @@ class Runner:
         def make() -> None:
             from svdh.synth import generate_cohort
 
-            generate_cohort(folder, n=s.n, mode=s.mode, size=s.size, seed=s.seed,
-                            severity=s.severity, workers=s.workers)
+            generate_cohort(
+                folder,
+                n=s.n,
+                mode=s.mode,
+                size=s.size,
+                seed=s.seed,
+                severity=s.severity,
+                workers=s.workers,
+            )
             marker.write_text("ok\n")
 
-        self._step(f"phantom cohort '{key}' ({s.n} {'patients' if s.mode == 'ra' else 'children'})",
-                   marker.exists(), make)
+        self._step(
+            f"phantom cohort '{key}' ({s.n} {'patients' if s.mode == 'ra' else 'children'})",
+            marker.exists(),
+            make,
+        )
         return f"{'ra2-dream' if s.mode == 'ra' else 'rsna-boneage'}:{folder}"
 
     def _train(self, cfg, run_dir: Path, title: str) -> Path:
@@ -285,7 +316,8 @@ class Runner:
         exp = self.exp
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "experiment.yaml").write_text(
-            yaml.safe_dump(exp.model_dump(exclude={"profiles"}), sort_keys=False))
+            yaml.safe_dump(exp.model_dump(exclude={"profiles"}), sort_keys=False)
+        )
 
         train_src = self.data_source("train")
         pre_src = self.data_source("pretrain")
@@ -293,17 +325,25 @@ class Runner:
 
         pretrained: dict[str, Path] = {}
         if exp.pretrain is not None and pre_src is not None:
-            for backbone in dict.fromkeys(m.backbone for m in exp.members if m.init == PRETRAIN_INIT):
+            for backbone in dict.fromkeys(
+                m.backbone for m in exp.members if m.init == PRETRAIN_INIT
+            ):
                 cfg = _pretrain_config(exp, backbone, pre_src)
                 pretrained[backbone] = self._train(
-                    cfg, self.out / "pretrain" / backbone, f"bone-age pretraining of {backbone}")
+                    cfg, self.out / "pretrain" / backbone, f"bone-age pretraining of {backbone}"
+                )
 
         members = []
         for m in exp.members:
             init = f"checkpoint:{pretrained[m.backbone]}" if m.init == PRETRAIN_INIT else m.init
             cfg = _member_config(exp, m, train_src, init)
-            members.append(self._train(cfg, self.out / "members" / m.name,
-                                       f"member {m.name} ({m.backbone}, {m.task}, {m.init}, {m.scheme})"))
+            members.append(
+                self._train(
+                    cfg,
+                    self.out / "members" / m.name,
+                    f"member {m.name} ({m.backbone}, {m.task}, {m.init}, {m.scheme})",
+                )
+            )
         self.made["members"] = self.out / "members"
 
         final = members[0]
@@ -311,20 +351,25 @@ class Runner:
             ens = self.out / "ensemble"
 
             def make_ensemble() -> None:
-                from svdh.ensemble import build_ensemble
+                from svdh.evaluate.ensemble import build_ensemble
 
-                build_ensemble(members, ens, method=exp.ensemble.method, alpha=1 - exp.ensemble.level)
+                build_ensemble(
+                    members, ens, method=exp.ensemble.method, alpha=1 - exp.ensemble.level
+                )
 
-            self._step(f"{exp.ensemble.method} ensemble of {len(members)} members",
-                       (ens / "meta_learner.json").exists() and (ens / "metrics.json").exists(),
-                       make_ensemble)
+            self._step(
+                f"{exp.ensemble.method} ensemble of {len(members)} members",
+                (ens / "meta_learner.json").exists() and (ens / "metrics.json").exists(),
+                make_ensemble,
+            )
             final = ens
         self.made["final"] = final
 
         bundle = self.out / "model.svdh"
         if exp.export:
+
             def make_bundle() -> None:
-                from svdh.bundle import export_bundle
+                from svdh.inference.bundle import export_bundle
 
                 export_bundle(final, bundle)
 
@@ -335,21 +380,29 @@ class Runner:
             folder = Path(explain_src.split(":", 1)[1])
 
             def make_explain() -> None:
-                from svdh.bundle import load_bundle
-                from svdh.explain import explain_cohort
-                from svdh.predict import Predictor
+                from svdh.inference.bundle import load_bundle
+                from svdh.inference.gradcam import explain_cohort
+                from svdh.inference.predictor import Predictor
 
-                explain_cohort(Predictor(load_bundle(bundle)), folder, final,
-                               gallery=exp.explain.gallery, max_images=exp.explain.max_images)
+                explain_cohort(
+                    Predictor(load_bundle(bundle)),
+                    folder,
+                    final,
+                    gallery=exp.explain.gallery,
+                    max_images=exp.explain.max_images,
+                )
 
-            self._step("Grad-CAM and its measured localisation", (final / "localisation.json").exists(),
-                       make_explain)
+            self._step(
+                "Grad-CAM and its measured localisation",
+                (final / "localisation.json").exists(),
+                make_explain,
+            )
 
         if exp.report:
             report = self.out / "report.html"
 
             def make_report() -> None:
-                from svdh.report.html import build_report
+                from svdh.evaluate.report.html import build_report
 
                 runs = [final, *members] if final not in members else members
                 build_report(runs, report, title=f"svdh: {exp.name}")
@@ -359,9 +412,13 @@ class Runner:
         return self.made
 
 
-def run_experiment(path: str | Path, profile: str | None = None, out: str | Path | None = None,
-                   log: Callable[[str], None] = print, runtime: dict[str, Any] | None = None
-                   ) -> dict[str, Path]:
+def run_experiment(
+    path: str | Path,
+    profile: str | None = None,
+    out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    runtime: dict[str, Any] | None = None,
+) -> dict[str, Path]:
     """Validate then run an experiment file; returns the paths of what it made."""
     exp = load_experiment(path, profile=profile, out=out)
     return Runner(exp, log=log, runtime=runtime).run()

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from svdh.core.errors import BadConfigError, BadDatasetError, SvdhError
+from svdh.core.preprocess import PreprocessConfig, Transform
 from svdh.data.manifest import COLUMNS, Problem, describe, read_manifest_csv
-from svdh.errors import BadConfigError, BadDatasetError, SvdhError
-from svdh.preprocess import PreprocessConfig, Transform
 
 CACHE_FORMAT = 1
 _GEOMETRY_FIELDS = ("x0", "y0", "side", "width", "height", "bx0", "by0", "bx1", "by1")
@@ -61,7 +61,10 @@ class Cache:
 
         Reads in ascending order (sequential access on disk), then restores the order asked.
         """
-        idx = np.asarray(list(cache_indices) if not isinstance(cache_indices, np.ndarray) else cache_indices, dtype=np.int64)
+        idx = np.asarray(
+            list(cache_indices) if not isinstance(cache_indices, np.ndarray) else cache_indices,
+            dtype=np.int64,
+        )
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), *self.images.shape[1:]), dtype=np.uint8)
         out[order] = self.images[idx[order]]
@@ -116,7 +119,9 @@ def prepare(
                 f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
             )
         out.mkdir(parents=True, exist_ok=True)
-    fingerprint = hashlib.sha256(expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()
+    ).hexdigest()
     compatible = (
         old is not None
         and old.get("format") == CACHE_FORMAT
@@ -128,13 +133,19 @@ def prepare(
         images = np.load(out / "images.npy", mmap_mode="r+")
         keys = np.load(out / "keys.npy", mmap_mode="r+")
         geometry = np.load(out / "geometry.npy", mmap_mode="r+")
-        if images.shape != (n, size, size) or keys.shape != (n,) or geometry.shape != (n, len(_GEOMETRY_FIELDS)):
+        if (
+            images.shape != (n, size, size)
+            or keys.shape != (n,)
+            or geometry.shape != (n, len(_GEOMETRY_FIELDS))
+        ):
             compatible = False
             del images, keys, geometry
     if not compatible:
         for f in ("images.npy", "keys.npy", "geometry.npy", "manifest.csv", "meta.json"):
             (out / f).unlink(missing_ok=True)
-        images = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+        images = np.lib.format.open_memmap(
+            out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size)
+        )
         keys = np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.uint64, shape=(n,))
         geometry = np.lib.format.open_memmap(
             out / "geometry.npy", mode="w+", dtype=np.int32, shape=(n, len(_GEOMETRY_FIELDS))
@@ -143,7 +154,11 @@ def prepare(
     failed: dict[str, dict[str, Any]] = dict((old or {}).get("failed", {}))
     # Failures are remembered with the key of the input that failed: the same unchanged file
     # is not retried, a replaced one is.
-    failed = {k: v for k, v in failed.items() if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])}
+    failed = {
+        k: v
+        for k, v in failed.items()
+        if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])
+    }
     for i, msg in stat_problems.items():
         failed[str(i)] = {"key": int(expected[i]), "error": msg}
     todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
@@ -167,8 +182,18 @@ def prepare(
         images.flush()
         del images  # workers open their own mapping
         try:
-            new_failed = _run(out / "images.npy", todo, df["image"].tolist(), cfg, max_pixels,
-                              expected, keys, geometry, workers, progress)
+            new_failed = _run(
+                out / "images.npy",
+                todo,
+                df["image"].tolist(),
+                cfg,
+                max_pixels,
+                expected,
+                keys,
+                geometry,
+                workers,
+                progress,
+            )
         finally:
             keys.flush()
             geometry.flush()
@@ -176,7 +201,10 @@ def prepare(
             failed[str(i)] = {"key": int(expected[i]), "error": msg}
     if failed and not skip_invalid:
         _write_json(meta_path, {**meta, "failed": failed, "updated": _now()})
-        problems = [Problem(Path(df["image"].iat[int(i)]).name, v["error"]) for i, v in sorted(failed.items(), key=lambda kv: int(kv[0]))]
+        problems = [
+            Problem(Path(df["image"].iat[int(i)]).name, v["error"])
+            for i, v in sorted(failed.items(), key=lambda kv: int(kv[0]))
+        ]
         raise BadDatasetError(
             f"{spec}: {len(problems)} image(s) could not be prepared: {describe(problems)}; fix or "
             "remove them (rerunning redoes only those), or pass --skip-invalid to leave them out"
@@ -191,7 +219,12 @@ def prepare(
     if old is None or old.get("manifest_sha256") != digest or not (out / "manifest.csv").exists():
         _write_text(out / "manifest.csv", text)
     meta.update(status="complete", failed=failed, manifest_sha256=digest, n_images=len(manifest))
-    if todo or old is None or {k: v for k, v in old.items() if k != "updated"} != {k: v for k, v in meta.items() if k != "updated"}:
+    if (
+        todo
+        or old is None
+        or {k: v for k, v in old.items() if k != "updated"}
+        != {k: v for k, v in meta.items() if k != "updated"}
+    ):
         meta["updated"] = _now()
         _write_json(meta_path, meta)
     return out
@@ -200,16 +233,24 @@ def prepare(
 def _normalise_frame(source: pd.DataFrame) -> pd.DataFrame:
     if "image" not in source:
         raise BadDatasetError("the manifest DataFrame has no 'image' column")
-    df = source.drop(columns=[c for c in ("cache_index",) if c in source]).reset_index(drop=True).copy()
+    df = (
+        source.drop(columns=[c for c in ("cache_index",) if c in source])
+        .reset_index(drop=True)
+        .copy()
+    )
     for c in COLUMNS:
         if c not in df:
-            df[c] = "" if c in ("image_id", "patient_id", "side", "visit", "score_scope") else np.nan
+            df[c] = (
+                "" if c in ("image_id", "patient_id", "side", "visit", "score_scope") else np.nan
+            )
     if (df["image_id"] == "").all():
         df["image_id"] = [Path(p).stem for p in df["image"]]
     return df
 
 
-def _row_keys(df: pd.DataFrame, cfg: PreprocessConfig, max_pixels: int | None) -> tuple[np.ndarray, dict[int, str]]:
+def _row_keys(
+    df: pd.DataFrame, cfg: PreprocessConfig, max_pixels: int | None
+) -> tuple[np.ndarray, dict[int, str]]:
     """Per-row key of (path, size, mtime, config, pixel limit); never 0. Unreadable paths listed."""
     params = json.dumps({"cfg": cfg.to_dict(), "max_pixels": max_pixels}, sort_keys=True)
     keys = np.empty(len(df), dtype=np.uint64)
@@ -227,8 +268,16 @@ def _row_keys(df: pd.DataFrame, cfg: PreprocessConfig, max_pixels: int | None) -
 
 
 def _run(
-    images_path: Path, todo: list[int], paths: list[str], cfg: PreprocessConfig, max_pixels: int | None,
-    expected: np.ndarray, keys: np.ndarray, geometry: np.ndarray, workers: int | None, progress: bool,
+    images_path: Path,
+    todo: list[int],
+    paths: list[str],
+    cfg: PreprocessConfig,
+    max_pixels: int | None,
+    expected: np.ndarray,
+    keys: np.ndarray,
+    geometry: np.ndarray,
+    workers: int | None,
+    progress: bool,
 ) -> dict[int, str]:
     """Preprocess rows ``todo``; mark each finished row's key as soon as its chunk returns."""
     workers = _workers(workers, len(todo))
@@ -255,7 +304,9 @@ def _run(
                 bar.advance(len(c))
             return failed
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=ctx, initializer=_init_worker,
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_init_worker,
             initargs=(str(images_path), cfg.to_dict(), max_pixels),
         ) as pool:
             pending = set()
@@ -310,7 +361,11 @@ def _mp_context() -> mp.context.BaseContext | None:
     """
     main = sys.modules.get("__main__")
     main_file = getattr(main, "__file__", None)
-    if main_file is not None and getattr(getattr(main, "__spec__", None), "name", None) is None and not os.path.isfile(main_file):
+    if (
+        main_file is not None
+        and getattr(getattr(main, "__spec__", None), "name", None) is None
+        and not os.path.isfile(main_file)
+    ):
         return None
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
@@ -337,8 +392,8 @@ def _init_worker(images_path: str, cfg: dict[str, Any], max_pixels: int | None) 
 
 
 def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str | None]]:
-    from svdh.io import read_radiograph
-    from svdh.preprocess import preprocess
+    from svdh.core.io import read_radiograph
+    from svdh.core.preprocess import preprocess
 
     images, cfg = _STATE["images"], _STATE["cfg"]
     out: list[tuple[int, list[int] | None, str | None]] = []
@@ -367,7 +422,9 @@ def open_cache(path: str | os.PathLike[str]) -> Cache:
     root = Path(path).expanduser()
     meta_path = root / "meta.json"
     if not meta_path.is_file():
-        raise BadDatasetError(f"{root}: not a svdh cache (no meta.json); build one with svdh prepare")
+        raise BadDatasetError(
+            f"{root}: not a svdh cache (no meta.json); build one with svdh prepare"
+        )
     meta = _read_meta(meta_path)
     if meta.get("format") != CACHE_FORMAT:
         raise BadDatasetError(
@@ -382,9 +439,13 @@ def open_cache(path: str | os.PathLike[str]) -> Cache:
         geometry = np.load(root / "geometry.npy", mmap_mode="r")
         manifest = read_manifest_csv(root / "manifest.csv")
     except (OSError, ValueError) as exc:
-        raise BadDatasetError(f"{root}: damaged cache ({exc}); delete the folder and rerun svdh prepare") from None
+        raise BadDatasetError(
+            f"{root}: damaged cache ({exc}); delete the folder and rerun svdh prepare"
+        ) from None
     if "cache_index" not in manifest or images.ndim != 3:
-        raise BadDatasetError(f"{root}: damaged cache (manifest or images malformed); rerun svdh prepare")
+        raise BadDatasetError(
+            f"{root}: damaged cache (manifest or images malformed); rerun svdh prepare"
+        )
     manifest["cache_index"] = manifest["cache_index"].astype(np.int64)
     if len(manifest) and int(manifest["cache_index"].max()) >= len(images):
         raise BadDatasetError(f"{root}: manifest.csv points past images.npy; rerun svdh prepare")
@@ -410,7 +471,9 @@ def ensure_cache(
     ``~/.cache/svdh``. ``cfg`` overrides ``size``/``clahe`` when given.
     """
     cfg = cfg or PreprocessConfig(size=size, clahe=clahe)
-    root = Path(cache_root or os.environ.get("SVDH_CACHE_DIR") or Path.home() / ".cache" / "svdh").expanduser()
+    root = Path(
+        cache_root or os.environ.get("SVDH_CACHE_DIR") or Path.home() / ".cache" / "svdh"
+    ).expanduser()
     if isinstance(source, pd.DataFrame):
         label = str(source.attrs.get("source", "dataframe"))
         ident = label + "\0" + "\0".join(source["image"].astype(str))
@@ -420,8 +483,13 @@ def ensure_cache(
         kind, path = parse_spec(source)
         label = f"{kind}:{path}"
         ident = label
-    digest = hashlib.sha1((ident + json.dumps(cfg.to_dict(), sort_keys=True)).encode()).hexdigest()[:10]
-    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label.split(":", 1)[0] + "-" + Path(label.split(":", 1)[-1]).name)
+    digest = hashlib.sha1((ident + json.dumps(cfg.to_dict(), sort_keys=True)).encode()).hexdigest()[
+        :10
+    ]
+    slug = "".join(
+        ch if ch.isalnum() or ch in "-_" else "-"
+        for ch in label.split(":", 1)[0] + "-" + Path(label.split(":", 1)[-1]).name
+    )
     out = root / f"{slug.strip('-')}-{cfg.size}px-{digest}"
     prepare(source, out, cfg, workers, skip_invalid=skip_invalid, progress=progress)
     return open_cache(out)
@@ -451,8 +519,14 @@ class _RichBar:
         )
 
         self._p = Progress(
-            TextColumn("preparing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("preparing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self._p.start()
         self._task = self._p.add_task("prepare", total=total)
@@ -472,7 +546,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise BadDatasetError(f"{path}: unreadable cache metadata ({exc}); delete the folder and rerun svdh prepare") from None
+        raise BadDatasetError(
+            f"{path}: unreadable cache metadata ({exc}); delete the folder and rerun svdh prepare"
+        ) from None
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

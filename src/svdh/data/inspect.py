@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from svdh.core.preprocess import PreprocessConfig
 from svdh.data.manifest import source_kind
-from svdh.preprocess import PreprocessConfig
 
 #: Targets listed per image, by source kind (others: every target the manifest carries).
 ROW_TARGETS = {
@@ -27,7 +27,9 @@ ROW_TARGETS = {
 
 def _clean(v: Any) -> Any:
     if isinstance(v, (float, np.floating)):
-        return None if not math.isfinite(float(v)) else (int(v) if float(v).is_integer() else float(v))
+        return (
+            None if not math.isfinite(float(v)) else (int(v) if float(v).is_integer() else float(v))
+        )
     if isinstance(v, np.integer):
         return int(v)
     return v
@@ -44,7 +46,7 @@ def row_targets(df: pd.DataFrame) -> list[str]:
 
 def summarize(df: pd.DataFrame) -> dict[str, Any]:
     """Counts, target distributions, severity classes, problems and rows of a manifest."""
-    from svdh.scoring import SeverityBins
+    from svdh.core.scoring import SeverityBins
 
     kind = source_kind(df)
     targets = row_targets(df)
@@ -53,7 +55,9 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         "kind": kind,
         "n_images": int(len(df)),
         "n_patients": int(df["patient_id"].nunique()),
-        "sides": {str(k or "unknown"): int(v) for k, v in df["side"].value_counts().sort_index().items()},
+        "sides": {
+            str(k or "unknown"): int(v) for k, v in df["side"].value_counts().sort_index().items()
+        },
     }
     dist: dict[str, Any] = {}
     for col in targets:
@@ -62,28 +66,42 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         v = df[col].dropna().to_numpy(dtype=float)
         if v.size:
             dist[col] = {
-                "n": int(v.size), "min": _clean(v.min()), "median": _clean(float(np.median(v))),
-                "mean": round(float(v.mean()), 2), "max": _clean(v.max()),
+                "n": int(v.size),
+                "min": _clean(v.min()),
+                "median": _clean(float(np.median(v))),
+                "mean": round(float(v.mean()), 2),
+                "max": _clean(v.max()),
             }
     out["distribution"] = dist
     if "svdh" in targets and df["svdh"].notna().any():
         classes: dict[str, dict[str, int]] = {}
         for scope, part in df[df["svdh"].notna()].groupby("score_scope"):
             bins = SeverityBins.for_scope(str(scope) or "hand")
-            counts = np.bincount(np.atleast_1d(bins.to_class(part["svdh"].to_numpy())), minlength=bins.n_classes)
-            classes[str(scope)] = {label: int(c) for label, c in zip(bins.labels, counts, strict=True)}
+            counts = np.bincount(
+                np.atleast_1d(bins.to_class(part["svdh"].to_numpy())), minlength=bins.n_classes
+            )
+            classes[str(scope)] = {
+                label: int(c) for label, c in zip(bins.labels, counts, strict=True)
+            }
         out["severity_classes"] = classes
     if "male" in targets and df["male"].notna().any():
         out["male_fraction"] = round(float(df["male"].mean()), 3)
     if "boneage" in targets and df["boneage"].notna().any():
         years = np.floor(df["boneage"].dropna().to_numpy() / 12).astype(int)
-        out["boneage_years"] = {f"{y}": int((years == y).sum()) for y in range(int(years.min()), int(years.max()) + 1)}
+        out["boneage_years"] = {
+            f"{y}": int((years == y).sum()) for y in range(int(years.min()), int(years.max()) + 1)
+        }
     out["problems"] = list(df.attrs.get("problems", []))
     out["n_skipped"] = int(df.attrs.get("n_skipped", 0))
     out["n_unlinked_images"] = int(df.attrs.get("n_unlinked", 0))
     rows = []
     for rec in df.to_dict("records"):
-        row = {"image": rec["image"], "image_id": rec["image_id"], "patient_id": rec["patient_id"], "side": rec["side"]}
+        row = {
+            "image": rec["image"],
+            "image_id": rec["image_id"],
+            "patient_id": rec["patient_id"],
+            "side": rec["side"],
+        }
         if rec.get("visit"):
             row["visit"] = rec["visit"]
         for col in targets:
@@ -107,7 +125,9 @@ def _caption(rec: dict[str, Any], targets: list[str]) -> str:
         elif col == "boneage":
             parts.append(f"{v}mo")
         elif col in ("svdh", "patient_svdh", "erosion", "jsn"):
-            parts.append(f"{'pt' if col == 'patient_svdh' else col[:3] if col != 'svdh' else 'SvdH'} {v}")
+            parts.append(
+                f"{'pt' if col == 'patient_svdh' else col[:3] if col != 'svdh' else 'SvdH'} {v}"
+            )
     return " ".join(parts)
 
 
@@ -122,15 +142,20 @@ def pick_for_sheet(df: pd.DataFrame, max_images: int) -> pd.DataFrame:
 
 
 def contact_sheet(
-    df: pd.DataFrame, out: str | Path, *, tile: int = 192, max_images: int = 48,
-    cfg: PreprocessConfig | None = None, columns: int = 4,
+    df: pd.DataFrame,
+    out: str | Path,
+    *,
+    tile: int = 192,
+    max_images: int = 48,
+    cfg: PreprocessConfig | None = None,
+    columns: int = 4,
 ) -> Path:
     """Write a PNG: per image, the raw film (red: detected hand box, green: square crop
     window) beside the preprocessed result, with id and targets underneath."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from svdh.io import read_radiograph
-    from svdh.preprocess import preprocess
+    from svdh.core.io import read_radiograph
+    from svdh.core.preprocess import preprocess
 
     cfg = cfg or PreprocessConfig(size=tile)
     if cfg.size != tile:
@@ -143,7 +168,9 @@ def contact_sheet(
     n = len(chosen)
     cols = max(1, min(columns, n))
     rows = math.ceil(n / cols)
-    sheet = Image.new("RGB", (cols * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), (24, 24, 32))
+    sheet = Image.new(
+        "RGB", (cols * (cell_w + gap) + gap, rows * (cell_h + gap) + gap), (24, 24, 32)
+    )
     draw = ImageDraw.Draw(sheet)
     for k, rec in enumerate(chosen.to_dict("records")):
         x, y = gap + (k % cols) * (cell_w + gap), gap + (k // cols) * (cell_h + gap)
@@ -153,15 +180,25 @@ def contact_sheet(
         except Exception as exc:  # show the failure in place, the sheet is for looking
             draw.rectangle([x, y, x + cell_w, y + tile], outline=(200, 60, 60))
             draw.text((x + 4, y + 4), _wrap(str(exc), 60), fill=(255, 120, 120), font=font)
-            draw.text((x, y + tile + 1), _caption(rec, targets)[:60], fill=(220, 220, 220), font=font)
+            draw.text(
+                (x, y + tile + 1), _caption(rec, targets)[:60], fill=(220, 220, 220), font=font
+            )
             continue
-        raw = Image.fromarray(np.clip(rad.pixels * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        raw = Image.fromarray(np.clip(rad.pixels * 255 + 0.5, 0, 255).astype(np.uint8)).convert(
+            "RGB"
+        )
         s = tile / max(raw.size)
-        raw = raw.resize((max(1, round(raw.size[0] * s)), max(1, round(raw.size[1] * s))), Image.Resampling.BILINEAR)
+        raw = raw.resize(
+            (max(1, round(raw.size[0] * s)), max(1, round(raw.size[1] * s))),
+            Image.Resampling.BILINEAR,
+        )
         d = ImageDraw.Draw(raw)
         bx0, by0, bx1, by1 = t.box
         d.rectangle([bx0 * s, by0 * s, bx1 * s - 1, by1 * s - 1], outline=(255, 60, 60))
-        d.rectangle([t.x0 * s, t.y0 * s, (t.x0 + t.side) * s - 1, (t.y0 + t.side) * s - 1], outline=(60, 220, 60))
+        d.rectangle(
+            [t.x0 * s, t.y0 * s, (t.x0 + t.side) * s - 1, (t.y0 + t.side) * s - 1],
+            outline=(60, 220, 60),
+        )
         sheet.paste(raw, (x + (tile - raw.size[0]) // 2, y + (tile - raw.size[1]) // 2))
         sheet.paste(Image.fromarray(arr).convert("RGB"), (x + tile + gap, y))
         draw.text((x, y + tile + 1), _caption(rec, targets)[:60], fill=(220, 220, 220), font=font)

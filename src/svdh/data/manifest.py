@@ -18,17 +18,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from svdh.errors import BadDatasetError
+from svdh.core.errors import BadDatasetError
 
 log = logging.getLogger("svdh.data")
 
 STR_COLUMNS: tuple[str, ...] = ("image", "image_id", "patient_id", "side", "visit", "score_scope")
 FLOAT_COLUMNS: tuple[str, ...] = (
-    "svdh", "erosion", "jsn", "patient_svdh", "boneage", "male", "reader2",
+    "svdh",
+    "erosion",
+    "jsn",
+    "patient_svdh",
+    "boneage",
+    "male",
+    "reader2",
 )
 COLUMNS: tuple[str, ...] = (
-    "image", "image_id", "patient_id", "side", "visit", "svdh", "erosion", "jsn",
-    "patient_svdh", "score_scope", "boneage", "male", "reader2",
+    "image",
+    "image_id",
+    "patient_id",
+    "side",
+    "visit",
+    "svdh",
+    "erosion",
+    "jsn",
+    "patient_svdh",
+    "score_scope",
+    "boneage",
+    "male",
+    "reader2",
 )
 SIDES = ("L", "R", "both", "")
 
@@ -119,7 +136,9 @@ def to_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 def read_manifest_csv(path: str | Path) -> pd.DataFrame:
     """Read a manifest written by :func:`write_manifest_csv` (ids stay strings: "007" != 7)."""
     dtypes = {c: str for c in STR_COLUMNS}
-    df = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in FLOAT_COLUMNS})
+    df = pd.read_csv(
+        path, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in FLOAT_COLUMNS}
+    )
     for c in STR_COLUMNS:
         if c in df:
             df[c] = df[c].fillna("").astype(str)

@@ -26,12 +26,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from svdh.core.errors import BadDatasetError
+from svdh.core.scoring import MAX_EROSION_HAND, MAX_HAND, MAX_JSN_HAND, MAX_PATIENT, hand_score
 from svdh.data.manifest import Problem, finalize, new_row
-from svdh.errors import BadDatasetError
-from svdh.scoring import MAX_EROSION_HAND, MAX_HAND, MAX_JSN_HAND, MAX_PATIENT, hand_score
 
 #: File extensions of images that sources link to rows (case-insensitive), in order of preference.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".dcm",
+    ".dicom",
+    ".tif",
+    ".tiff",
+    ".bmp",
+)
 KINDS = ("rsna-boneage", "ra2-dream", "csv")
 #: Bone age range accepted (months): RSNA labels lie within 1-228.
 MAX_BONEAGE_MONTHS = 240.0
@@ -128,7 +137,9 @@ def _read_csv(path: Path, spec: str) -> pd.DataFrame:
     return df
 
 
-def _columns(df: pd.DataFrame, wanted: dict[str, tuple[str, ...]], required: set[str], where: str) -> dict[str, str]:
+def _columns(
+    df: pd.DataFrame, wanted: dict[str, tuple[str, ...]], required: set[str], where: str
+) -> dict[str, str]:
     """Find columns case-insensitively; ``wanted`` maps canonical name -> accepted spellings."""
     lower = {c.lower(): c for c in df.columns}
     found = {}
@@ -191,8 +202,11 @@ def _rsna(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
     table = _read_csv(csv_path, spec)
     cols = _columns(
         table,
-        {"id": ("id", "image_id", "Image ID"), "boneage": ("boneage", "bone_age", "Bone Age (months)"),
-         "male": ("male", "sex")},
+        {
+            "id": ("id", "image_id", "Image ID"),
+            "boneage": ("boneage", "bone_age", "Bone Age (months)"),
+            "male": ("male", "sex"),
+        },
         {"id", "boneage"},
         f"{spec}: {csv_path.name}",
     )
@@ -216,18 +230,26 @@ def _rsna(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         seen[image_id] = line
         files = images.get(image_id)
         if not files:
-            problems.append(Problem(where, f"image {image_id}.png not found in {_folders(folders, root)}", idx))
+            problems.append(
+                Problem(where, f"image {image_id}.png not found in {_folders(folders, root)}", idx)
+            )
         else:
             row["image"] = str(files[0])
         try:
             age = _number(rec[cols["boneage"]])
         except ValueError:
-            problems.append(Problem(where, f"boneage {rec[cols['boneage']]!r} is not a number", idx))
+            problems.append(
+                Problem(where, f"boneage {rec[cols['boneage']]!r} is not a number", idx)
+            )
             continue
         if not np.isfinite(age):
             problems.append(Problem(where, "boneage is missing", idx))
         elif not 0 <= age <= MAX_BONEAGE_MONTHS:
-            problems.append(Problem(where, f"boneage {age:g} months is out of range 0-{MAX_BONEAGE_MONTHS:g}", idx))
+            problems.append(
+                Problem(
+                    where, f"boneage {age:g} months is out of range 0-{MAX_BONEAGE_MONTHS:g}", idx
+                )
+            )
         row["boneage"] = age
         if "male" in cols:
             raw = rec[cols["male"]]
@@ -290,18 +312,36 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             patient = (left.erosion + right.erosion, left.jsn + right.jsn)
         patient_total = patient[0] + patient[1] if patient else math.nan
 
-        def add(stem: str, side: str, erosion: float, jsn: float, scope: str,
-                pid: str = pid, where: str = where, total: float = patient_total) -> int:
+        def add(
+            stem: str,
+            side: str,
+            erosion: float,
+            jsn: float,
+            scope: str,
+            pid: str = pid,
+            where: str = where,
+            total: float = patient_total,
+        ) -> int:
             files = images.get(stem, [])
             idx = len(rows)
-            rows.append(new_row(
-                image=str(files[0]) if files else "", image_id=stem, patient_id=pid, side=side,
-                svdh=erosion + jsn, erosion=erosion, jsn=jsn, patient_svdh=total,
-                score_scope=scope,
-            ))
+            rows.append(
+                new_row(
+                    image=str(files[0]) if files else "",
+                    image_id=stem,
+                    patient_id=pid,
+                    side=side,
+                    svdh=erosion + jsn,
+                    erosion=erosion,
+                    jsn=jsn,
+                    patient_svdh=total,
+                    score_scope=scope,
+                )
+            )
             if len(files) > 1:
                 names = ", ".join(f.name for f in files)
-                problems.append(Problem(where, f"several images for {stem}: {names}; keep one", idx))
+                problems.append(
+                    Problem(where, f"several images for {stem}: {names}; keep one", idx)
+                )
             return idx
 
         has_both = f"{pid}-BH" in images
@@ -316,7 +356,9 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             s = scores.get(side)
             idx = add(stem, side, s.erosion if s else math.nan, s.jsn if s else math.nan, "hand")
             if stem not in images:
-                problems.append(Problem(where, f"image {stem}.jpg (or .png/.dcm/.tif) not found", idx))
+                problems.append(
+                    Problem(where, f"image {stem}.jpg (or .png/.dcm/.tif) not found", idx)
+                )
             elif side in score_errors:
                 problems.append(Problem(where, score_errors[side], idx))
     known = {r["image_id"] for r in rows}
@@ -329,19 +371,42 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
 # --------------------------------------------------------------------------- generic CSV
 
 _SIDE_WORDS = {
-    "l": "L", "left": "L", "lh": "L", "r": "R", "right": "R", "rh": "R",
-    "both": "both", "b": "both", "bh": "both", "lr": "both", "bilateral": "both", "": "",
+    "l": "L",
+    "left": "L",
+    "lh": "L",
+    "r": "R",
+    "right": "R",
+    "rh": "R",
+    "both": "both",
+    "b": "both",
+    "bh": "both",
+    "lr": "both",
+    "bilateral": "both",
+    "": "",
 }
 
 
 def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
     table = _read_csv(csv_path, spec)
     name = csv_path.name
-    optional = ("erosion", "jsn", "side", "visit", "reader2", "image_id", "patient_svdh", "score_scope")
+    optional = (
+        "erosion",
+        "jsn",
+        "side",
+        "visit",
+        "reader2",
+        "image_id",
+        "patient_svdh",
+        "score_scope",
+    )
     cols = _columns(
         table,
-        {"image": ("image", "path", "file"), "patient_id": ("patient_id", "patient"),
-         "svdh": ("svdh", "total", "svdh_total"), **{c: (c,) for c in optional}},
+        {
+            "image": ("image", "path", "file"),
+            "patient_id": ("patient_id", "patient"),
+            "svdh": ("svdh", "total", "svdh_total"),
+            **{c: (c,) for c in optional},
+        },
         {"image", "patient_id", "svdh"},
         f"{spec}: {name}",
     )
@@ -373,11 +438,17 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         if not pid:
             problems.append(Problem(where, "empty patient_id", idx))
         if row["image"] in seen_image:
-            problems.append(Problem(where, f"duplicate image (first on row {seen_image[row['image']]})", idx))
+            problems.append(
+                Problem(where, f"duplicate image (first on row {seen_image[row['image']]})", idx)
+            )
         elif row["image_id"] in seen_id:
-            problems.append(Problem(
-                where, f"duplicate image_id {row['image_id']!r} (first on row {seen_id[row['image_id']]})", idx
-            ))
+            problems.append(
+                Problem(
+                    where,
+                    f"duplicate image_id {row['image_id']!r} (first on row {seen_id[row['image_id']]})",
+                    idx,
+                )
+            )
         seen_image.setdefault(row["image"], line)
         seen_id.setdefault(row["image_id"], line)
         if not path.is_file():
@@ -392,14 +463,19 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         row["visit"] = str(rec.get(cols.get("visit", ""), "") or "").strip()
         scope_raw = str(rec.get(cols.get("score_scope", ""), "") or "").strip().lower()
         if scope_raw and scope_raw not in ("hand", "patient"):
-            problems.append(Problem(where, f"score_scope {scope_raw!r} is not hand or patient", idx))
+            problems.append(
+                Problem(where, f"score_scope {scope_raw!r} is not hand or patient", idx)
+            )
             scope_raw = ""
         scope = scope_raw or ("patient" if side == "both" else "hand")
         row["score_scope"] = scope
         factor = 2 if scope == "patient" else 1
         limits = {
-            "svdh": MAX_HAND * factor, "erosion": MAX_EROSION_HAND * factor,
-            "jsn": MAX_JSN_HAND * factor, "reader2": MAX_HAND * factor, "patient_svdh": MAX_PATIENT,
+            "svdh": MAX_HAND * factor,
+            "erosion": MAX_EROSION_HAND * factor,
+            "jsn": MAX_JSN_HAND * factor,
+            "reader2": MAX_HAND * factor,
+            "patient_svdh": MAX_PATIENT,
         }
         for col, hi in limits.items():
             if col not in cols:
@@ -418,9 +494,12 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             if not 0 <= v <= hi:
                 hint = (
                     "; mark dual-hand films side=both or add a score_scope column"
-                    if scope == "hand" and col in ("svdh", "reader2") and v <= MAX_PATIENT else ""
+                    if scope == "hand" and col in ("svdh", "reader2") and v <= MAX_PATIENT
+                    else ""
                 )
-                problems.append(Problem(where, f"{col} {v:g} is out of range 0-{hi:g} ({scope}){hint}", idx))
+                problems.append(
+                    Problem(where, f"{col} {v:g} is out of range 0-{hi:g} ({scope}){hint}", idx)
+                )
         e, j, t = row["erosion"], row["jsn"], row["svdh"]
         if all(np.isfinite(x) for x in (e, j, t)) and abs(e + j - t) > 0.5:
             problems.append(Problem(where, f"erosion {e:g} + jsn {j:g} != svdh {t:g}", idx))

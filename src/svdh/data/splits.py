@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from svdh.errors import BadConfigError, BadDatasetError
+from svdh.core.errors import BadConfigError, BadDatasetError
 
 
 def assign_folds(
@@ -52,7 +52,10 @@ def assign_folds(
             )
         strata = _strata(values, min(n_test, len(patients) - n_test), 2)
         train_idx, test_idx = train_test_split(
-            pool, test_size=n_test, random_state=seed, shuffle=True,
+            pool,
+            test_size=n_test,
+            random_state=seed,
+            shuffle=True,
             stratify=strata if strata is not None else None,
         )
         test = set(patients[test_idx])

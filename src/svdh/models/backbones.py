@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 
 
 @dataclass(frozen=True)

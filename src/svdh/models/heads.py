@@ -19,7 +19,7 @@ import torch
 from coral_pytorch.layers import CoralLayer
 from torch import nn
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 
 TASKS = ("regression", "classification", "ordinal", "boneage")
 

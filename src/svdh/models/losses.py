@@ -20,7 +20,7 @@ from coral_pytorch.dataset import levels_from_labelbatch
 from coral_pytorch.losses import coral_loss
 from torch import nn
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 
 LOSSES = {
     "regression": ("mse", "huber"),

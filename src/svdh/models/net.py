@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from svdh.errors import BadConfigError, BadRunError, WeightsUnavailableError
+from svdh.core.errors import BadConfigError, BadRunError, WeightsUnavailableError
+from svdh.core.scoring import SeverityBins
 from svdh.models.backbones import BackboneSpec, get_backbone
 from svdh.models.heads import TRANSFORMS, Head, check_task, check_transform
-from svdh.scoring import SeverityBins
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -282,8 +282,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def transfer_weights(model: SvdhNet, state: Mapping[str, torch.Tensor], src_cfg: Mapping[str, Any],
-                     where: str = "checkpoint") -> dict[str, Any]:
+def transfer_weights(
+    model: SvdhNet,
+    state: Mapping[str, torch.Tensor],
+    src_cfg: Mapping[str, Any],
+    where: str = "checkpoint",
+) -> dict[str, Any]:
     """Copy backbone weights of a checkpoint into ``model``; the head only when it fits.
 
     The head (and the target standardisation) is copied when the checkpoint's task and
@@ -310,9 +314,12 @@ def transfer_weights(model: SvdhNet, state: Mapping[str, torch.Tensor], src_cfg:
         for k in ("n_classes", "extra_heads", "target_transform", "use_sex")
     )
     head = {k: v for k, v in state.items() if not k.startswith("backbone.") and k in own}
-    head_ok = bool(head) and same_task and all(
-        tuple(v.shape) == tuple(own[k].shape) for k, v in head.items()
-    ) and set(head) == {k for k in own if not k.startswith("backbone.")}
+    head_ok = (
+        bool(head)
+        and same_task
+        and all(tuple(v.shape) == tuple(own[k].shape) for k, v in head.items())
+        and set(head) == {k for k in own if not k.startswith("backbone.")}
+    )
     new = dict(own)
     new.update(fits)
     if head_ok:
@@ -348,9 +355,7 @@ def build_model(
         model = SvdhNet(backbone, task, n_classes, extra_heads, **kwargs)
         model.init_report = transfer_weights(model, state, cfg, where=str(path))  # type: ignore[attr-defined]
         return model
-    raise BadConfigError(
-        f"unknown --init {init!r}; use scratch, imagenet or checkpoint:PATH"
-    )
+    raise BadConfigError(f"unknown --init {init!r}; use scratch, imagenet or checkpoint:PATH")
 
 
 def model_from_config(cfg: Mapping[str, Any]) -> SvdhNet:
@@ -424,7 +429,9 @@ def predict_outputs(task: str, raw: torch.Tensor | np.ndarray, bins: SeverityBin
         cum = np.minimum.accumulate(1.0 / (1.0 + np.exp(-np.clip(r, -60, 60))), axis=1)
         cls = (cum > 0.5).sum(axis=1)
         score = bins.expected_score(probs)
-    out.update(score=np.asarray(score, np.float64), probs=probs, severity_class=np.asarray(cls, np.int64))
+    out.update(
+        score=np.asarray(score, np.float64), probs=probs, severity_class=np.asarray(cls, np.int64)
+    )
     return out
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 from svdh.models.backbones import stage_of
 
 SCHEMES = ("full", "head", "partial:K", "gradual", "discriminative")
@@ -119,7 +119,9 @@ def param_groups(
     return groups
 
 
-def apply_scheme(model: nn.Module, scheme: Scheme, epoch: int = 0, unfreeze_every: int = 1) -> set[int]:
+def apply_scheme(
+    model: nn.Module, scheme: Scheme, epoch: int = 0, unfreeze_every: int = 1
+) -> set[int]:
     """Set ``requires_grad`` per stage for ``epoch``; returns the trainable stage indices."""
     stages, head = stage_parameters(model)
     train = scheme.trainable_stages(len(stages), epoch, unfreeze_every)

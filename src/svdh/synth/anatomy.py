@@ -288,8 +288,17 @@ _CARPAL: dict[str, tuple[float, float, float, float, float, float]] = {
 }
 
 #: Normal joint-space widths (mm) of an adult.
-JOINT_GAP = {"mcp": 1.7, "pip": 1.15, "dip": 0.9, "ip": 1.0, "mcp1": 1.5, "cmc": 1.1,
-             "carpal": 1.2, "radcar": 1.8, "druj": 1.5}
+JOINT_GAP = {
+    "mcp": 1.7,
+    "pip": 1.15,
+    "dip": 0.9,
+    "ip": 1.0,
+    "mcp1": 1.5,
+    "cmc": 1.1,
+    "carpal": 1.2,
+    "radcar": 1.8,
+    "druj": 1.5,
+}
 
 #: Width factor of a narrowed joint space by JSN grade; grade 1 (focal) also loses 0.3 mm.
 JSN_FACTOR = (1.0, 0.8, 0.55, 0.28, 0.0)
@@ -349,15 +358,25 @@ class Hand:
     extras: list[Bone] = field(default_factory=list)
 
 
-def _long_bone(name: str, x: float, y: float, angle: float, s: float, ws: float,
-               length_factor: float = 1.0) -> Bone:
+def _long_bone(
+    name: str, x: float, y: float, angle: float, s: float, ws: float, length_factor: float = 1.0
+) -> Bone:
     L, lb, wb, wsh, lh, wh, cs, ce = _LONG[name]
     f = length_factor
     return Bone(
-        name, x, y, angle, L * s * f, "long",
-        wb=wb * s * ws, ws=wsh * s * ws, wh=wh * s * ws,
-        lb=lb * s * f, lh=lh * s * min(1.0, 0.35 + 0.65 * f),
-        c_shaft=cs * s, c_end=ce * s,
+        name,
+        x,
+        y,
+        angle,
+        L * s * f,
+        "long",
+        wb=wb * s * ws,
+        ws=wsh * s * ws,
+        wh=wh * s * ws,
+        lb=lb * s * f,
+        lh=lh * s * min(1.0, 0.35 + 0.65 * f),
+        c_shaft=cs * s,
+        c_end=ce * s,
     )
 
 
@@ -380,26 +399,76 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         c = np.array([cx, cy]) * s
         g = 1.06  # the carpus is tightly packed: bones a little larger than the table, then cut
         o = c - unit(a) * L * g * s / 2
-        bones[name] = Bone(name, float(o[0]), float(o[1]), a, L * g * s, "ovoid", p=pe, wb=hw * g * s * ws,
-                           c_end=0.42 * s, density=0.75 if name == "pisiform" else 1.12)
+        bones[name] = Bone(
+            name,
+            float(o[0]),
+            float(o[1]),
+            a,
+            L * g * s,
+            "ovoid",
+            p=pe,
+            wb=hw * g * s * ws,
+            c_end=0.42 * s,
+            density=0.75 if name == "pisiform" else 1.12,
+        )
     # hamate hook: seen end-on as a cortical ring inside the hamate
     hook_c = np.array([-13.2, -5.2]) * s
-    bones["hamate_hook"] = Bone("hamate_hook", float(hook_c[0]), float(hook_c[1] - 3.0 * s), 0.2,
-                                6.0 * s, "ovoid", wb=2.8 * s, c_end=0.8 * s, density=0.25)
+    bones["hamate_hook"] = Bone(
+        "hamate_hook",
+        float(hook_c[0]),
+        float(hook_c[1] - 3.0 * s),
+        0.2,
+        6.0 * s,
+        "ovoid",
+        wb=2.8 * s,
+        c_end=0.8 * s,
+        density=0.25,
+    )
 
     # -- radius and ulna, from below the field up to the wrist
-    rad = Bone("radius", 4.5 * s, -150.0 * s, math.radians(-1.0), 124.0 * s, "long",
-               wb=9.0 * s, ws=9.8 * s * ws, wh=16.5 * s * ws, lb=20 * s, lh=4.0 * s,
-               c_shaft=2.4 * s, c_end=0.7 * s, flare=28.0 * s)
+    rad = Bone(
+        "radius",
+        4.5 * s,
+        -150.0 * s,
+        math.radians(-1.0),
+        124.0 * s,
+        "long",
+        wb=9.0 * s,
+        ws=9.8 * s * ws,
+        wh=16.5 * s * ws,
+        lb=20 * s,
+        lh=4.0 * s,
+        c_shaft=2.4 * s,
+        c_end=0.7 * s,
+        flare=28.0 * s,
+    )
     # radial inclination: the articular surface slopes ~22 degrees, the styloid the highest point
     incl = math.radians(22.0)
     tip = rad.to_hand(rad.length - 4.0 * s, 0.0)
     nrm = np.array([-math.sin(incl), math.cos(incl)])  # removes the side it points to
-    rad.cutters.append(Cutter(gap=0.0, plate=rad.c_end, plane=(float(tip[0]), float(tip[1] + 1.0 * s),
-                                                                float(nrm[0]), float(nrm[1]))))
-    uln = Bone("ulna", -19.5 * s, -150.0 * s, math.radians(1.0), 118.0 * s, "long",
-               wb=6.0 * s, ws=5.6 * s * ws, wh=7.8 * s * ws, lb=15 * s, lh=5.5 * s,
-               c_shaft=2.0 * s, c_end=0.6 * s, flare=14.0 * s)
+    rad.cutters.append(
+        Cutter(
+            gap=0.0,
+            plate=rad.c_end,
+            plane=(float(tip[0]), float(tip[1] + 1.0 * s), float(nrm[0]), float(nrm[1])),
+        )
+    )
+    uln = Bone(
+        "ulna",
+        -19.5 * s,
+        -150.0 * s,
+        math.radians(1.0),
+        118.0 * s,
+        "long",
+        wb=6.0 * s,
+        ws=5.6 * s * ws,
+        wh=7.8 * s * ws,
+        lb=15 * s,
+        lh=5.5 * s,
+        c_shaft=2.0 * s,
+        c_end=0.6 * s,
+        flare=14.0 * s,
+    )
     uln.lobes.append(Lobe(uln.length - 1.5 * s, -5.2 * s * ws, 4.2 * s, 2.2 * s))
     bones["radius"], bones["ulna"] = rad, uln
 
@@ -437,15 +506,26 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
             b = _long_bone(bname, float(origin[0]), float(origin[1]), ang, s * rs, ws, fore)
             b.cutters.append(Cutter(gap=gap * s, plate=b.c_end, ellipse=head, source=prox.name))
             bones[bname] = b
-            joints[jname] = Joint(jname, prox.name, bname, hc + unit(ang) * (r_head + gap * s / 2), gap * s,
-                                  cutters=[(bname, 0)], dist_u=lip + gap * s)
+            joints[jname] = Joint(
+                jname,
+                prox.name,
+                bname,
+                hc + unit(ang) * (r_head + gap * s / 2),
+                gap * s,
+                cutters=[(bname, 0)],
+                dist_u=lip + gap * s,
+            )
             prox = b
             # distal joints drift back towards the ray's line; DIPs bend a little more
             ang += math.radians(-0.25 * (math.degrees(ang) - bang) * 0.3)
         tip = prox.to_hand(prox.length + 0.5 * s)
         tips.append(tip)
         # finger soft tissue: from the MCP to beyond the tip
-        pts = [joints[jnames[0]].center] + [joints[j].center for j in jnames[1:]] + [prox.to_hand(prox.length + 3.0 * s)]
+        pts = (
+            [joints[jnames[0]].center]
+            + [joints[j].center for j in jnames[1:]]
+            + [prox.to_hand(prox.length + 3.0 * s)]
+        )
         if d == 1:
             radii = [10.5, 9.0, 8.2]
         else:
@@ -459,8 +539,17 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     mc1 = bones["mc1"]
     for k, v in enumerate((-0.45, 0.45)):
         c = mc1.to_hand(mc1.length - 1.8 * mc1.lh, v * mc1.wh)
-        bones[f"sesamoid{k}"] = Bone(f"sesamoid{k}", float(c[0]), float(c[1] - 2.6 * s), 0.0, 5.2 * s,
-                                      "ovoid", wb=2.4 * s, c_end=0.45 * s, density=0.8)
+        bones[f"sesamoid{k}"] = Bone(
+            f"sesamoid{k}",
+            float(c[0]),
+            float(c[1] - 2.6 * s),
+            0.0,
+            5.2 * s,
+            "ovoid",
+            wb=2.4 * s,
+            c_end=0.45 * s,
+            density=0.8,
+        )
 
     # -- carpal joints (the concave member is cut by the convex one)
     g = JOINT_GAP
@@ -473,7 +562,9 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         b = bones[bone]
         # intercarpal spaces are partly bridged in projection by the bones' curved surfaces
         residual = 0.3 if b.kind == "ovoid" and other.kind == "ovoid" else 0.0
-        b.cutters.append(Cutter(gap=gap * s, plate=b.c_end, ellipse=e, source=by, residual=residual))
+        b.cutters.append(
+            Cutter(gap=gap * s, plate=b.c_end, ellipse=e, source=by, residual=residual)
+        )
         if joint is not None:
             joints[joint].cutters.append((bone, len(b.cutters) - 1))
 
@@ -486,22 +577,40 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         # the point of the carpal outline under the metacarpal base, then half the gap beyond
         dirn = math.atan2(base[0] - ec[0], base[1] - ec[1]) if d != 3 else mcd.angle
         surf = ec + unit(dirn) * ellipse_radius(e, dirn)
-        joints[f"cmc{d}"] = Joint(f"cmc{d}", carp.name, mcd.name, surf + unit(dirn) * g["cmc"] * s / 2, g["cmc"] * s)
+        joints[f"cmc{d}"] = Joint(
+            f"cmc{d}", carp.name, mcd.name, surf + unit(dirn) * g["cmc"] * s / 2, g["cmc"] * s
+        )
     se = sca.outline()
-    toward = math.atan2(trm.outline().cx - se.cx, trm.outline().cy - se.cy) * 0.5 + \
-        math.atan2(trd.outline().cx - se.cx, trd.outline().cy - se.cy) * 0.5
-    joints["stt"] = Joint("stt", "scaphoid", "trapezium",
-                          np.array([se.cx, se.cy]) + unit(toward) * (ellipse_radius(se, toward) + g["carpal"] * s / 2),
-                          g["carpal"] * s)
+    toward = (
+        math.atan2(trm.outline().cx - se.cx, trm.outline().cy - se.cy) * 0.5
+        + math.atan2(trd.outline().cx - se.cx, trd.outline().cy - se.cy) * 0.5
+    )
+    joints["stt"] = Joint(
+        "stt",
+        "scaphoid",
+        "trapezium",
+        np.array([se.cx, se.cy])
+        + unit(toward) * (ellipse_radius(se, toward) + g["carpal"] * s / 2),
+        g["carpal"] * s,
+    )
     ce = cap.outline()
     down = cap.angle + math.pi
-    joints["capnlun"] = Joint("capnlun", "capitate", "lunate",
-                              np.array([ce.cx, ce.cy]) + unit(down) * (ellipse_radius(ce, down) + g["carpal"] * s / 2),
-                              g["carpal"] * s)
+    joints["capnlun"] = Joint(
+        "capnlun",
+        "capitate",
+        "lunate",
+        np.array([ce.cx, ce.cy]) + unit(down) * (ellipse_radius(ce, down) + g["carpal"] * s / 2),
+        g["carpal"] * s,
+    )
     le = lun.outline()
-    joints["radcar"] = Joint("radcar", "lunate", "radius",
-                             np.array([le.cx, le.cy]) + unit(math.pi) * (ellipse_radius(le, math.pi) + g["radcar"] * s / 2),
-                             g["radcar"] * s)
+    joints["radcar"] = Joint(
+        "radcar",
+        "lunate",
+        "radius",
+        np.array([le.cx, le.cy])
+        + unit(math.pi) * (ellipse_radius(le, math.pi) + g["radcar"] * s / 2),
+        g["radcar"] * s,
+    )
 
     cut("mc3", "capitate", g["cmc"], "cmc3")
     cut("mc4", "hamate", g["cmc"], "cmc4")
@@ -523,8 +632,24 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     rad.cutters.append(Cutter(gap=g["druj"] * s, plate=rad.c_end, ellipse=uh, source="ulna"))
 
     landmarks: dict[str, np.ndarray] = {}
-    for name in ("ip1", "mcp1", "mcp2", "mcp3", "mcp4", "mcp5", "pip2", "pip3", "pip4", "pip5",
-                 "cmc3", "cmc4", "cmc5", "stt", "capnlun", "radcar"):
+    for name in (
+        "ip1",
+        "mcp1",
+        "mcp2",
+        "mcp3",
+        "mcp4",
+        "mcp5",
+        "pip2",
+        "pip3",
+        "pip4",
+        "pip5",
+        "cmc3",
+        "cmc4",
+        "cmc5",
+        "stt",
+        "capnlun",
+        "radcar",
+    ):
         landmarks[name] = joints[name].center
     mc1 = bones["mc1"]
     landmarks["mc1base"] = mc1.to_hand(mc1.lb)
@@ -564,8 +689,13 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         P(27.0, -62.0),  # radial wrist
     ]
     forearm = [P(-31.0, -62.0), P(27.0, -62.0), P(30.0, -200.0), P(-34.0, -200.0)]
-    soft = SoftTissue(capsules, palm, forearm, palm_half=14.0 * s * shape.soft_scale,
-                      forearm_half=20.0 * s * shape.soft_scale)
+    soft = SoftTissue(
+        capsules,
+        palm,
+        forearm,
+        palm_half=14.0 * s * shape.soft_scale,
+        forearm_half=20.0 * s * shape.soft_scale,
+    )
     hand = Hand(bones, soft, landmarks, tips, joints)
     if maturity is not None:
         grow(hand, maturity, s)
@@ -576,13 +706,22 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
 
 #: Carpal ossification: onset and years to full size, in male-equivalent years of maturity.
 CARPAL_OSSIFICATION: dict[str, tuple[float, float]] = {
-    "capitate": (0.15, 9.0), "hamate": (0.3, 9.0), "triquetrum": (2.5, 9.0), "lunate": (4.0, 9.0),
-    "trapezium": (5.5, 8.0), "trapezoid": (6.0, 8.0), "scaphoid": (6.0, 8.0), "pisiform": (11.0, 4.0),
-    "hamate_hook": (11.5, 3.0), "sesamoid0": (13.0, 2.5), "sesamoid1": (13.0, 2.5),
+    "capitate": (0.15, 9.0),
+    "hamate": (0.3, 9.0),
+    "triquetrum": (2.5, 9.0),
+    "lunate": (4.0, 9.0),
+    "trapezium": (5.5, 8.0),
+    "trapezoid": (6.0, 8.0),
+    "scaphoid": (6.0, 8.0),
+    "pisiform": (11.0, 4.0),
+    "hamate_hook": (11.5, 3.0),
+    "sesamoid0": (13.0, 2.5),
+    "sesamoid1": (13.0, 2.5),
 }
 #: Epiphyses: bone -> (end, onset, years to full width, fusion), male-equivalent years.
 EPIPHYSES: dict[str, tuple[str, float, float, float]] = {
-    "radius": ("head", 1.0, 11.0, 17.5), "ulna": ("head", 6.5, 8.5, 17.0),
+    "radius": ("head", 1.0, 11.0, 17.5),
+    "ulna": ("head", 6.5, 8.5, 17.0),
     "mc1": ("base", 2.5, 9.5, 15.5),
     **{f"mc{d}": ("head", 2.0, 10.0, 16.0) for d in range(2, 6)},
     **{f"pp{d}": ("base", 1.8, 10.0, 15.5) for d in range(1, 6)},
@@ -620,7 +759,11 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
         c = b.to_hand(b.length / 2)
         f = 0.18 + 0.82 * g**0.85
         hw = b.wb * f
-        length = max(2 * hw, (2 * b.wb + (b.length - 2 * b.wb) * g) * f) if b.length > 2 * b.wb else b.length * f
+        length = (
+            max(2 * hw, (2 * b.wb + (b.length - 2 * b.wb) * g) * f)
+            if b.length > 2 * b.wb
+            else b.length * f
+        )
         b.wb, b.length, b.p = hw, length, 2.0 + (b.p - 2.0) * g
         b.x, b.y = (c - b.e_u * length / 2).tolist()
         b.c_end *= 0.6 + 0.4 * g
@@ -641,11 +784,22 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
             u_p = b.length - slot
             normal = b.e_u
         p0 = b.to_hand(u_p)
-        b.cutters.append(Cutter(gap=physis / 2, plate=0.45 * s, plane=(float(p0[0]), float(p0[1]),
-                                                                     float(normal[0]), float(normal[1]))))
+        b.cutters.append(
+            Cutter(
+                gap=physis / 2,
+                plate=0.45 * s,
+                plane=(float(p0[0]), float(p0[1]), float(normal[0]), float(normal[1])),
+            )
+        )
         # articular cutters at this end (and the radius's inclination plane) go with the epiphysis
-        moved = [c for c in b.cutters if c.ellipse is not None and c.source
-                 and (end == "base") == (b.to_local(np.array([c.ellipse.cx, c.ellipse.cy]))[0] < b.length / 2)]
+        moved = [
+            c
+            for c in b.cutters
+            if c.ellipse is not None
+            and c.source
+            and (end == "base")
+            == (b.to_local(np.array([c.ellipse.cx, c.ellipse.cy]))[0] < b.length / 2)
+        ]
         if name == "radius":
             moved += [c for c in b.cutters if c.plane is not None and c.gap == 0.0]
         if g < 0:
@@ -656,8 +810,16 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
         le = slot * (0.3 + 0.55 * g**0.8)
         uc = u_p - physis / 2 - le / 2 if end == "base" else u_p + physis / 2 + le / 2
         c = b.to_hand(uc)
-        epi = Bone(f"{name}_epi", *(c - b.e_u * le / 2).tolist(), b.angle, le, "ovoid",
-                   p=2.0 + 0.8 * g, wb=hw, c_end=0.35 * s)
+        epi = Bone(
+            f"{name}_epi",
+            *(c - b.e_u * le / 2).tolist(),
+            b.angle,
+            le,
+            "ovoid",
+            p=2.0 + 0.8 * g,
+            wb=hw,
+            c_end=0.35 * s,
+        )
         epi.cutters = moved
         b.cutters = [c for c in b.cutters if c not in moved]
         bones[epi.name] = epi
@@ -666,8 +828,11 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
         kept = []
         for c in b.cutters:
             if c.source:
-                src = bones.get(f"{c.source}_epi") if c.source.startswith("mc") and f"{c.source}_epi" in bones \
+                src = (
+                    bones.get(f"{c.source}_epi")
+                    if c.source.startswith("mc") and f"{c.source}_epi" in bones
                     else bones.get(c.source)
+                )
                 if src is None:
                     continue
                 if src.kind == "ovoid":

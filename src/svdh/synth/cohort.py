@@ -2,12 +2,12 @@
 
 * RA mode: the RA2-DREAM layout - ``training.csv`` (``Patient_ID``, ``Overall_Tol``,
   ``Overall_erosion``, ``Overall_narrowing`` for hands and wrists, then every hand joint column
-  as named in :mod:`svdh.scoring`; the feet columns are absent) beside ``<Patient_ID>-LH.png``
+  as named in :mod:`svdh.core.scoring`; the feet columns are absent) beside ``<Patient_ID>-LH.png``
   and ``-RH.png`` (or one ``-BH`` image of both hands with ``dual_hand``).
 * Child mode: the RSNA Bone Age layout - ``boneage.csv`` (``id, boneage, male``) beside
   ``<id>.png``.
 * Both: ``landmarks.json`` (schema in ``docs/synth.md``): for every image its size, hands,
-  pixel coordinates of every landmark of :data:`svdh.scoring.LANDMARKS` and, in RA mode, each
+  pixel coordinates of every landmark of :data:`svdh.core.scoring.LANDMARKS` and, in RA mode, each
   joint's erosion and JSN score.
 
 Images are PNG (8 or 16 bit, written by Pillow with fixed options) or DICOM (pydicom, with
@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from svdh import __version__, scoring
-from svdh.errors import BadConfigError
+from svdh import __version__
+from svdh.core import scoring
+from svdh.core.errors import BadConfigError
 from svdh.synth.damage import parse_severity
 from svdh.synth.phantom import MODES, Patient, RenderedImage, make_patient, quantize, render_patient
 
@@ -70,16 +71,27 @@ class CohortOptions:
         if self.seed < 0:
             raise BadConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.dual_hand and self.mode != "ra":
-            raise BadConfigError("--dual-hand applies to RA mode only (child mode draws one hand, as RSNA Bone Age)")
+            raise BadConfigError(
+                "--dual-hand applies to RA mode only (child mode draws one hand, as RSNA Bone Age)"
+            )
         if not self.id_prefix.isalnum():
-            raise BadConfigError(f"patient id prefix must be letters and digits, got {self.id_prefix!r}")
+            raise BadConfigError(
+                f"patient id prefix must be letters and digits, got {self.id_prefix!r}"
+            )
         parse_severity(self.severity)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "n": self.n, "size": self.size, "seed": self.seed, "severity": self.severity,
-            "format": self.format, "bits": self.bits, "dual_hand": self.dual_hand, "id_prefix": self.id_prefix,
+            "mode": self.mode,
+            "n": self.n,
+            "size": self.size,
+            "seed": self.seed,
+            "severity": self.severity,
+            "format": self.format,
+            "bits": self.bits,
+            "dual_hand": self.dual_hand,
+            "id_prefix": self.id_prefix,
         }
 
 
@@ -99,8 +111,10 @@ class CohortSummary:
     def describe(self) -> str:
         t = np.asarray(self.totals, dtype=float)
         what = "patient totals" if self.options.mode == "ra" else "bone age (months)"
-        return (f"{self.n_images} images of {self.n_patients} {'patients' if self.options.mode == 'ra' else 'children'}"
-                f" in {self.out_dir}; {what}: min {t.min():g}, median {np.median(t):g}, max {t.max():g}")
+        return (
+            f"{self.n_images} images of {self.n_patients} {'patients' if self.options.mode == 'ra' else 'children'}"
+            f" in {self.out_dir}; {what}: min {t.min():g}, median {np.median(t):g}, max {t.max():g}"
+        )
 
 
 # --------------------------------------------------------------------------- writers
@@ -122,9 +136,20 @@ def _study_date(seed: int, index: int) -> str:
     return day.strftime("%Y%m%d")
 
 
-def write_dicom(path: Path, pixels: np.ndarray, *, patient_id: str, laterality: str, seed: int,
-                index: int, image_key: str, mm_per_pixel: float, sex: str = "O",
-                age_months: int | None = None, monochrome1: bool = False) -> None:
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    patient_id: str,
+    laterality: str,
+    seed: int,
+    index: int,
+    image_key: str,
+    mm_per_pixel: float,
+    sex: str = "O",
+    age_months: int | None = None,
+    monochrome1: bool = False,
+) -> None:
     """A CR DICOM file with the usual tags (deterministic UIDs, dates and bytes).
 
     8-bit pixels are stored as they are; 16-bit ones as 12-bit stored values (like a CR
@@ -246,19 +271,37 @@ def _image_entry(img: RenderedImage, patient: Patient, side: str) -> dict[str, A
     return entry
 
 
-def _write_image(path: Path, img: RenderedImage, opts: CohortOptions, patient: Patient, side: str,
-                 monochrome1: bool) -> None:
+def _write_image(
+    path: Path,
+    img: RenderedImage,
+    opts: CohortOptions,
+    patient: Patient,
+    side: str,
+    monochrome1: bool,
+) -> None:
     px = quantize(img.image, opts.bits)
     if opts.format == "png":
         write_png(path, px)
     else:
         sex = "O" if patient.male is None else ("M" if patient.male else "F")
-        write_dicom(path, px, patient_id=patient.patient_id, laterality=side, seed=opts.seed,
-                    index=patient.index, image_key=path.name, mm_per_pixel=1.0 / img.px_per_mm, sex=sex,
-                    age_months=patient.boneage_months, monochrome1=monochrome1)
+        write_dicom(
+            path,
+            px,
+            patient_id=patient.patient_id,
+            laterality=side,
+            seed=opts.seed,
+            index=patient.index,
+            image_key=path.name,
+            mm_per_pixel=1.0 / img.px_per_mm,
+            sex=sex,
+            age_months=patient.boneage_months,
+            monochrome1=monochrome1,
+        )
 
 
-def make_patient_files(opts: CohortOptions, index: int, out_dir: str, monochrome1: bool = False) -> dict[str, Any]:
+def make_patient_files(
+    opts: CohortOptions, index: int, out_dir: str, monochrome1: bool = False
+) -> dict[str, Any]:
     """Render and write one patient's images; return its label row and landmark entries."""
     out = Path(out_dir)
     patient = make_patient(opts.seed, index, opts.mode, opts.severity, id_prefix=opts.id_prefix)
@@ -270,7 +313,11 @@ def make_patient_files(opts: CohortOptions, index: int, out_dir: str, monochrome
         name = f"{patient.patient_id}{ext}"
         _write_image(out / name, img, opts, patient, side, monochrome1)
         images[name] = _image_entry(img, patient, side)
-        row = {"id": patient.patient_id, "boneage": patient.boneage_months, "male": bool(patient.male)}
+        row = {
+            "id": patient.patient_id,
+            "boneage": patient.boneage_months,
+            "male": bool(patient.male),
+        }
         return {"row": row, "images": images, "value": float(patient.boneage_months or 0)}
     sides = ("B",) if opts.dual_hand else ("L", "R")
     for side in sides:
@@ -360,7 +407,9 @@ def generate_cohort(
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise BadConfigError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
+        raise BadConfigError(
+            f"--out {out}: cannot write there ({exc.strerror or exc}); choose a writable folder"
+        ) from None
     tasks = [(opts, i, str(out), monochrome1) for i in range(n)]
     results: list[dict[str, Any]] = []
     workers = min(workers, n)
@@ -382,7 +431,9 @@ def generate_cohort(
         # spawn: no inherited locks or thread pools from the parent (OpenCV, torch)
         ctx = mp.get_context("spawn")
         chunk = max(1, min(16, n // (4 * workers)))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as ex:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_worker_init
+        ) as ex:
             for i, r in enumerate(ex.map(_work, tasks, chunksize=chunk)):
                 results.append(r)
                 if progress:
@@ -405,14 +456,19 @@ def generate_cohort(
     tmp = lm.with_suffix(".json.tmp")
     tmp.write_text(_dump_landmarks(doc), encoding="utf-8")
     tmp.replace(lm)
-    return CohortSummary(out, opts, len(images), n, labels, lm, list(images), [r["value"] for r in results])
+    return CohortSummary(
+        out, opts, len(images), n, labels, lm, list(images), [r["value"] for r in results]
+    )
 
 
 def _dump_landmarks(doc: dict[str, Any]) -> str:
     """JSON with the header indented and one line per image (readable, and small for big cohorts)."""
     head = {k: v for k, v in doc.items() if k != "images"}
     text = json.dumps(head, indent=1)[:-2]
-    lines = [f" {json.dumps(name)}: {json.dumps(entry, separators=(',', ':'))}" for name, entry in doc["images"].items()]
+    lines = [
+        f" {json.dumps(name)}: {json.dumps(entry, separators=(',', ':'))}"
+        for name, entry in doc["images"].items()
+    ]
     return text + ',\n "images": {\n' + ",\n".join(lines) + "\n }\n}\n"
 
 
@@ -434,11 +490,17 @@ def load_landmarks(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BadConfigError(f"{p}: no landmarks file; generate the cohort with 'svdh synth'") from None
+        raise BadConfigError(
+            f"{p}: no landmarks file; generate the cohort with 'svdh synth'"
+        ) from None
     except (OSError, ValueError) as exc:
         raise BadConfigError(f"{p}: not a readable landmarks file ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != LANDMARKS_FORMAT:
-        raise BadConfigError(f"{p}: not an svdh phantom landmarks file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        raise BadConfigError(
+            f"{p}: not an svdh phantom landmarks file (format {doc.get('format') if isinstance(doc, dict) else None!r})"
+        )
     if int(doc.get("version", 0)) > LANDMARKS_VERSION:
-        raise BadConfigError(f"{p}: landmarks version {doc.get('version')} is newer than this svdh understands")
+        raise BadConfigError(
+            f"{p}: landmarks version {doc.get('version')} is newer than this svdh understands"
+        )
     return doc

@@ -27,22 +27,45 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from svdh import scoring
-from svdh.errors import BadConfigError
+from svdh.core import scoring
+from svdh.core.errors import BadConfigError
 from svdh.synth.anatomy import Bone, Capsule, Hand, Hole, narrowed_gap
 
 # Relative propensity of each site (by joint key) to be damaged, from the RA imaging
 # literature: MCP2/3, MCP5, PIPs, the ulnar styloid and the wrist lead; thumb joints lag.
 EROSION_PROPENSITY: dict[str, float] = {
-    "ero_ip": 0.45, "ero_pip2": 0.75, "ero_pip3": 0.95, "ero_pip4": 0.75, "ero_pip5": 0.8,
-    "ero_mcp1": 0.45, "ero_mcp2": 1.2, "ero_mcp3": 1.1, "ero_mcp4": 0.7, "ero_mcp5": 1.2,
-    "ero_mc1": 0.45, "ero_mul": 0.6, "ero_nav": 0.9, "ero_lunate": 0.8, "ero_radius": 0.8,
+    "ero_ip": 0.45,
+    "ero_pip2": 0.75,
+    "ero_pip3": 0.95,
+    "ero_pip4": 0.75,
+    "ero_pip5": 0.8,
+    "ero_mcp1": 0.45,
+    "ero_mcp2": 1.2,
+    "ero_mcp3": 1.1,
+    "ero_mcp4": 0.7,
+    "ero_mcp5": 1.2,
+    "ero_mc1": 0.45,
+    "ero_mul": 0.6,
+    "ero_nav": 0.9,
+    "ero_lunate": 0.8,
+    "ero_radius": 0.8,
     "ero_ulna": 1.3,
 }
 JSN_PROPENSITY: dict[str, float] = {
-    "jsn_pip2": 0.9, "jsn_pip3": 1.0, "jsn_pip4": 0.9, "jsn_pip5": 0.8,
-    "jsn_mcp1": 0.45, "jsn_mcp2": 1.0, "jsn_mcp3": 1.0, "jsn_mcp4": 0.8, "jsn_mcp5": 0.8,
-    "jsn_cmc3": 0.9, "jsn_cmc4": 0.8, "jsn_cmc5": 0.8, "jsn_mna": 1.0, "jsn_capnlun": 1.3,
+    "jsn_pip2": 0.9,
+    "jsn_pip3": 1.0,
+    "jsn_pip4": 0.9,
+    "jsn_pip5": 0.8,
+    "jsn_mcp1": 0.45,
+    "jsn_mcp2": 1.0,
+    "jsn_mcp3": 1.0,
+    "jsn_mcp4": 0.8,
+    "jsn_mcp5": 0.8,
+    "jsn_cmc3": 0.9,
+    "jsn_cmc4": 0.8,
+    "jsn_cmc5": 0.8,
+    "jsn_mna": 1.0,
+    "jsn_capnlun": 1.3,
     "jsn_radcar": 1.1,
 }
 PROPENSITY: dict[str, float] = {**EROSION_PROPENSITY, **JSN_PROPENSITY}
@@ -62,9 +85,13 @@ def parse_severity(spec: str) -> tuple[str, float | None]:
         except ValueError:
             n = -1.0
         if not 0 <= n <= scoring.MAX_PATIENT or n != int(n):
-            raise BadConfigError(f"severity {spec!r}: fixed:N needs a whole patient total N in 0-{scoring.MAX_PATIENT}")
+            raise BadConfigError(
+                f"severity {spec!r}: fixed:N needs a whole patient total N in 0-{scoring.MAX_PATIENT}"
+            )
         return "fixed", n
-    raise BadConfigError(f"unknown severity {spec!r}; use one of {', '.join(SEVERITIES)} or fixed:N")
+    raise BadConfigError(
+        f"unknown severity {spec!r}; use one of {', '.join(SEVERITIES)} or fixed:N"
+    )
 
 
 def draw_patient_total(rng: np.random.Generator, severity: str) -> int:
@@ -120,9 +147,9 @@ def allocate(rng: np.random.Generator, total: int) -> dict[str, dict[str, int]]:
     hand_eff = np.exp(rng.normal(0.0, 0.25, 2))
     erosive = math.exp(rng.normal(0.0, 0.45))
     kind = np.array([erosive if k.startswith("ero_") else 1.0 / erosive for k in keys])
-    w = np.concatenate([
-        prop * joint_eff * kind * hand_eff[h] * np.exp(rng.normal(0.0, 0.35, n)) for h in range(2)
-    ])
+    w = np.concatenate(
+        [prop * joint_eff * kind * hand_eff[h] * np.exp(rng.normal(0.0, 0.35, n)) for h in range(2)]
+    )
     s = np.zeros(2 * n, dtype=np.int64)
     total = int(min(total, maxs.sum()))
     beta = 1.1  # reinforcement: damage begets damage at the same joint
@@ -137,12 +164,20 @@ def allocate(rng: np.random.Generator, total: int) -> dict[str, dict[str, int]]:
     }
 
 
-def sample_patient(rng: np.random.Generator, severity: str = "cohort", total: int | None = None) -> PatientDisease:
+def sample_patient(
+    rng: np.random.Generator, severity: str = "cohort", total: int | None = None
+) -> PatientDisease:
     """Draw one patient's joint scores and confounders."""
     t = draw_patient_total(rng, severity) if total is None else int(total)
     scores = allocate(rng, t)
     sev = t / scoring.MAX_PATIENT
-    activity = float(np.clip(rng.beta(2.0, 3.0) * (0.3 + 0.9 * math.sqrt(sev)) if t > 0 else rng.uniform(0, 0.08), 0, 1))
+    activity = float(
+        np.clip(
+            rng.beta(2.0, 3.0) * (0.3 + 0.9 * math.sqrt(sev)) if t > 0 else rng.uniform(0, 0.08),
+            0,
+            1,
+        )
+    )
     bmd = float(np.clip(rng.normal(1.0, 0.07) - 0.45 * sev**0.8, 0.4, 1.2))
     deviation = float(sev**0.8 * rng.uniform(0.0, 28.0))
     return PatientDisease(t, scores, activity, bmd, deviation)
@@ -165,7 +200,8 @@ _WRIST_EROSION_BONES = {
     "ero_ulna": ("ulna", "head"),
 }
 _FINGER_EROSION_JOINT = {
-    "ero_ip": "ip1", **{f"ero_pip{d}": f"pip{d}" for d in range(2, 6)},
+    "ero_ip": "ip1",
+    **{f"ero_pip{d}": f"pip{d}" for d in range(2, 6)},
     **{f"ero_mcp{d}": f"mcp{d}" for d in range(1, 6)},
 }
 
@@ -178,25 +214,36 @@ def lesion_radii(rng: np.random.Generator, score: int) -> list[tuple[float, floa
     """
     if score <= 0:
         return []
-    table = {1: (1, 0.5, 0.9), 2: (2, 0.65, 1.15), 3: (3, 0.9, 1.6), 4: (4, 1.1, 1.9), 5: (3, 1.2, 2.0)}
+    table = {
+        1: (1, 0.5, 0.9),
+        2: (2, 0.65, 1.15),
+        3: (3, 0.9, 1.6),
+        4: (4, 1.1, 1.9),
+        5: (3, 1.2, 2.0),
+    }
     n, lo, hi = table[min(score, 5)]
     out = []
     for i in range(n):
         en_face = score >= 2 and i > 0 and rng.random() < 0.3
         # a defect seen in profile removes most, not all, of the bone in the beam's path
-        out.append((float(rng.uniform(lo, hi)), 0.5 if en_face else float(rng.uniform(0.8, 0.95)), en_face))
+        out.append(
+            (float(rng.uniform(lo, hi)), 0.5 if en_face else float(rng.uniform(0.8, 0.95)), en_face)
+        )
     return out
 
 
-def _marginal_hole(bone: Bone, u: float, side: int, r: float, depth: float, en_face: bool,
-                   rng: np.random.Generator) -> Hole:
+def _marginal_hole(
+    bone: Bone, u: float, side: int, r: float, depth: float, en_face: bool, rng: np.random.Generator
+) -> Hole:
     w = float(bone.width(np.array([u]))[0])
     if en_face:  # seen through the bone: inside the outline
         return Hole(u, side * w * float(rng.uniform(0.1, 0.6)), r, depth)
     return Hole(u, side * w * float(rng.uniform(0.85, 1.0)), r, depth)
 
 
-def _erode_finger_joint(hand: Hand, joint: str, score: int, jsn: int, rng: np.random.Generator) -> None:
+def _erode_finger_joint(
+    hand: Hand, joint: str, score: int, jsn: int, rng: np.random.Generator
+) -> None:
     j = hand.joints[joint]
     prox, dist = hand.bones[j.prox], hand.bones[j.dist]
     lesions = lesion_radii(rng, score)
@@ -215,13 +262,21 @@ def _erode_finger_joint(hand: Hand, joint: str, score: int, jsn: int, rng: np.ra
         for _ in range(n):
             r = float(rng.uniform(0.3, 0.45) if score == 4 else rng.uniform(0.38, 0.6)) * prox.wh
             v = float(rng.uniform(-0.75, 0.75)) * prox.wh
-            prox.holes.append(Hole(prox.length + 0.25 * r - float(rng.uniform(0, 0.25)) * prox.lh, v, r,
-                                   0.7 if score == 4 else 1.0))
+            prox.holes.append(
+                Hole(
+                    prox.length + 0.25 * r - float(rng.uniform(0, 0.25)) * prox.lh,
+                    v,
+                    r,
+                    0.7 if score == 4 else 1.0,
+                )
+            )
         if score == 5:
             for _ in range(3):
                 r = float(rng.uniform(0.32, 0.5)) * dist.wb
                 v = float(rng.uniform(-0.7, 0.7)) * dist.wb
-                dist.holes.append(Hole(j.dist_u - 0.2 * r + float(rng.uniform(0, 0.2)) * dist.lb, v, r, 1.0))
+                dist.holes.append(
+                    Hole(j.dist_u - 0.2 * r + float(rng.uniform(0, 0.2)) * dist.lb, v, r, 1.0)
+                )
 
 
 def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | None = None) -> None:
@@ -234,8 +289,11 @@ def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | Non
         else:
             u = bone.length * float(rng.uniform(0.15, 0.85))
         # carpal and wrist defects are partly hidden by the bone in front of and behind them
-        bone.holes.append(_marginal_hole(bone, u, side, r, depth * (0.8 if bone.kind == "ovoid" else 1.0),
-                                         en_face, rng))
+        bone.holes.append(
+            _marginal_hole(
+                bone, u, side, r, depth * (0.8 if bone.kind == "ovoid" else 1.0), en_face, rng
+            )
+        )
     if score >= 5:  # collapse: ragged bites through the bone end
         w = bone.wb if end != "head" else bone.wh
         for _ in range(3):
@@ -245,18 +303,28 @@ def _erode_bone(bone: Bone, score: int, rng: np.random.Generator, end: str | Non
                 u = bone.length - float(rng.uniform(0.0, 0.8)) * bone.lh
             else:
                 u = bone.length * float(rng.uniform(0.3, 0.7))
-            bone.holes.append(Hole(u, float(rng.uniform(-0.8, 0.8)) * w, float(rng.uniform(0.3, 0.45)) * w, 0.75))
+            bone.holes.append(
+                Hole(u, float(rng.uniform(-0.8, 0.8)) * w, float(rng.uniform(0.3, 0.45)) * w, 0.75)
+            )
 
 
 def joint_rng(seed_seq: np.random.SeedSequence, key: str, purpose: int = 0) -> np.random.Generator:
     """The random stream of one joint's lesions (independent of every other joint)."""
     idx = JOINT_KEYS.index(key)
-    return np.random.default_rng(np.random.SeedSequence(
-        seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, 7000 + idx + 1000 * purpose)))
+    return np.random.default_rng(
+        np.random.SeedSequence(
+            seed_seq.entropy, spawn_key=(*seed_seq.spawn_key, 7000 + idx + 1000 * purpose)
+        )
+    )
 
 
-def apply_damage(hand: Hand, scores: dict[str, int], seed_seq: np.random.SeedSequence,
-                 activity: float = 0.0, bone_density: float = 1.0) -> None:
+def apply_damage(
+    hand: Hand,
+    scores: dict[str, int],
+    seed_seq: np.random.SeedSequence,
+    activity: float = 0.0,
+    bone_density: float = 1.0,
+) -> None:
     """Draw the lesions of ``scores`` (joint key -> SvdH score) into ``hand``, in place."""
     for b in hand.bones.values():
         if not b.metal:
@@ -348,10 +416,18 @@ def _osteopenia(hand: Hand, landmark: str, amount: float) -> None:
         dist.osteo.append((0.0, amount, min(0.22 * dist.length, 9.0) + 2.0))
         return
     names = {
-        "mc1base": ("mc1",), "trapezium": ("trapezium", "trapezoid"), "scaphoid": ("scaphoid",),
-        "lunate": ("lunate",), "radius": ("radius",), "ulna": ("ulna",), "cmc3": ("mc3", "capitate"),
-        "cmc4": ("mc4", "hamate"), "cmc5": ("mc5", "hamate"), "stt": ("scaphoid", "trapezium"),
-        "capnlun": ("capitate", "lunate"), "radcar": ("radius", "lunate", "scaphoid"),
+        "mc1base": ("mc1",),
+        "trapezium": ("trapezium", "trapezoid"),
+        "scaphoid": ("scaphoid",),
+        "lunate": ("lunate",),
+        "radius": ("radius",),
+        "ulna": ("ulna",),
+        "cmc3": ("mc3", "capitate"),
+        "cmc4": ("mc4", "hamate"),
+        "cmc5": ("mc5", "hamate"),
+        "stt": ("scaphoid", "trapezium"),
+        "capnlun": ("capitate", "lunate"),
+        "radcar": ("radius", "lunate", "scaphoid"),
     }.get(landmark, ())
     for n in names:
         b = hand.bones[n]

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from svdh import scoring
-from svdh.errors import BadConfigError
+from svdh.core import scoring
+from svdh.core.errors import BadConfigError
 from svdh.synth.anatomy import Hand, HandShape, build_hand
 from svdh.synth.damage import PatientDisease, apply_damage, no_damage, sample_patient
 from svdh.synth.render import compose, place_hand, sample_film
@@ -63,8 +63,14 @@ _GROWTH_AGE = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 25.0)
 _GROWTH_SIZE = (0.36, 0.45, 0.5, 0.58, 0.65, 0.71, 0.77, 0.84, 0.92, 0.98, 1.0, 1.0)
 
 
-def make_patient(seed: int, index: int, mode: str = "ra", severity: str = "cohort",
-                 total: int | None = None, id_prefix: str = "SYN") -> Patient:
+def make_patient(
+    seed: int,
+    index: int,
+    mode: str = "ra",
+    severity: str = "cohort",
+    total: int | None = None,
+    id_prefix: str = "SYN",
+) -> Patient:
     """Draw patient ``index`` of the cohort with ``seed``."""
     if mode not in MODES:
         raise BadConfigError(f"unknown phantom mode {mode!r}; use one of {', '.join(MODES)}")
@@ -76,12 +82,33 @@ def make_patient(seed: int, index: int, mode: str = "ra", severity: str = "cohor
     soft = float(np.clip(body.normal(1.0, 0.1), 0.8, 1.25))
     if mode == "ra":
         disease = sample_patient(_rng(seed, index, 0, _DISEASE), severity, total)
-        return Patient(seed, index, f"{id_prefix}{index + 1:05d}", mode, scale, ray, width, soft, disease=disease)
+        return Patient(
+            seed,
+            index,
+            f"{id_prefix}{index + 1:05d}",
+            mode,
+            scale,
+            ray,
+            width,
+            soft,
+            disease=disease,
+        )
     months = int(body.integers(0, 229))  # 0-19 years, uniform
     male = bool(body.random() < 0.5)
     side = "L" if body.random() < 0.9 else "R"
-    p = Patient(seed, index, str(index + 1), mode, scale, ray, width, soft, boneage_months=months, male=male,
-                child_side=side)
+    p = Patient(
+        seed,
+        index,
+        str(index + 1),
+        mode,
+        scale,
+        ray,
+        width,
+        soft,
+        boneage_months=months,
+        male=male,
+        child_side=side,
+    )
     m = p.maturity or 0.0
     p.scale = scale * float(np.interp(m, _GROWTH_AGE, _GROWTH_SIZE)) * (1.0 if male else 0.93)
     return p
@@ -100,8 +127,13 @@ class RenderedImage:
     extra: dict = field(default_factory=dict)
 
 
-def _hand(patient: Patient, side: str, scores: dict[str, int] | None, pose: np.random.Generator,
-          lesion_seq: np.random.SeedSequence) -> Hand:
+def _hand(
+    patient: Patient,
+    side: str,
+    scores: dict[str, int] | None,
+    pose: np.random.Generator,
+    lesion_seq: np.random.SeedSequence,
+) -> Hand:
     deviation = patient.disease.deviation if patient.disease is not None else 0.0
     shape = HandShape(
         scale=patient.scale,
@@ -120,8 +152,13 @@ def _hand(patient: Patient, side: str, scores: dict[str, int] | None, pose: np.r
     if ring:
         hand.ring_finger, hand.ring_at = finger, where
     if patient.disease is not None:
-        apply_damage(hand, scores if scores is not None else no_damage(), lesion_seq,
-                     patient.disease.activity, patient.disease.bone_density)
+        apply_damage(
+            hand,
+            scores if scores is not None else no_damage(),
+            lesion_seq,
+            patient.disease.activity,
+            patient.disease.bone_density,
+        )
     return hand
 
 
@@ -133,8 +170,14 @@ def _field_px_per_mm(patient: Patient, size: int, pose: np.random.Generator) -> 
     return size / f
 
 
-def render_patient(patient: Patient, size: int = 512, side: str = "L", *,
-                   scores: dict[str, int] | None = None, with_film: bool = True) -> RenderedImage:
+def render_patient(
+    patient: Patient,
+    size: int = 512,
+    side: str = "L",
+    *,
+    scores: dict[str, int] | None = None,
+    with_film: bool = True,
+) -> RenderedImage:
     """Render one hand (``side`` 'L'/'R') or both hands side by side (``side='B'``).
 
     ``scores`` overrides the patient's joint scores of a single hand (for controlled
@@ -169,19 +212,36 @@ def render_patient(patient: Patient, size: int = 512, side: str = "L", *,
         place = place_hand(hand, sd, box, k, pose, tips_may_be_cut=film.tips_may_be_cut)
         placed.append((hand, place, sd))
         boxes.append(box)
-    img = compose(placed, (H, W), film, _rng(seed, idx, code, _TEX), _rng(seed, idx, code, _NOISE), boxes,
-                  with_film=with_film)
+    img = compose(
+        placed,
+        (H, W),
+        film,
+        _rng(seed, idx, code, _TEX),
+        _rng(seed, idx, code, _NOISE),
+        boxes,
+        with_film=with_film,
+    )
     landmarks = {
-        sd: {name: tuple(float(v) for v in place.apply(hand.landmarks[name])) for name in scoring.LANDMARKS}
+        sd: {
+            name: tuple(float(v) for v in place.apply(hand.landmarks[name]))
+            for name in scoring.LANDMARKS
+        }
         for hand, place, sd in placed
     }
     assert k is not None
     return RenderedImage(img, sides, landmarks, all_scores, k, joint_radius_px=6.0 * k)
 
 
-def render_hand(seed: int = 0, index: int = 0, side: str | None = None, size: int = 512, mode: str = "ra",
-                severity: str = "cohort", scores: dict[str, int] | None = None,
-                with_film: bool = True) -> RenderedImage:
+def render_hand(
+    seed: int = 0,
+    index: int = 0,
+    side: str | None = None,
+    size: int = 512,
+    mode: str = "ra",
+    severity: str = "cohort",
+    scores: dict[str, int] | None = None,
+    with_film: bool = True,
+) -> RenderedImage:
     """Render one phantom radiograph: patient ``index`` of cohort ``seed``.
 
     ``side``: 'L', 'R' or 'B' (both hands on one film); by default the left hand in RA mode and
@@ -196,7 +256,9 @@ def render_hand(seed: int = 0, index: int = 0, side: str | None = None, size: in
     if scores is not None:
         bad = [k for k in scores if k not in scoring.JOINTS_BY_KEY]
         if bad:
-            raise BadConfigError(f"unknown joint key(s) {bad}; use keys of svdh.scoring.JOINTS such as 'ero_mcp2'")
+            raise BadConfigError(
+                f"unknown joint key(s) {bad}; use keys of svdh.core.scoring.JOINTS such as 'ero_mcp2'"
+            )
         for k, v in scores.items():
             mx = scoring.JOINTS_BY_KEY[k].max_score
             if not 0 <= int(v) <= mx:

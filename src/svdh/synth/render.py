@@ -53,7 +53,9 @@ def supersampling(size: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=6)
-def trabecular_tile(px_per_mm: float, px_per_mm_across: float | None = None, n: int = 1024) -> np.ndarray:
+def trabecular_tile(
+    px_per_mm: float, px_per_mm_across: float | None = None, n: int = 1024
+) -> np.ndarray:
     """A fixed band-pass noise tile that looks like trabecular bone at ``px_per_mm`` along the
     rows (the bone axis) and ``px_per_mm_across`` (default the same) along the columns.
 
@@ -103,11 +105,19 @@ class Placement:
 
     def __post_init__(self) -> None:
         if not self.k:
-            self.k = float(math.sqrt(abs(self.G[0, 0] * self.G[1, 1] - self.G[0, 1] * self.G[1, 0])))
+            self.k = float(
+                math.sqrt(abs(self.G[0, 0] * self.G[1, 1] - self.G[0, 1] * self.G[1, 0]))
+            )
 
     @classmethod
-    def make(cls, side: str, px_per_mm: float, rotation_deg: float, center_px: tuple[float, float],
-             center_mm: tuple[float, float] = (0.0, 0.0)) -> Placement:
+    def make(
+        cls,
+        side: str,
+        px_per_mm: float,
+        rotation_deg: float,
+        center_px: tuple[float, float],
+        center_mm: tuple[float, float] = (0.0, 0.0),
+    ) -> Placement:
         m = 1.0 if side == "L" else -1.0  # a left hand shows its thumb on the image's right
         a = math.radians(rotation_deg)
         rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -157,8 +167,15 @@ def _window(lo: float, hi: float, start: float, step: float, n: int) -> slice:
     return slice(i0, max(i0, i1))
 
 
-def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
-               tile: np.ndarray, margin_mm: float = 1.0, sv: int | None = None) -> tuple[np.ndarray, float, float]:
+def bone_patch(
+    bone: Bone,
+    k: float,
+    ss: int,
+    rng: np.random.Generator,
+    tile: np.ndarray,
+    margin_mm: float = 1.0,
+    sv: int | None = None,
+) -> tuple[np.ndarray, float, float]:
     """Attenuation of one bone in its own frame at the output pitch.
 
     Returns ``(patch, u0, v0)``: rows are ``u = u0 + i / k``, columns ``v = v0 + j / k`` (mm).
@@ -188,7 +205,9 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
     # minimum over a disc of radius c; W between samples by linear interpolation)
     Wi = W - c
     for t in (-1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 0.75, 1.0):
-        Wi = np.minimum(Wi, np.interp(u + c * t, u, W, left=0.0, right=0.0) - c * math.sqrt(1.0 - t * t))
+        Wi = np.minimum(
+            Wi, np.interp(u + c * t, u, W, left=0.0, right=0.0) - c * math.sqrt(1.0 - t * t)
+        )
     Wi = np.clip(Wi, 0.0, None)
     v2 = (v * v).astype(np.float32)
     # half-chords (the factor 2 of the chord is folded into the attenuation factors below)
@@ -215,15 +234,21 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
         np.maximum(outer[rs, cs], o, out=outer[rs, cs])
 
     def on_inner(cs: slice) -> slice:
-        return slice(max(cs.start, ci.start) - c0, max(min(cs.stop, ci.stop), max(cs.start, ci.start)) - c0)
+        return slice(
+            max(cs.start, ci.start) - c0, max(min(cs.stop, ci.stop), max(cs.start, ci.start)) - c0
+        )
 
     for cut in bone.cutters:
         if cut.ellipse is not None:
             e = cut.ellipse
             cu, cv = bone.to_local(np.array([e.cx, e.cy]))
             phi = e.angle - bone.angle
-            ext_u = math.hypot(e.a * math.cos(phi), e.b * math.sin(phi)) + cut.gap + cut.plate + 2 * h
-            ext_v = math.hypot(e.a * math.sin(phi), e.b * math.cos(phi)) + cut.gap + cut.plate + 2 * h
+            ext_u = (
+                math.hypot(e.a * math.cos(phi), e.b * math.sin(phi)) + cut.gap + cut.plate + 2 * h
+            )
+            ext_v = (
+                math.hypot(e.a * math.sin(phi), e.b * math.cos(phi)) + cut.gap + cut.plate + 2 * h
+            )
             rs = _window(cu - ext_u, cu + ext_u, u[0], h, u.size)
             cs = _window(cv - ext_v, cv + ext_v, v[0], hv, v.size)
             if rs.stop <= rs.start or cs.stop <= cs.start:
@@ -244,11 +269,14 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
         ic = on_inner(cs)
         if ic.stop <= ic.start:
             continue
-        kin = keep[:, ic.start + c0 - cs.start: ic.stop + c0 - cs.start]
+        kin = keep[:, ic.start + c0 - cs.start : ic.stop + c0 - cs.start]
         if cut.plate > 0:
             # the subchondral plate is a curved shell: seen edge-on it is about half as dense
             # as a wall of cortex through the whole depth of the bone
-            band = _ramp((sdf[:, ic.start + c0 - cs.start: ic.stop + c0 - cs.start] - cut.gap - cut.plate) / h)
+            band = _ramp(
+                (sdf[:, ic.start + c0 - cs.start : ic.stop + c0 - cs.start] - cut.gap - cut.plate)
+                / h
+            )
             inner[rs, ic] *= kin * (0.5 + 0.5 * band).astype(np.float32)
         else:
             inner[rs, ic] *= kin
@@ -261,24 +289,28 @@ def bone_patch(bone: Bone, k: float, ss: int, rng: np.random.Generator,
             continue
         d = np.sqrt((u[rs, None] - hole.u) ** 2 + (v[None, cs] - hole.v) ** 2)
         # erosions have ill-defined margins: a ~0.3 mm soft edge at any resolution
-        f = (1.0 - hole.depth * np.clip(0.5 - (d - hole.r) / max(0.3, h), 0.0, 1.0)).astype(np.float32)
+        f = (1.0 - hole.depth * np.clip(0.5 - (d - hole.r) / max(0.3, h), 0.0, 1.0)).astype(
+            np.float32
+        )
         outer[rs, cs] *= f
         ic = on_inner(cs)
         if ic.stop > ic.start:
-            inner[rs, ic] *= f[:, ic.start + c0 - cs.start: ic.stop + c0 - cs.start]
+            inner[rs, ic] *= f[:, ic.start + c0 - cs.start : ic.stop + c0 - cs.start]
 
     if bone.metal:
         att = (2.0 * MU_METAL) * outer
     else:
         osteo = np.ones_like(u)
-        for (uc, amount, scale) in bone.osteo:
+        for uc, amount, scale in bone.osteo:
             z = np.abs(u - uc) / scale
             # a Gaussian cut off smoothly at 2.5 scales: the effect stays periarticular
             osteo -= amount * np.exp(-(z**2)) * np.clip(2.5 - z, 0.0, 1.0)
         osteo = np.clip(osteo, 0.25, 1.0)
         # cortex x cfac + medulla x mfac x texture, with cortex = outer - inner
         cfac = ((2.0 * MU_CORTEX * bone.cortex_density) * (0.55 + 0.45 * osteo)).astype(np.float32)
-        mfac = ((2.0 * MU_TRABECULAR * bone.density) * bone.trabecular(u) * osteo).astype(np.float32)
+        mfac = ((2.0 * MU_TRABECULAR * bone.density) * bone.trabecular(u) * osteo).astype(
+            np.float32
+        )
         att = outer
         att *= cfac[:, None]
         if inner.size:
@@ -307,13 +339,26 @@ def _warp_add(canvas: np.ndarray, patch: np.ndarray, M: np.ndarray) -> None:
     Ms = M.copy()
     Ms[0, 2] -= x0
     Ms[1, 2] -= y0
-    out = cv2.warpAffine(patch, Ms, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    out = cv2.warpAffine(
+        patch,
+        Ms,
+        (x1 - x0, y1 - y0),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
     canvas[y0:y1, x0:x1] += out
 
 
-def draw_bone(canvas: np.ndarray, bone: Bone, place: Placement, ss: int,
-              rng: np.random.Generator, tile: np.ndarray, sv: int | None = None) -> None:
+def draw_bone(
+    canvas: np.ndarray,
+    bone: Bone,
+    place: Placement,
+    ss: int,
+    rng: np.random.Generator,
+    tile: np.ndarray,
+    sv: int | None = None,
+) -> None:
     k = place.px_per_mm
     patch, u0, v0 = bone_patch(bone, k, ss, rng, tile, sv=sv)
     # patch pixel (col j, row i) -> local (v0 + j/k, u0 + i/k) -> hand -> image
@@ -337,7 +382,9 @@ def draw_ring(canvas: np.ndarray, bone: Bone, u_at: float, radius: float, place:
     u = u0 + ((np.arange(nu * ss) + 0.5) / ss - 0.5) / k
     v = v0 + ((np.arange(nv * ss) + 0.5) / ss - 0.5) / k
     prof = np.sqrt(np.clip(1.0 - ((u - u_at) / (width / 2)) ** 2, 0.0, None))
-    chord = 2.0 * (np.sqrt(np.clip(ro * ro - v * v, 0.0, None)) - np.sqrt(np.clip(ri * ri - v * v, 0.0, None)))
+    chord = 2.0 * (
+        np.sqrt(np.clip(ro * ro - v * v, 0.0, None)) - np.sqrt(np.clip(ri * ri - v * v, 0.0, None))
+    )
     att = (MU_METAL * prof[:, None] * chord[None, :]).astype(np.float32)
     att = cv2.resize(att, (nv, nu), interpolation=cv2.INTER_AREA)
     Ge_u, Ge_v = place.G @ bone.e_u, place.G @ bone.e_v
@@ -357,13 +404,17 @@ def _capsule_poly(p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.nd
     ang = math.atan2(p1[1] - p0[1], p1[0] - p0[0])
     a0 = ang + _HALF
     a1 = a0 + math.pi
-    return np.concatenate([
-        np.stack([p0[0] + r0 * np.cos(a0), p0[1] + r0 * np.sin(a0)], axis=1),
-        np.stack([p1[0] + r1 * np.cos(a1), p1[1] + r1 * np.sin(a1)], axis=1),
-    ])
+    return np.concatenate(
+        [
+            np.stack([p0[0] + r0 * np.cos(a0), p0[1] + r0 * np.sin(a0)], axis=1),
+            np.stack([p1[0] + r1 * np.cos(a1), p1[1] + r1 * np.sin(a1)], axis=1),
+        ]
+    )
 
 
-def soft_tissue(hands: list[tuple[Hand, Placement]], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def soft_tissue(
+    hands: list[tuple[Hand, Placement]], shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Projected soft-tissue thickness (mm) and the hand mask (uint8), at output resolution.
 
     The outline (finger capsules, palm, forearm, swellings) is filled as a mask; its distance
@@ -383,7 +434,9 @@ def soft_tissue(hands: list[tuple[Hand, Placement]], shape: tuple[int, int]) -> 
     def pts(xy: np.ndarray, scale: float = 1.0) -> np.ndarray:
         return np.round(xy * (f / scale)).astype(np.int32)
 
-    def low(xy: np.ndarray) -> np.ndarray:  # full-resolution pixel coordinates -> quarter resolution
+    def low(
+        xy: np.ndarray,
+    ) -> np.ndarray:  # full-resolution pixel coordinates -> quarter resolution
         return pts(xy + 0.5 - q / 2, q)
 
     for hand, place in hands:
@@ -456,9 +509,15 @@ def sample_film(rng: np.random.Generator) -> Film:
     )
 
 
-def place_hand(hand: Hand, side: str, box: tuple[int, int, int, int], px_per_mm: float,
-               rng: np.random.Generator, tips_may_be_cut: bool = False,
-               margin_mm: float = 7.0) -> Placement:
+def place_hand(
+    hand: Hand,
+    side: str,
+    box: tuple[int, int, int, int],
+    px_per_mm: float,
+    rng: np.random.Generator,
+    tips_may_be_cut: bool = False,
+    margin_mm: float = 7.0,
+) -> Placement:
     """Rotate (up to ~30 degrees) and shift a hand at random inside ``box`` (x0, y0, x1, y1)
     so that every scored landmark, and unless ``tips_may_be_cut`` every finger tip, lies in it."""
     x0, y0, x1, y1 = box
@@ -470,7 +529,7 @@ def place_hand(hand: Hand, side: str, box: tuple[int, int, int, int], px_per_mm:
     mt = 7.0 * px_per_mm  # the tip's soft tissue reaches beyond the bone
     u = (rng.random(2) + rng.random(2)) / 2  # triangular: films are roughly centred
     # first try with the finger tips in the field (smaller rotations if need be), then without
-    for need_tips in ((True, False) if not tips_may_be_cut else (False,)):
+    for need_tips in (True, False) if not tips_may_be_cut else (False,):
         r = rot
         for _ in range(5):
             place = Placement.make(side, px_per_mm, r, (0.0, 0.0))
@@ -491,8 +550,15 @@ def place_hand(hand: Hand, side: str, box: tuple[int, int, int, int], px_per_mm:
 _FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX)
 
 
-def draw_marker(att: np.ndarray, letter: str, box: tuple[int, int, int, int], mask: np.ndarray,
-                film: Film, px_per_mm: float, rng: np.random.Generator) -> None:
+def draw_marker(
+    att: np.ndarray,
+    letter: str,
+    box: tuple[int, int, int, int],
+    mask: np.ndarray,
+    film: Film,
+    px_per_mm: float,
+    rng: np.random.Generator,
+) -> None:
     """A lead side marker ("L"/"R") in a free corner of ``box``: bright, blurred like the film."""
     x0, y0, x1, y1 = box
     h = max(5, int(round(film.marker_mm * px_per_mm)))
@@ -504,7 +570,12 @@ def draw_marker(att: np.ndarray, letter: str, box: tuple[int, int, int, int], ma
     bw, bh = tw + 2 * pad, th + base + 2 * pad
     m = max(3, int(6 * px_per_mm))
     # corners first (where technologists put markers), then along the edges
-    corners = [(x0 + m, y0 + m), (x1 - m - bw, y0 + m), (x0 + m, y1 - m - bh), (x1 - m - bw, y1 - m - bh)]
+    corners = [
+        (x0 + m, y0 + m),
+        (x1 - m - bw, y0 + m),
+        (x0 + m, y1 - m - bh),
+        (x1 - m - bw, y1 - m - bh),
+    ]
     edges = []
     for f in np.linspace(0.2, 0.8, 4):
         xe = int(x0 + m + f * (x1 - x0 - 2 * m - bw))
@@ -517,13 +588,13 @@ def draw_marker(att: np.ndarray, letter: str, box: tuple[int, int, int, int], ma
         cx, cy = cands[int(i)]
         if cx < 0 or cy < 0 or cx + bw > W or cy + bh > H:
             continue
-        if mask[max(0, cy - m): cy + bh + m, max(0, cx - m): cx + bw + m].any():
+        if mask[max(0, cy - m) : cy + bh + m, max(0, cx - m) : cx + bw + m].any():
             continue
         patch = np.zeros((bh, bw), np.uint8)
         cv2.putText(patch, letter, (pad, pad + th), font, scale, 255, thick, cv2.LINE_AA)
         if film.marker_box:
             cv2.rectangle(patch, (0, 0), (bw - 1, bh - 1), 120, max(1, thick // 2), cv2.LINE_AA)
-        att[cy: cy + bh, cx: cx + bw] += patch.astype(np.float32) * (3.0 / 255.0)
+        att[cy : cy + bh, cx : cx + bw] += patch.astype(np.float32) * (3.0 / 255.0)
         return
 
 
@@ -532,7 +603,12 @@ def collimation_mask(shape: tuple[int, int], film: Film, keep: np.ndarray) -> np
     if not any(film.collimation):
         return None
     H, W = shape
-    insets = [film.collimation[0] * W, film.collimation[1] * H, film.collimation[2] * W, film.collimation[3] * H]
+    insets = [
+        film.collimation[0] * W,
+        film.collimation[1] * H,
+        film.collimation[2] * W,
+        film.collimation[3] * H,
+    ]
     a = math.radians(film.collimation_tilt)
     cx, cy = (W - 1) / 2, (H - 1) / 2
     # keep points in the rotated frame of the field
@@ -553,9 +629,15 @@ def collimation_mask(shape: tuple[int, int], film: Film, keep: np.ndarray) -> np
     return (rx < insets[0]) | (ry < insets[1]) | (rx > W - 1 - insets[2]) | (ry > H - 1 - insets[3])
 
 
-def compose(hands: list[tuple[Hand, Placement, str]], shape: tuple[int, int], film: Film,
-            rng_tex: np.random.Generator, rng_noise: np.random.Generator,
-            boxes: list[tuple[int, int, int, int]], with_film: bool = True) -> np.ndarray:
+def compose(
+    hands: list[tuple[Hand, Placement, str]],
+    shape: tuple[int, int],
+    film: Film,
+    rng_tex: np.random.Generator,
+    rng_noise: np.random.Generator,
+    boxes: list[tuple[int, int, int, int]],
+    with_film: bool = True,
+) -> np.ndarray:
     """Render hands (each with its placement and side letter) into one float image in [0, 1]."""
     H, W = shape
     k = hands[0][1].px_per_mm
@@ -606,10 +688,15 @@ def compose(hands: list[tuple[Hand, Placement, str]], shape: tuple[int, int], fi
     sigma_n = film.noise * min(1.5, k / (512 / 220))
     if sigma_n > 1e-4:
         raw = np.frombuffer(rng_noise.bytes(2 * H * W), dtype=np.uint8).reshape(2, H, W)
-        n = (raw[0].astype(np.float32) + raw[1]) * np.float32(1.0 / 104.2) - np.float32(255.0 / 104.2)
+        n = (raw[0].astype(np.float32) + raw[1]) * np.float32(1.0 / 104.2) - np.float32(
+            255.0 / 104.2
+        )
         out = out + n * (sigma_n * (0.6 + 0.9 * img))
     if col is not None:
         cv = film.collimation_value
-        noise_c = (np.frombuffer(rng_noise.bytes(H * W), dtype=np.uint8).reshape(H, W).astype(np.float32) - 127.5)
+        noise_c = (
+            np.frombuffer(rng_noise.bytes(H * W), dtype=np.uint8).reshape(H, W).astype(np.float32)
+            - 127.5
+        )
         out = np.where(col, cv + noise_c * np.float32(sigma_n / 74.0), out)
     return np.clip(out, 0.0, 1.0).astype(np.float32)

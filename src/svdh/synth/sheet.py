@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 from svdh.synth.cohort import load_landmarks
 
 
 def _read(path: Path) -> np.ndarray:
-    from svdh.io import read_radiograph
+    from svdh.core.io import read_radiograph
 
     return read_radiograph(path).pixels
 
@@ -26,7 +26,9 @@ def _read(path: Path) -> np.ndarray:
 def _label(name: str, entry: dict[str, Any]) -> tuple[str, float]:
     if "boneage" in entry:
         months = entry["boneage"]
-        return f"{Path(name).stem}  {months / 12:.1f} y  {'M' if entry['male'] else 'F'}", float(months)
+        return f"{Path(name).stem}  {months / 12:.1f} y  {'M' if entry['male'] else 'F'}", float(
+            months
+        )
     hands = entry.get("hands", {})
     tot = sum(h.get("total", 0) for h in hands.values())
     ero = sum(h.get("erosion", 0) for h in hands.values())
@@ -34,8 +36,14 @@ def _label(name: str, entry: dict[str, Any]) -> tuple[str, float]:
     return f"{Path(name).stem}  SvdH {tot} (E {ero}, J {jsn})", float(tot)
 
 
-def make_sheet(cohort_dir: str | os.PathLike[str], out_png: str | os.PathLike[str], *, max_tiles: int = 16,
-               tile: int = 256, cols: int = 4) -> Path:
+def make_sheet(
+    cohort_dir: str | os.PathLike[str],
+    out_png: str | os.PathLike[str],
+    *,
+    max_tiles: int = 16,
+    tile: int = 256,
+    cols: int = 4,
+) -> Path:
     """Write a contact sheet of the cohort in ``cohort_dir`` to ``out_png``."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 from svdh.models.backbones import get_backbone
 from svdh.models.heads import check_task, check_transform
 from svdh.models.losses import DEFAULT_LOSS, LOSSES
@@ -27,7 +27,12 @@ MONITOR_MODES = {
     "val_acc": "max",
     "val_class_mae": "min",
 }
-TARGET_COLUMN = {"regression": "svdh", "classification": "svdh", "ordinal": "svdh", "boneage": "boneage"}
+TARGET_COLUMN = {
+    "regression": "svdh",
+    "classification": "svdh",
+    "ordinal": "svdh",
+    "boneage": "boneage",
+}
 
 
 @dataclass

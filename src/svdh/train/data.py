@@ -39,7 +39,9 @@ def radiograph_augmentation(strength: float = 1.0) -> v2.Compose:
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=10 * s, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)),
+            v2.RandomAffine(
+                degrees=10 * s, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)
+            ),
             v2.ColorJitter(brightness=0.2 * s, contrast=0.2 * s),
             RandomGamma((1 - 0.2 * s, 1 + 0.25 * s)),
             v2.GaussianNoise(sigma=0.02 * s, clip=True),
@@ -55,7 +57,9 @@ class LazyImages:
     """
 
     def __init__(self, images: np.ndarray | str | Path) -> None:
-        self._array = images if isinstance(images, np.ndarray) and not isinstance(images, np.memmap) else None
+        self._array = (
+            images if isinstance(images, np.ndarray) and not isinstance(images, np.memmap) else None
+        )
         self.path = str(getattr(images, "filename", "") or images) if self._array is None else None
         self._mm: np.ndarray | None = None
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from svdh.errors import BadRunError
+from svdh.core.errors import BadRunError
+from svdh.core.scoring import SeverityBins
 from svdh.models.net import SvdhNet, model_from_config, read_weights_file
-from svdh.scoring import SeverityBins
 
 
 @dataclass
@@ -51,7 +51,9 @@ class RunInfo:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise BadRunError(f"{self.weights[i]}: weights do not match the run's architecture ({first})") from None
+            raise BadRunError(
+                f"{self.weights[i]}: weights do not match the run's architecture ({first})"
+            ) from None
         return net.eval().to(device)
 
 
@@ -61,21 +63,29 @@ def load_run(run_dir: str | Path, device: str = "cpu", load_models: bool = True)
     d = Path(run_dir)
     cfg_path = d / "config.yaml"
     if not cfg_path.is_file():
-        raise BadRunError(f"{d}: no config.yaml; give a run directory written by `svdh train` or `svdh pretrain`")
+        raise BadRunError(
+            f"{d}: no config.yaml; give a run directory written by `svdh train` or `svdh pretrain`"
+        )
     try:
         config = yaml.safe_load(cfg_path.read_text())
     except yaml.YAMLError as exc:
         raise BadRunError(f"{cfg_path}: not valid YAML ({exc})") from None
     if not isinstance(config, dict) or "model" not in config:
-        raise BadRunError(f"{cfg_path}: has no 'model' section; is this a training run (not an ensemble)?")
+        raise BadRunError(
+            f"{cfg_path}: has no 'model' section; is this a training run (not an ensemble)?"
+        )
     folds, weights = [], []
-    for p in sorted(d.glob("fold_*/best.safetensors"), key=lambda q: int(q.parent.name.split("_")[1])):
+    for p in sorted(
+        d.glob("fold_*/best.safetensors"), key=lambda q: int(q.parent.name.split("_")[1])
+    ):
         if (p.parent / "done.json").exists():
             folds.append(int(p.parent.name.split("_")[1]))
             weights.append(p)
     if not folds:
-        raise BadRunError(f"{d}: no finished fold (fold_k/best.safetensors with done.json); "
-                          "finish the run with `svdh train ... --resume`")
+        raise BadRunError(
+            f"{d}: no finished fold (fold_k/best.safetensors with done.json); "
+            "finish the run with `svdh train ... --resume`"
+        )
     info = RunInfo(d, config, dict(config["model"]), folds, weights)
     if load_models:
         info.models = [info.load_model(i, device) for i in range(len(folds))]

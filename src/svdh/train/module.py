@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from svdh.core.scoring import SeverityBins
 from svdh.models.losses import make_loss
 from svdh.models.net import SvdhNet, predict_outputs
 from svdh.models.schemes import (
@@ -18,7 +19,6 @@ from svdh.models.schemes import (
     hold_frozen_batchnorm,
     param_groups,
 )
-from svdh.scoring import SeverityBins
 
 
 def _pcc(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +44,12 @@ class SvdhModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            {"model": dict(model.config), "train": dict(train_cfg), "bins": bins,
-             "class_weights": class_weights}
+            {
+                "model": dict(model.config),
+                "train": dict(train_cfg),
+                "bins": bins,
+                "class_weights": class_weights,
+            }
         )
         self.model = model
         self.cfg = train_cfg
@@ -98,7 +102,9 @@ class SvdhModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sum, self._train_n = torch.zeros((), device=self.device), 0
         if self.scheme.dynamic:
-            trainable = apply_scheme(self.model, self.scheme, self.current_epoch, self.unfreeze_every)
+            trainable = apply_scheme(
+                self.model, self.scheme, self.current_epoch, self.unfreeze_every
+            )
             self.log("trainable_stages", float(len(trainable)), sync_dist=False)
         hold_frozen_batchnorm(self.model)
 
@@ -160,13 +166,20 @@ class SvdhModule(L.LightningModule):
                 )
         # identical on every rank already: no sync needed
         for k, v in metrics.items():
-            self.log(k, v if math.isfinite(v) else float("nan"), prog_bar=k in ("val_loss", "val_rmse", "val_mae", "val_acc"))
+            self.log(
+                k,
+                v if math.isfinite(v) else float("nan"),
+                prog_bar=k in ("val_loss", "val_rmse", "val_mae", "val_acc"),
+            )
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
         groups = param_groups(
-            self.model, self.scheme, float(cfg["lr"]), float(cfg.get("lr_decay", 0.5)),
+            self.model,
+            self.scheme,
+            float(cfg["lr"]),
+            float(cfg.get("lr_decay", 0.5)),
             float(cfg.get("weight_decay", 1e-4)),
         )
         opt = torch.optim.AdamW(groups)

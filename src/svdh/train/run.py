@@ -34,12 +34,12 @@ import pandas as pd
 import torch
 import yaml
 
-from svdh.errors import BadConfigError, BadDatasetError, BadRunError
+from svdh.core.errors import BadConfigError, BadDatasetError, BadRunError
+from svdh.core.scoring import SeverityBins
 from svdh.models.losses import class_weights_from_labels
 from svdh.models.net import SvdhNet, average_raw, build_model, predict_outputs
 from svdh.models.schemes import default_unfreeze_every
-from svdh.runs import plain
-from svdh.scoring import SeverityBins
+from svdh.runs.tables import plain
 from svdh.train.config import TrainConfig
 from svdh.train.data import CacheDataset, LazyImages, Targets, radiograph_augmentation
 
@@ -66,7 +66,9 @@ def _global_rank_env() -> int:
     torchrun (``RANK``), SLURM (``SLURM_PROCID``), or Lightning's own launcher, which starts
     the other processes of a node with ``LOCAL_RANK`` >= 1 (``NODE_RANK`` for the node)."""
     for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit() and (var != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", "1")) > 1):
+        if os.environ.get(var, "").isdigit() and (
+            var != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        ):
             return int(os.environ[var])
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")) or 0)
     local = int(os.environ.get("LOCAL_RANK", "0") or 0)
@@ -121,8 +123,12 @@ def load_run_data(cfg: TrainConfig) -> RunData:
         from svdh.data.cache import ensure_cache
     except ImportError as exc:  # the foundation stage is not installed
         raise BadConfigError(f"the data stage (svdh.data.cache) is unavailable: {exc}") from None
-    cache = ensure_cache(cfg.source, int(cfg.image_size), cfg.cache_dir or None,
-                         progress=sys.stderr.isatty() and _is_main())
+    cache = ensure_cache(
+        cfg.source,
+        int(cfg.image_size),
+        cfg.cache_dir or None,
+        progress=sys.stderr.isatty() and _is_main(),
+    )
     manifest = cache.manifest.copy()
     manifest.attrs["source"] = cfg.source
     images = LazyImages(Path(cache.path) / "images.npy")
@@ -135,7 +141,9 @@ def assign_run_folds(cfg: TrainConfig, manifest: pd.DataFrame) -> pd.DataFrame:
 
     n = cfg.folds if cfg.folds > 1 else max(2, round(1 / cfg.val_fraction))
     stratify = cfg.target_column if cfg.target_column in manifest.columns else None
-    return assign_folds(manifest, n_folds=n, seed=cfg.seed, stratify=stratify, test_fraction=cfg.test_fraction)
+    return assign_folds(
+        manifest, n_folds=n, seed=cfg.seed, stratify=stratify, test_fraction=cfg.test_fraction
+    )
 
 
 def resolve_bins(cfg: TrainConfig, manifest: pd.DataFrame) -> tuple[SeverityBins | None, str]:
@@ -164,9 +172,14 @@ def build_targets(cfg: TrainConfig, df: pd.DataFrame, bins: SeverityBins | None)
         v = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=np.float64)
         bad = np.flatnonzero(~np.isfinite(v))
         if len(bad) == len(v):
-            hint = ("bone-age data train with --task boneage (svdh pretrain)" if name == "svdh"
-                    else "this source has no such labels; choose a task it supports")
-            raise BadDatasetError(f"{src}: no image has a {name} label, needed for --task {cfg.task}; {hint}")
+            hint = (
+                "bone-age data train with --task boneage (svdh pretrain)"
+                if name == "svdh"
+                else "this source has no such labels; choose a task it supports"
+            )
+            raise BadDatasetError(
+                f"{src}: no image has a {name} label, needed for --task {cfg.task}; {hint}"
+            )
         if len(bad):
             ids = ", ".join(str(df["image_id"].iloc[i]) for i in bad[:5])
             raise BadDatasetError(
@@ -179,7 +192,11 @@ def build_targets(cfg: TrainConfig, df: pd.DataFrame, bins: SeverityBins | None)
     if cfg.task == "boneage":
         t.y = col("boneage")[:, None]
         if cfg.use_sex:
-            m = pd.to_numeric(df.get("male"), errors="coerce").to_numpy(dtype=np.float64) if "male" in df else np.full(len(df), np.nan)
+            m = (
+                pd.to_numeric(df.get("male"), errors="coerce").to_numpy(dtype=np.float64)
+                if "male" in df
+                else np.full(len(df), np.nan)
+            )
             t.sex = np.where(np.isfinite(m), 2 * m - 1, 0.0)
         return t
     total = col("svdh")
@@ -202,14 +219,23 @@ def _subset(t: Targets, rows: np.ndarray) -> Targets:
 
 
 def make_dataset(data: RunData, targets: Targets, rows: np.ndarray, augment: bool) -> CacheDataset:
-    ci = data.manifest["cache_index"].to_numpy(dtype=np.int64) if "cache_index" in data.manifest else np.arange(len(data.manifest))
+    ci = (
+        data.manifest["cache_index"].to_numpy(dtype=np.int64)
+        if "cache_index" in data.manifest
+        else np.arange(len(data.manifest))
+    )
     return CacheDataset(
-        data.images, ci[rows], rows, _subset(targets, rows),
+        data.images,
+        ci[rows],
+        rows,
+        _subset(targets, rows),
         radiograph_augmentation() if augment else None,
     )
 
 
-def _loader(ds: CacheDataset, cfg: TrainConfig, shuffle: bool, drop_last: bool = False) -> torch.utils.data.DataLoader:
+def _loader(
+    ds: CacheDataset, cfg: TrainConfig, shuffle: bool, drop_last: bool = False
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         ds,
         batch_size=cfg.batch_size,
@@ -238,10 +264,18 @@ def FoldData(train_ds: CacheDataset, val_ds: CacheDataset, cfg: TrainConfig) -> 
 
 
 @torch.no_grad()
-def predict_raw(model: SvdhNet, ds: CacheDataset, cfg: TrainConfig, device: torch.device, precision: str = "32-true") -> np.ndarray:
+def predict_raw(
+    model: SvdhNet,
+    ds: CacheDataset,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str = "32-true",
+) -> np.ndarray:
     """``model(x)`` over a dataset in its row order (one process, no padding)."""
     model.eval().to(device)
-    loader = torch.utils.data.DataLoader(ds, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.num_workers)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.num_workers
+    )
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
     use_amp = device.type == "cuda" and "mixed" in precision
     outs = []
@@ -284,13 +318,18 @@ class _EpochLine:
             def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
                 if not trainer.is_global_zero:
                     return
-                m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+                m = {
+                    k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
+                }
                 if getattr(pl_module, "_train_n", 0):
                     m["train_loss"] = float(pl_module._train_sum) / pl_module._train_n
                 shown = " ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
                 dt = time.perf_counter() - getattr(self, "t0", time.perf_counter())
-                print(f"fold {fold + 1}/{n_folds} epoch {trainer.current_epoch + 1}/{epochs}: {shown} ({dt:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"fold {fold + 1}/{n_folds} epoch {trainer.current_epoch + 1}/{epochs}: {shown} ({dt:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         return EpochLine()
 
@@ -340,18 +379,36 @@ def _quiet_lightning() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pat in (".*does not have many workers.*", ".*GPU available but not used.*",
-                ".*sync_dist=True.*", ".*LeafSpec.*", ".*Checkpoint directory .* exists.*",
-                ".*exists and is not empty.*", ".*The number of training batches.*",
-                ".*on_epoch=True.*", ".*TensorBoard.*", ".*isinstance.*LeafSpec.*",
-                ".*Experiment logs directory.*", ".*`training_step` returned.*",
-                ".*max_epochs.*already.*", ".*Found keys that are not in the model state dict.*",
-                ".*torch.distributed.reduce_op.*", ".*all_gather is deprecated.*"):
+    for pat in (
+        ".*does not have many workers.*",
+        ".*GPU available but not used.*",
+        ".*sync_dist=True.*",
+        ".*LeafSpec.*",
+        ".*Checkpoint directory .* exists.*",
+        ".*exists and is not empty.*",
+        ".*The number of training batches.*",
+        ".*on_epoch=True.*",
+        ".*TensorBoard.*",
+        ".*isinstance.*LeafSpec.*",
+        ".*Experiment logs directory.*",
+        ".*`training_step` returned.*",
+        ".*max_epochs.*already.*",
+        ".*Found keys that are not in the model state dict.*",
+        ".*torch.distributed.reduce_op.*",
+        ".*all_gather is deprecated.*",
+    ):
         warnings.filterwarnings("ignore", message=pat)
 
 
-def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBins | None,
-             k: int, run_dir: Path, n_trained: int) -> dict[str, Any] | None:
+def fit_fold(
+    cfg: TrainConfig,
+    data: RunData,
+    targets: Targets,
+    bins: SeverityBins | None,
+    k: int,
+    run_dir: Path,
+    n_trained: int,
+) -> dict[str, Any] | None:
     """Train fold ``k`` (or continue it from ``last.ckpt``) and write its outputs."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -367,13 +424,21 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     fold = data.manifest["fold"].to_numpy(dtype=np.int64)
     train_rows, val_rows = _train_rows(fold, k), np.flatnonzero(fold == k)
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise BadDatasetError(f"fold {k} has {len(train_rows)} training and {len(val_rows)} validation images; "
-                              "use fewer --folds or more patients")
+        raise BadDatasetError(
+            f"fold {k} has {len(train_rows)} training and {len(val_rows)} validation images; "
+            "use fewer --folds or more patients"
+        )
     L.seed_everything(cfg.seed + k, workers=True, verbose=False)
     model = build_model(
-        cfg.backbone, cfg.task, cfg.init, n_classes=bins.n_classes if bins else 7,
-        extra_heads=cfg.extra_heads, target_transform=cfg.target_transform, use_sex=cfg.use_sex,
-        max_score=bins.max_score if (bins and cfg.task == "regression") else None, dropout=cfg.dropout,
+        cfg.backbone,
+        cfg.task,
+        cfg.init,
+        n_classes=bins.n_classes if bins else 7,
+        extra_heads=cfg.extra_heads,
+        target_transform=cfg.target_transform,
+        use_sex=cfg.use_sex,
+        max_score=bins.max_score if (bins and cfg.task == "regression") else None,
+        dropout=cfg.dropout,
     )
     head_kept = bool(getattr(model, "init_report", {}).get("head_transferred"))
     if model.is_regression and not head_kept:
@@ -386,19 +451,29 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
 
     monitor, mode = cfg.monitor_mode
     ckpt_cb = ModelCheckpoint(
-        dirpath=fold_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+        dirpath=fold_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
         # "link": when the last epoch is also the best, last.ckpt links to best.ckpt instead of
         # writing the same weights and optimizer state twice
-        save_last="link", auto_insert_metric_name=False, enable_version_counter=False,
+        save_last="link",
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
     )
     timer = _EpochTimer()
     callbacks: list[Any] = [ckpt_cb, timer]
     min_epochs = 1
     if cfg.patience > 0:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, check_finite=False))
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, check_finite=False)
+        )
     if cfg.scheme_obj.dynamic:
         every = cfg.unfreeze_every or default_unfreeze_every(cfg.epochs, len(model.spec.stages))
-        min_epochs = min(cfg.epochs, every * len(model.spec.stages) + 1)  # no stop before all stages train
+        min_epochs = min(
+            cfg.epochs, every * len(model.spec.stages) + 1
+        )  # no stop before all stages train
     if cfg.max_cpu_minutes > 0:
         callbacks.append(_CpuBudget(cfg.max_cpu_minutes))
     tty = sys.stderr.isatty()
@@ -406,8 +481,11 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
         from lightning.pytorch.callbacks import RichProgressBar
 
         if _is_main():
-            print(f"fold {k + 1}/{n_trained}: {len(train_rows)} training and {len(val_rows)} validation images",
-                  file=sys.stderr, flush=True)
+            print(
+                f"fold {k + 1}/{n_trained}: {len(train_rows)} training and {len(val_rows)} validation images",
+                file=sys.stderr,
+                flush=True,
+            )
 
         callbacks.append(RichProgressBar(leave=False))
     else:
@@ -424,20 +502,35 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=_devices(cfg.devices), strategy=strategy,
-        num_nodes=cfg.num_nodes, precision=precision, max_epochs=cfg.epochs, min_epochs=min_epochs,
+        accelerator=cfg.accelerator,
+        devices=_devices(cfg.devices),
+        strategy=strategy,
+        num_nodes=cfg.num_nodes,
+        precision=precision,
+        max_epochs=cfg.epochs,
+        min_epochs=min_epochs,
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes > 0 else None,
         callbacks=callbacks,
-        logger=[CSVLogger(logs / "csv", name=f"fold_{k}"), TensorBoardLogger(logs / "tensorboard", name=f"fold_{k}")],
-        enable_progress_bar=tty, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=50, default_root_dir=str(fold_dir), benchmark=False,
+        logger=[
+            CSVLogger(logs / "csv", name=f"fold_{k}"),
+            TensorBoardLogger(logs / "tensorboard", name=f"fold_{k}"),
+        ],
+        enable_progress_bar=tty,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
+        default_root_dir=str(fold_dir),
+        benchmark=False,
         # checkpoints are cloned on the training thread and written in the background, so
         # the per-epoch last.ckpt (needed for --resume) does not stall a fast GPU; each
         # file is still written to a temporary name and renamed, and fit waits for it
         plugins=[AsyncCheckpointIO()],
     )
-    datamodule = FoldData(make_dataset(data, targets, train_rows, cfg.augment),
-                          make_dataset(data, targets, val_rows, False), cfg)
+    datamodule = FoldData(
+        make_dataset(data, targets, train_rows, cfg.augment),
+        make_dataset(data, targets, val_rows, False),
+        cfg,
+    )
     last = _resume_point(fold_dir)
     t0 = time.perf_counter()
     trainer.fit(
@@ -448,8 +541,19 @@ def fit_fold(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBi
     seconds = time.perf_counter() - t0
     info = None
     if trainer.is_global_zero:
-        info = _finish_fold(cfg, data, targets, model.config, k, fold_dir, ckpt_cb, trainer, precision, seconds,
-                            timer.seconds)
+        info = _finish_fold(
+            cfg,
+            data,
+            targets,
+            model.config,
+            k,
+            fold_dir,
+            ckpt_cb,
+            trainer,
+            precision,
+            seconds,
+            timer.seconds,
+        )
     _barrier()
     return info if info is not None else (json.loads(done.read_text()) if done.exists() else None)
 
@@ -471,21 +575,41 @@ def _resume_point(fold_dir: Path) -> Path | None:
 
 def _state_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return {
+        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+    }
 
 
-def save_weights(path: Path, state: dict[str, torch.Tensor], arch: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+def save_weights(
+    path: Path,
+    state: dict[str, torch.Tensor],
+    arch: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
     """``best.safetensors``: the model's state dict plus its architecture as metadata."""
     from safetensors.torch import save
 
-    meta = {"svdh_model": json.dumps(plain(arch)), **{k: json.dumps(plain(v)) for k, v in (extra or {}).items()}}
+    meta = {
+        "svdh_model": json.dumps(plain(arch)),
+        **{k: json.dumps(plain(v)) for k, v in (extra or {}).items()},
+    }
     data = save({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=meta)
     atomic_write_bytes(path, data)
 
 
-def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[str, Any], k: int,
-                 fold_dir: Path, ckpt_cb: Any, trainer: Any, precision: str, seconds: float,
-                 epoch_seconds: list[float]) -> dict[str, Any]:
+def _finish_fold(
+    cfg: TrainConfig,
+    data: RunData,
+    targets: Targets,
+    arch: dict[str, Any],
+    k: int,
+    fold_dir: Path,
+    ckpt_cb: Any,
+    trainer: Any,
+    precision: str,
+    seconds: float,
+    epoch_seconds: list[float],
+) -> dict[str, Any]:
     best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fold_dir / "last.ckpt"
     state = _state_from_ckpt(best)
     model = SvdhNet(**{k2: v for k2, v in arch.items()})
@@ -493,15 +617,26 @@ def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[s
     score = ckpt_cb.best_model_score
     best_epoch = None
     try:
-        best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1  # 1-based
+        best_epoch = (
+            int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
+        )  # 1-based
     except Exception:  # the epoch is informative only
         pass
-    save_weights(fold_dir / "best.safetensors", model.state_dict(), arch, {"fold": k, "best_epoch": best_epoch})
+    save_weights(
+        fold_dir / "best.safetensors",
+        model.state_dict(),
+        arch,
+        {"fold": k, "best_epoch": best_epoch},
+    )
     fold = data.manifest["fold"].to_numpy(dtype=np.int64)
     val_rows, test_rows = np.flatnonzero(fold == k), np.flatnonzero(fold < 0)
     device = trainer.strategy.root_device
-    val_raw = predict_raw(model, make_dataset(data, targets, val_rows, False), cfg, device, precision)
-    test_raw = predict_raw(model, make_dataset(data, targets, test_rows, False), cfg, device, precision)
+    val_raw = predict_raw(
+        model, make_dataset(data, targets, val_rows, False), cfg, device, precision
+    )
+    test_raw = predict_raw(
+        model, make_dataset(data, targets, test_rows, False), cfg, device, precision
+    )
     import io
 
     buf = io.BytesIO()
@@ -527,17 +662,26 @@ def _finish_fold(cfg: TrainConfig, data: RunData, targets: Targets, arch: dict[s
 # --------------------------------------------------------------------------- outputs
 
 
-def prediction_table(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBins | None,
-                     rows: np.ndarray, raw: np.ndarray, fold: np.ndarray | int) -> pd.DataFrame:
+def prediction_table(
+    cfg: TrainConfig,
+    data: RunData,
+    targets: Targets,
+    bins: SeverityBins | None,
+    rows: np.ndarray,
+    raw: np.ndarray,
+    fold: np.ndarray | int,
+) -> pd.DataFrame:
     """Rows of ``oof.csv`` / ``test.csv`` (columns: see the Runs contract)."""
     m = data.manifest.iloc[rows]
-    out = pd.DataFrame({
-        "image": m["image"].astype(str).to_numpy(),
-        "image_id": m["image_id"].astype(str).to_numpy(),
-        "patient_id": m["patient_id"].astype(str).to_numpy(),
-        "side": m["side"].fillna("").astype(str).to_numpy() if "side" in m else "",
-        "fold": fold if np.ndim(fold) else np.full(len(rows), int(fold)),
-    })
+    out = pd.DataFrame(
+        {
+            "image": m["image"].astype(str).to_numpy(),
+            "image_id": m["image_id"].astype(str).to_numpy(),
+            "patient_id": m["patient_id"].astype(str).to_numpy(),
+            "side": m["side"].fillna("").astype(str).to_numpy() if "side" in m else "",
+            "fold": fold if np.ndim(fold) else np.full(len(rows), int(fold)),
+        }
+    )
     res = predict_outputs(cfg.task, raw, bins)
     out["y_true"] = targets.y[rows, 0]
     out["y_pred"] = res["score"]
@@ -556,24 +700,41 @@ def prediction_table(cfg: TrainConfig, data: RunData, targets: Targets, bins: Se
     return out
 
 
-def table_metrics(task: str, df: pd.DataFrame, bins: SeverityBins | None, n_boot: int = 200) -> dict[str, Any]:
-    from svdh.metrics import class_metrics, score_metrics
+def table_metrics(
+    task: str, df: pd.DataFrame, bins: SeverityBins | None, n_boot: int = 200
+) -> dict[str, Any]:
+    from svdh.evaluate.metrics import class_metrics, score_metrics
 
     with np.errstate(invalid="ignore", divide="ignore"):  # constant predictions: PCC is NaN
         return _table_metrics(df, bins, n_boot, score_metrics, class_metrics)
 
 
-def _table_metrics(df: pd.DataFrame, bins: SeverityBins | None, n_boot: int, score_metrics: Any,
-                   class_metrics: Any) -> dict[str, Any]:
-    out: dict[str, Any] = score_metrics(
-        df["y_true"].to_numpy(float), df["y_pred"].to_numpy(float), bins=bins,
-        groups=df["patient_id"].to_numpy(), n_boot=n_boot, seed=0,
-    ) if len(df) > 1 else {"n": len(df)}
+def _table_metrics(
+    df: pd.DataFrame, bins: SeverityBins | None, n_boot: int, score_metrics: Any, class_metrics: Any
+) -> dict[str, Any]:
+    out: dict[str, Any] = (
+        score_metrics(
+            df["y_true"].to_numpy(float),
+            df["y_pred"].to_numpy(float),
+            bins=bins,
+            groups=df["patient_id"].to_numpy(),
+            n_boot=n_boot,
+            seed=0,
+        )
+        if len(df) > 1
+        else {"n": len(df)}
+    )
     if bins is not None and len(df):
-        out.update(class_metrics(df["class_true"].to_numpy(int), df["class_pred"].to_numpy(int), bins.n_classes))
+        out.update(
+            class_metrics(
+                df["class_true"].to_numpy(int), df["class_pred"].to_numpy(int), bins.n_classes
+            )
+        )
     for sub in ("erosion", "jsn"):
         if f"{sub}_true" in df.columns and len(df) > 1:
-            s = score_metrics(df[f"{sub}_true"].to_numpy(float), df[f"{sub}_pred"].to_numpy(float), n_boot=0)
+            s = score_metrics(
+                df[f"{sub}_true"].to_numpy(float), df[f"{sub}_pred"].to_numpy(float), n_boot=0
+            )
             out[sub] = {key: s[key] for key in ("pcc", "rmse", "mae")}
     return out
 
@@ -604,16 +765,35 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
         return f"{v:d}" if isinstance(v, int) else f"{float(v):.{nd}f}"
 
     for f in metrics["folds"]:
-        table.add_row(str(f["fold"]), *(fmt(f.get(c)) for c in cols), fmt(f.get("best_epoch")),
-                      fmt(f.get("seconds"), 0))
-    table.add_row("out-of-fold", *(fmt(metrics["overall"].get(c)) for c in cols), "", "", style="bold")
+        table.add_row(
+            str(f["fold"]),
+            *(fmt(f.get(c)) for c in cols),
+            fmt(f.get("best_epoch")),
+            fmt(f.get("seconds"), 0),
+        )
+    table.add_row(
+        "out-of-fold", *(fmt(metrics["overall"].get(c)) for c in cols), "", "", style="bold"
+    )
     if metrics.get("test"):
-        table.add_row("test (mean of folds)", *(fmt(metrics["test"].get(c)) for c in cols), "", "", style="bold")
+        table.add_row(
+            "test (mean of folds)",
+            *(fmt(metrics["test"].get(c)) for c in cols),
+            "",
+            "",
+            style="bold",
+        )
     Console(stderr=True, width=None if sys.stderr.isatty() else 120).print(table)
 
 
-def assemble_outputs(cfg: TrainConfig, data: RunData, targets: Targets, bins: SeverityBins | None,
-                     run_dir: Path, folds_trained: list[int], infos: dict[int, dict]) -> dict[str, Any]:
+def assemble_outputs(
+    cfg: TrainConfig,
+    data: RunData,
+    targets: Targets,
+    bins: SeverityBins | None,
+    run_dir: Path,
+    folds_trained: list[int],
+    infos: dict[int, dict],
+) -> dict[str, Any]:
     """Write ``oof.csv``, ``test.csv`` and ``metrics.json`` from the finished folds."""
     fold = data.manifest["fold"].to_numpy(dtype=np.int64)
     parts, test_raws, test_rows = [], [], None
@@ -627,22 +807,38 @@ def assemble_outputs(cfg: TrainConfig, data: RunData, targets: Targets, bins: Se
     expected = np.flatnonzero(np.isin(fold, folds_trained))
     counts = oof["image_id"].value_counts()
     if len(oof) != len(expected) or (counts > 1).any():
-        raise BadRunError(f"{run_dir}: out-of-fold predictions cover {len(oof)} rows for {len(expected)} images; "
-                          "delete the fold_* directories and train again")
+        raise BadRunError(
+            f"{run_dir}: out-of-fold predictions cover {len(oof)} rows for {len(expected)} images; "
+            "delete the fold_* directories and train again"
+        )
     order = {iid: i for i, iid in enumerate(data.manifest["image_id"].astype(str))}
-    oof = oof.iloc[np.argsort([order[i] for i in oof["image_id"]], kind="stable")].reset_index(drop=True)
+    oof = oof.iloc[np.argsort([order[i] for i in oof["image_id"]], kind="stable")].reset_index(
+        drop=True
+    )
     atomic_write_text(run_dir / "oof.csv", oof.to_csv(index=False))
     metrics: dict[str, Any] = {"task": cfg.task, "monitor": cfg.monitor_mode[0], "folds": []}
     for k in folds_trained:
         fm = _summary(table_metrics(cfg.task, oof[oof["fold"] == k], bins, n_boot=0))
-        fm.update({"fold": k, **{x: infos.get(k, {}).get(x) for x in ("best_epoch", "best_score", "epochs_run", "seconds")}})
+        fm.update(
+            {
+                "fold": k,
+                **{
+                    x: infos.get(k, {}).get(x)
+                    for x in ("best_epoch", "best_score", "epochs_run", "seconds")
+                },
+            }
+        )
         metrics["folds"].append(fm)
     metrics["overall"] = table_metrics(cfg.task, oof, bins, n_boot=1000)
     if test_rows is not None and test_raws:
-        test = prediction_table(cfg, data, targets, bins, test_rows, average_raw(cfg.task, test_raws), -1)
+        test = prediction_table(
+            cfg, data, targets, bins, test_rows, average_raw(cfg.task, test_raws), -1
+        )
         atomic_write_text(run_dir / "test.csv", test.to_csv(index=False))
         metrics["test"] = table_metrics(cfg.task, test, bins, n_boot=1000)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(
+        run_dir / "metrics.json", json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n"
+    )
     return metrics
 
 
@@ -653,7 +849,9 @@ def _check_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists():
         if not resume:
-            raise BadRunError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
+            raise BadRunError(
+                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+            )
         saved = yaml.safe_load(cfg_path.read_text())
         if not isinstance(saved, dict) or "train" not in saved:
             raise BadRunError(f"{cfg_path}: not a training run's config; choose another --out")
@@ -666,8 +864,14 @@ def _check_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
 RUNTIME_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers")
 
 
-def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False, data: RunData | None = None,
-              kind: str = "train", quiet: bool = False) -> dict[str, Any]:
+def train_run(
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    data: RunData | None = None,
+    kind: str = "train",
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Train every fold of ``cfg`` into the run directory ``out``; returns metrics.
 
     ``data`` may be given directly (tests, benchmarks); otherwise it is read from
@@ -678,8 +882,15 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False, data: Run
     _quiet_lightning()
     run_dir = Path(out)
     main = _is_main()
-    saved = _check_run_dir(run_dir, resume) if main else (
-        yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else None)
+    saved = (
+        _check_run_dir(run_dir, resume)
+        if main
+        else (
+            yaml.safe_load((run_dir / "config.yaml").read_text())
+            if (run_dir / "config.yaml").exists()
+            else None
+        )
+    )
     if saved is not None:
         runtime = {f: getattr(cfg, f) for f in RUNTIME_FIELDS}
         cfg = TrainConfig.from_dict(saved["train"])
@@ -696,8 +907,10 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False, data: Run
     if folds_csv.exists():
         f = pd.read_csv(folds_csv, dtype={"image_id": str, "patient_id": str})
         if set(f["image_id"]) != set(manifest["image_id"].astype(str)):
-            raise BadRunError(f"{folds_csv}: the images of the source changed since the run started; "
-                              "start a new run with another --out")
+            raise BadRunError(
+                f"{folds_csv}: the images of the source changed since the run started; "
+                "start a new run with another --out"
+            )
         fmap = dict(zip(f["image_id"], f["fold"], strict=True))
         manifest["fold"] = [int(fmap[i]) for i in manifest["image_id"].astype(str)]
     elif "fold" not in manifest.columns:
@@ -705,14 +918,20 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False, data: Run
     data = RunData(manifest, data.images, data.preprocess, data.source or cfg.source)
     bins, scope = resolve_bins(cfg, manifest)
     targets = build_targets(cfg, manifest, bins)
-    folds_trained = [0] if cfg.folds == 1 else sorted(int(k) for k in set(manifest["fold"]) if k >= 0)
+    folds_trained = (
+        [0] if cfg.folds == 1 else sorted(int(k) for k in set(manifest["fold"]) if k >= 0)
+    )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not folds_csv.exists():
-            atomic_write_text(folds_csv, manifest[["image_id", "patient_id", "fold"]].to_csv(index=False))
+            atomic_write_text(
+                folds_csv, manifest[["image_id", "patient_id", "fold"]].to_csv(index=False)
+            )
         if saved is None:
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(
-                plain(run_config(cfg, data, bins, scope, kind)), sort_keys=False))
+            atomic_write_text(
+                run_dir / "config.yaml",
+                yaml.safe_dump(plain(run_config(cfg, data, bins, scope, kind)), sort_keys=False),
+            )
     _barrier()
     infos: dict[int, dict] = {}
     for k in folds_trained:
@@ -723,7 +942,9 @@ def train_run(cfg: TrainConfig, out: str | Path, resume: bool = False, data: Run
         return {}
     metrics = assemble_outputs(cfg, data, targets, bins, run_dir, folds_trained, infos)
     if not quiet:
-        print_metrics_table(metrics, f"{kind} {run_dir.name}: {cfg.task}, {cfg.backbone}, {cfg.init}, {cfg.scheme}")
+        print_metrics_table(
+            metrics, f"{kind} {run_dir.name}: {cfg.task}, {cfg.backbone}, {cfg.init}, {cfg.scheme}"
+        )
     return metrics
 
 
@@ -733,7 +954,9 @@ def _is_phantom_source(manifest: pd.DataFrame) -> bool:
     return (Path(str(manifest["image"].iloc[0])).parent / "landmarks.json").is_file()
 
 
-def run_config(cfg: TrainConfig, data: RunData, bins: SeverityBins | None, scope: str, kind: str) -> dict[str, Any]:
+def run_config(
+    cfg: TrainConfig, data: RunData, bins: SeverityBins | None, scope: str, kind: str
+) -> dict[str, Any]:
     """The resolved ``config.yaml``: enough to rebuild every fold model and its inputs."""
     from svdh import __version__
 
@@ -742,9 +965,14 @@ def run_config(cfg: TrainConfig, data: RunData, bins: SeverityBins | None, scope
     tc["monitor"] = cfg.monitor_mode[0]
     tc["precision"] = resolve_precision(cfg)
     arch = {
-        "backbone": cfg.backbone, "task": cfg.task, "n_classes": bins.n_classes if bins else 7,
-        "extra_heads": cfg.extra_heads, "target_transform": cfg.target_transform, "use_sex": cfg.use_sex,
-        "max_score": bins.max_score if (bins and cfg.task == "regression") else None, "dropout": cfg.dropout,
+        "backbone": cfg.backbone,
+        "task": cfg.task,
+        "n_classes": bins.n_classes if bins else 7,
+        "extra_heads": cfg.extra_heads,
+        "target_transform": cfg.target_transform,
+        "use_sex": cfg.use_sex,
+        "max_score": bins.max_score if (bins and cfg.task == "regression") else None,
+        "dropout": cfg.dropout,
     }
     man = data.manifest
     return {

@@ -47,22 +47,37 @@ class ImageScore(BaseModel):
     """The score of one uploaded radiograph."""
 
     image: str = Field(description="the uploaded file's name")
-    score: float = Field(description="predicted SvdH total of this image (one hand 0-140, or 0-280)")
+    score: float = Field(
+        description="predicted SvdH total of this image (one hand 0-140, or 0-280)"
+    )
     interval: list[float] | None = Field(None, description="[low, high] prediction interval")
     interval_level: float | None = Field(None, description="coverage of the interval, e.g. 0.9")
     severity_class: int = Field(description="ordinal severity class, 0 = no damage")
     severity_label: str | None = Field(None, description="score range of the class, e.g. '5-9'")
-    probabilities: list[float] | None = Field(None, description="probability of each severity class")
-    erosion: float | None = Field(None, description="predicted erosion sub-score, where the model has it")
-    jsn: float | None = Field(None, description="predicted joint-space-narrowing sub-score, where present")
-    member_spread: float | None = Field(None, description="spread between ensemble members (or fold models)")
-    member_scores: dict[str, float | None] | None = Field(None, description="each ensemble member's score")
+    probabilities: list[float] | None = Field(
+        None, description="probability of each severity class"
+    )
+    erosion: float | None = Field(
+        None, description="predicted erosion sub-score, where the model has it"
+    )
+    jsn: float | None = Field(
+        None, description="predicted joint-space-narrowing sub-score, where present"
+    )
+    member_spread: float | None = Field(
+        None, description="spread between ensemble members (or fold models)"
+    )
+    member_scores: dict[str, float | None] | None = Field(
+        None, description="each ensemble member's score"
+    )
     warnings: list[str] = Field(default_factory=list, description="quality warnings")
-    format: str | None = Field(None, description="png, jpeg, bmp, tiff or dicom (judged by content)")
+    format: str | None = Field(
+        None, description="png, jpeg, bmp, tiff or dicom (judged by content)"
+    )
     patient_id: str | None = None
     side: str | None = Field(None, description="L or R where known")
     views: dict[str, str | None] | None = Field(
-        None, description="with images=true: PNG data URLs of the preprocessed image and Grad-CAM overlay"
+        None,
+        description="with images=true: PNG data URLs of the preprocessed image and Grad-CAM overlay",
     )
 
 
@@ -145,7 +160,7 @@ def create_app(
     max_files: int = 20,
     queue_size: int = 4,
 ) -> FastAPI:
-    """Build the app over a ``svdh.predict.Predictor`` (or any object with its interface)
+    """Build the app over a ``svdh.inference.predictor.Predictor`` (or any object with its interface)
     or the path of a ``.svdh`` bundle, which is loaded here so a bad bundle fails at start.
 
     ``max_upload_mb`` limits each file (413 beyond it), ``max_files`` the files of one
@@ -156,16 +171,22 @@ def create_app(
     info = model_info(predictor)
     max_file_bytes = int(max_upload_mb * 1e6)
     service = ScoringService(
-        predictor, keep_dir=Path(keep_dir) if keep_dir else None,
-        max_concurrency=max_concurrency, queue_size=queue_size,
+        predictor,
+        keep_dir=Path(keep_dir) if keep_dir else None,
+        max_concurrency=max_concurrency,
+        queue_size=queue_size,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         log.info(
             "serving model %s: %d inference worker(s), %g MB per file, %s",
-            info.name, service.max_concurrency, max_upload_mb,
-            f"keeping uploads in {service.keep_dir}" if service.keep_dir else "uploads kept in memory only",
+            info.name,
+            service.max_concurrency,
+            max_upload_mb,
+            f"keeping uploads in {service.keep_dir}"
+            if service.keep_dir
+            else "uploads kept in memory only",
         )
         yield
         service.shutdown()
@@ -211,11 +232,14 @@ def create_app(
             log.info("%s %s -> %d", request.method, request.url.path, response.status_code)
         return response
 
-    async def read_and_score(request: Request, strict: bool, render: bool) -> tuple[ParsedForm, list[FileOutcome]]:
+    async def read_and_score(
+        request: Request, strict: bool, render: bool
+    ) -> tuple[ParsedForm, list[FileOutcome]]:
         clen = request.headers.get("content-length")
         if clen and clen.isdigit() and int(clen) > max_files * max_file_bytes + FORM_OVERHEAD:
             raise UploadError(
-                413, f"the request is larger than the limit of {max_files} file(s) of {max_upload_mb:g} MB each"
+                413,
+                f"the request is larger than the limit of {max_files} file(s) of {max_upload_mb:g} MB each",
             )
         try:
             await service.admit()
@@ -223,12 +247,15 @@ def create_app(
             raise UploadError(503, "the server is busy; try again in a minute") from None
         try:
             form = await parse_multipart(
-                request.headers.get("content-type"), request.stream(),
-                max_file_bytes=max_file_bytes, max_files=max_files,
+                request.headers.get("content-type"),
+                request.stream(),
+                max_file_bytes=max_file_bytes,
+                max_files=max_files,
             )
             if not form.files:
                 raise UploadError(
-                    422, f"no file: send one or more radiographs in the multipart field 'files' ({FORMATS})"
+                    422,
+                    f"no file: send one or more radiographs in the multipart field 'files' ({FORMATS})",
                 )
             pids = _per_file(form, "patient_id")
             sides = _per_file(form, "side")
@@ -236,13 +263,18 @@ def create_app(
                 _precheck(form, max_file_bytes)  # cheap refusals before any inference
             try:
                 outcomes = await service.score(
-                    form.files, patient_ids=pids, sides=sides, render=render,
+                    form.files,
+                    patient_ids=pids,
+                    sides=sides,
+                    render=render,
                     max_file_bytes=max_file_bytes,
                 )
             except Exception as exc:
                 # Log the type only: messages and tracebacks may carry file names (patient data).
                 log.error("scoring failed with %s", type(exc).__name__)
-                raise UploadError(500, "internal error while scoring; the server log names the error type") from None
+                raise UploadError(
+                    500, "internal error while scoring; the server log names the error type"
+                ) from None
             return form, outcomes
         finally:
             service.release()
@@ -256,8 +288,14 @@ def create_app(
         responses={
             200: {"description": "the scores, as JSON (schema ScoreResponse)"},
             400: {"model": ErrorResponse, "description": "not a multipart/form-data request"},
-            413: {"model": ErrorResponse, "description": "a file over the size limit, or too many files"},
-            415: {"model": ErrorResponse, "description": "a file that is not an image (judged by content)"},
+            413: {
+                "model": ErrorResponse,
+                "description": "a file over the size limit, or too many files",
+            },
+            415: {
+                "model": ErrorResponse,
+                "description": "a file that is not an image (judged by content)",
+            },
             422: {"model": ErrorResponse, "description": "a corrupt image, or no file"},
             503: {"model": ErrorResponse, "description": "too many requests waiting"},
         },
@@ -266,10 +304,13 @@ def create_app(
     async def api_score(
         request: Request,
         errors: Literal["reject", "report"] = Query(
-            "reject", description="reject: any bad file refuses the request with its status; "
+            "reject",
+            description="reject: any bad file refuses the request with its status; "
             "report: bad files are listed in 'errors' and the rest are scored",
         ),
-        images: bool = Query(False, description="include PNG data URLs of the image and Grad-CAM overlay"),
+        images: bool = Query(
+            False, description="include PNG data URLs of the image and Grad-CAM overlay"
+        ),
     ) -> Any:
         """Score the radiographs in the multipart field 'files'.
 
@@ -281,21 +322,31 @@ def create_app(
         try:
             _, outcomes = await read_and_score(request, strict=errors == "reject", render=images)
         except UploadError as exc:
-            bad = [FileOutcome(name=exc.filename, status=exc.status, error=exc.message)] if exc.filename else []
+            bad = (
+                [FileOutcome(name=exc.filename, status=exc.status, error=exc.message)]
+                if exc.filename
+                else []
+            )
             return _error(exc.status, exc.message, bad)
         bad = [o for o in outcomes if o.error]
         if errors == "reject" and bad:
             return _error(bad[0].status, bad[0].error or "", bad)
         return JSONResponse(_score_payload(info, outcomes))
 
-    @app.get(f"{API_PREFIX}/model", summary="The model card",
-             responses={200: {"description": "the model card, as JSON"}})
+    @app.get(
+        f"{API_PREFIX}/model",
+        summary="The model card",
+        responses={200: {"description": "the model card, as JSON"}},
+    )
     async def api_model() -> dict[str, Any]:
         """What the model is, what it was trained on, its metrics and versions."""
         return info.as_dict()
 
-    @app.get("/healthz", summary="Liveness and load",
-             responses={200: {"description": "status 'ok' and load counters"}})
+    @app.get(
+        "/healthz",
+        summary="Liveness and load",
+        responses={200: {"description": "status 'ok' and load counters"}},
+    )
     async def healthz() -> dict[str, Any]:
         """Answered on the event loop from counters; never waits for inference."""
         return {
@@ -311,14 +362,18 @@ def create_app(
     async def docs(request: Request) -> Response:
         spec = app.openapi()
         return templates.TemplateResponse(
-            request, "docs.html", {"info": info, "api": _api_summary(spec), "schemas": _schemas(spec)}
+            request,
+            "docs.html",
+            {"info": info, "api": _api_summary(spec), "schemas": _schemas(spec)},
         )
 
     # ------------------------------------------------------------------ pages
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> Response:
-        return templates.TemplateResponse(request, "index.html", _page_context(info, None, max_upload_mb, max_files))
+        return templates.TemplateResponse(
+            request, "index.html", _page_context(info, None, max_upload_mb, max_files)
+        )
 
     @app.post("/score", response_class=HTMLResponse, include_in_schema=False)
     async def score_page(request: Request) -> Response:
@@ -331,13 +386,18 @@ def create_app(
         payload = _score_payload(info, outcomes)
         status = 200 if payload["results"] or not outcomes else outcomes[0].status
         return templates.TemplateResponse(
-            request, "index.html", _page_context(info, payload, max_upload_mb, max_files), status_code=status
+            request,
+            "index.html",
+            _page_context(info, payload, max_upload_mb, max_files),
+            status_code=status,
         )
 
     @app.get("/model", response_class=HTMLResponse, include_in_schema=False)
     async def model_page(request: Request) -> Response:
         return templates.TemplateResponse(
-            request, "model.html", {"info": info, "card_summary": info.summary, "labels": FIELD_LABELS}
+            request,
+            "model.html",
+            {"info": info, "card_summary": info.summary, "labels": FIELD_LABELS},
         )
 
     return app
@@ -348,8 +408,8 @@ def create_app(
 
 def _load_predictor(obj: Any) -> Any:
     if isinstance(obj, str | Path):
-        from svdh.bundle import load_bundle
-        from svdh.predict import Predictor
+        from svdh.inference.bundle import load_bundle
+        from svdh.inference.predictor import Predictor
 
         return Predictor(load_bundle(Path(obj)))
     if not hasattr(obj, "predict_images"):
@@ -367,7 +427,10 @@ def _per_file(form: ParsedForm, name: str) -> list[str | None]:
     if len(vals) == 1:
         return [vals[0] or None] * n
     if len(vals) != n:
-        raise UploadError(422, f"'{name}' was given {len(vals)} times for {n} files: give it once or once per file")
+        raise UploadError(
+            422,
+            f"'{name}' was given {len(vals)} times for {n} files: give it once or once per file",
+        )
     return [v or None for v in vals]
 
 
@@ -376,19 +439,26 @@ def _precheck(form: ParsedForm, max_file_bytes: int) -> None:
     for f in form.files:
         if f.oversize:
             raise UploadError(
-                413, f"'{f.filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file", f.filename
+                413,
+                f"'{f.filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
+                f.filename,
             )
     for f in form.files:
         if f.size and sniff_format(f.data) is None:
             raise UploadError(
-                415, f"'{f.filename}' is not an image the scorer reads ({FORMATS}); "
-                "the type is judged by the file's content, not its name", f.filename,
+                415,
+                f"'{f.filename}' is not an image the scorer reads ({FORMATS}); "
+                "the type is judged by the file's content, not its name",
+                f.filename,
             )
 
 
 def _error(status: int, message: str, bad: list[FileOutcome]) -> JSONResponse:
     return JSONResponse(
-        {"detail": message, "errors": [{"image": o.name, "status": o.status, "error": o.error} for o in bad]},
+        {
+            "detail": message,
+            "errors": [{"image": o.name, "status": o.status, "error": o.error} for o in bad],
+        },
         status_code=status,
     )
 
@@ -405,7 +475,9 @@ def _score_payload(info: ModelInfo, outcomes: list[FileOutcome]) -> dict[str, An
         "model": info.name,
         "n_images": len(results),
         "results": results,
-        "errors": [{"image": o.name, "status": o.status, "error": o.error} for o in outcomes if o.error],
+        "errors": [
+            {"image": o.name, "status": o.status, "error": o.error} for o in outcomes if o.error
+        ],
         "patients": _patients(info, results),
         "notice": NOTICE,
     }
@@ -413,7 +485,7 @@ def _score_payload(info: ModelInfo, outcomes: list[FileOutcome]) -> dict[str, An
 
 def _patients(info: ModelInfo, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Hands-and-wrists totals by the predict stage's rule (one left and one right hand)."""
-    from svdh.predict import PatientTotals
+    from svdh.inference.predictor import PatientTotals
 
     totals = PatientTotals(info.bins, info.score_scope)
     for r in results:
@@ -421,7 +493,9 @@ def _patients(info: ModelInfo, results: list[dict[str, Any]]) -> list[dict[str, 
     return totals.totals()
 
 
-def _page_context(info: ModelInfo, payload: dict | None, max_upload_mb: float, max_files: int) -> dict[str, Any]:
+def _page_context(
+    info: ModelInfo, payload: dict | None, max_upload_mb: float, max_files: int
+) -> dict[str, Any]:
     return {
         "info": info,
         "payload": payload,
@@ -446,21 +520,35 @@ def _api_summary(spec: dict[str, Any]) -> list[dict[str, Any]]:
     for path, ops in spec.get("paths", {}).items():
         for method, op in ops.items():
             params = [
-                {"name": p["name"], "in": p["in"], "description": p.get("description") or
-                 p.get("schema", {}).get("description", ""),
-                 "default": p.get("schema", {}).get("default")}
+                {
+                    "name": p["name"],
+                    "in": p["in"],
+                    "description": p.get("description")
+                    or p.get("schema", {}).get("description", ""),
+                    "default": p.get("schema", {}).get("default"),
+                }
                 for p in op.get("parameters", [])
             ]
             body = op.get("requestBody", {}).get("content", {})
             fields = []
             for ctype, c in body.items():
                 for name, prop in c.get("schema", {}).get("properties", {}).items():
-                    fields.append({"name": name, "type": ctype, "description": prop.get("description", "")})
-            out.append({
-                "method": method.upper(), "path": path, "summary": op.get("summary", ""),
-                "description": op.get("description", ""), "params": params, "fields": fields,
-                "responses": {k: v.get("description", "") for k, v in op.get("responses", {}).items()},
-            })
+                    fields.append(
+                        {"name": name, "type": ctype, "description": prop.get("description", "")}
+                    )
+            out.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": op.get("summary", ""),
+                    "description": op.get("description", ""),
+                    "params": params,
+                    "fields": fields,
+                    "responses": {
+                        k: v.get("description", "") for k, v in op.get("responses", {}).items()
+                    },
+                }
+            )
     return out
 
 
@@ -474,9 +562,13 @@ def _schemas(spec: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         props = []
         for pname, prop in sch.get("properties", {}).items():
-            typ = prop.get("type") or " or ".join(
-                a.get("type", a.get("$ref", "").split("/")[-1]) for a in prop.get("anyOf", [])
-            ) or prop.get("$ref", "").split("/")[-1]
+            typ = (
+                prop.get("type")
+                or " or ".join(
+                    a.get("type", a.get("$ref", "").split("/")[-1]) for a in prop.get("anyOf", [])
+                )
+                or prop.get("$ref", "").split("/")[-1]
+            )
             if typ == "array":
                 typ = f"array of {prop.get('items', {}).get('type') or prop.get('items', {}).get('$ref', '').split('/')[-1]}"
             props.append({"name": pname, "type": typ, "description": prop.get("description", "")})

@@ -5,23 +5,48 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from svdh.scoring import SeverityBins
+from svdh.core.scoring import SeverityBins
 
 #: Model card keys shown first, in this order; the rest follow alphabetically.
-CARD_ORDER = ("warning", "intended_use", "training_data", "metrics", "interval_coverage", "localisation",
-              "versions", "created", "source_dir")
+CARD_ORDER = (
+    "warning",
+    "intended_use",
+    "training_data",
+    "metrics",
+    "interval_coverage",
+    "localisation",
+    "versions",
+    "created",
+    "source_dir",
+)
 #: Keys the page shows elsewhere (title, members table).
 CARD_HIDDEN = ("name", "kind")
-CARD_TITLES = {"interval_coverage": "Interval coverage reached (cross-validation)",
-               "source_dir": "Trained in", "training_data": "Training data", "intended_use": "Intended use"}
+CARD_TITLES = {
+    "interval_coverage": "Interval coverage reached (cross-validation)",
+    "source_dir": "Trained in",
+    "training_data": "Training data",
+    "intended_use": "Intended use",
+}
 #: Readable names of metrics and summary fields on the model card page.
 FIELD_LABELS = {
-    "pcc": "Pearson correlation (PCC)", "rmse": "RMSE (score points)", "mae": "MAE (score points)",
-    "ccc": "Lin's concordance (CCC)", "r2": "R²", "icc": "ICC(2,1)", "qwk": "quadratic-weighted kappa (classes)",
-    "accuracy": "class accuracy", "balanced_accuracy": "balanced class accuracy",
-    "class_mae": "class MAE (class steps)", "n": "images", "n_images": "images", "n_patients": "patients",
-    "n_folds": "cross-validation folds", "n_test_images": "held-out test images", "p90": "90th percentile",
-    "fraction_zero": "fraction scored 0", "phantom": "synthetic phantoms",
+    "pcc": "Pearson correlation (PCC)",
+    "rmse": "RMSE (score points)",
+    "mae": "MAE (score points)",
+    "ccc": "Lin's concordance (CCC)",
+    "r2": "R²",
+    "icc": "ICC(2,1)",
+    "qwk": "quadratic-weighted kappa (classes)",
+    "accuracy": "class accuracy",
+    "balanced_accuracy": "balanced class accuracy",
+    "class_mae": "class MAE (class steps)",
+    "n": "images",
+    "n_images": "images",
+    "n_patients": "patients",
+    "n_folds": "cross-validation folds",
+    "n_test_images": "held-out test images",
+    "p90": "90th percentile",
+    "fraction_zero": "fraction scored 0",
+    "phantom": "synthetic phantoms",
 }
 
 
@@ -51,7 +76,9 @@ class ModelInfo:
         out = []
         for key in (*CARD_ORDER, *sorted(card)):
             if key in card and key not in CARD_HIDDEN and key not in (k for k, _, _ in out):
-                out.append((key, CARD_TITLES.get(key, key.replace("_", " ").capitalize()), card[key]))
+                out.append(
+                    (key, CARD_TITLES.get(key, key.replace("_", " ").capitalize()), card[key])
+                )
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,7 +97,7 @@ class ModelInfo:
 
 
 def model_info(predictor: Any) -> ModelInfo:
-    """Read the model's description from ``predictor.bundle`` (a :class:`svdh.bundle.Bundle`)."""
+    """Read the model's description from ``predictor.bundle`` (a :class:`svdh.inference.bundle.Bundle`)."""
     bundle = getattr(predictor, "bundle", None)
     if bundle is None:
         raise TypeError("the predictor has no .bundle to describe the model")

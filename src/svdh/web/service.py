@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from svdh.errors import BadRadiographError
+from svdh.core.errors import BadRadiographError
 from svdh.web.uploads import FORMATS, UploadedFile, UploadError, sniff_format
 
 log = logging.getLogger("svdh.web")
@@ -172,7 +172,11 @@ class ScoringService:
                 except UploadError as exc:
                     out.status, out.error = exc.status, exc.message
                     continue
-                out.meta = {"format": fmt, "width": rad.meta.get("width"), "height": rad.meta.get("height")}
+                out.meta = {
+                    "format": fmt,
+                    "width": rad.meta.get("width"),
+                    "height": rad.meta.get("height"),
+                }
                 decoded.append((i, rad))
             if decoded:
                 self._predict(decoded, outcomes, patient_ids, sides, render)
@@ -231,7 +235,9 @@ class ScoringService:
                     fh.write(f.data)
             res = dict(out.result or {})
             res.pop("views", None)
-            summary.append({"file": f"{i:02d}-{safe}", "status": out.status, "error": out.error, **res})
+            summary.append(
+                {"file": f"{i:02d}-{safe}", "status": out.status, "error": out.error, **res}
+            )
         (d / "results.json").write_text(json.dumps(summary, indent=1, default=float))
 
 
@@ -242,7 +248,8 @@ def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
     """Size, content type and decoding of one upload; an :class:`UploadError` says what failed."""
     if f.oversize:
         raise UploadError(
-            413, f"'{f.filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
+            413,
+            f"'{f.filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
             f.filename,
         )
     if f.size == 0:
@@ -250,10 +257,12 @@ def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
     fmt = sniff_format(f.data)
     if fmt is None:
         raise UploadError(
-            415, f"'{f.filename}' is not an image the scorer reads ({FORMATS}); "
-            "the type is judged by the file's content, not its name", f.filename,
+            415,
+            f"'{f.filename}' is not an image the scorer reads ({FORMATS}); "
+            "the type is judged by the file's content, not its name",
+            f.filename,
         )
-    from svdh.io import read_radiograph_bytes
+    from svdh.core.io import read_radiograph_bytes
 
     try:
         rad = read_radiograph_bytes(bytes(f.data), f.filename)
@@ -263,8 +272,10 @@ def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
         raise
     except Exception as exc:  # a decoder library's own error on a damaged file
         raise UploadError(
-            422, f"'{f.filename}' looks like {fmt.upper()} but cannot be decoded "
-            f"({type(exc).__name__}); the file may be truncated or damaged", f.filename,
+            422,
+            f"'{f.filename}' looks like {fmt.upper()} but cannot be decoded "
+            f"({type(exc).__name__}); the file may be truncated or damaged",
+            f.filename,
         ) from None
     return rad, fmt
 
@@ -283,7 +294,7 @@ def _side(s: str | None) -> str | None:
 
 
 def predict_images(predictor: Any, items: list[tuple[str, Any]], cam: bool) -> list[dict]:
-    """Call the predictor (``svdh.predict.Predictor`` contract), asking for Grad-CAM if wanted."""
+    """Call the predictor (``svdh.inference.predictor.Predictor`` contract), asking for Grad-CAM if wanted."""
     try:
         return list(predictor.predict_images(items, cam=cam))
     except TypeError:  # a predictor without the cam option
@@ -306,10 +317,14 @@ def to_json_result(res: dict[str, Any]) -> dict[str, Any]:
     out["score"] = _num(res.get("score"))
     iv = res.get("interval")
     out["interval"] = [_num(iv[0]), _num(iv[1])] if iv is not None else None
-    out["severity_class"] = int(res["severity_class"]) if res.get("severity_class") is not None else None
+    out["severity_class"] = (
+        int(res["severity_class"]) if res.get("severity_class") is not None else None
+    )
     out["severity_label"] = res.get("severity_label")
     probs = res.get("probs")
-    out["probabilities"] = [float(p) for p in np.asarray(probs).ravel()] if probs is not None else None
+    out["probabilities"] = (
+        [float(p) for p in np.asarray(probs).ravel()] if probs is not None else None
+    )
     for k in ("erosion", "jsn", "member_spread"):
         out[k] = _num(res.get(k))
     ms = res.get("member_scores")
@@ -342,7 +357,7 @@ def render_views(predictor: Any, rad: Any, res: dict[str, Any]) -> dict[str, str
     output size) at :data:`DISPLAY_SIZE` px, so a reader sees the joints sharply, with the heat
     map (computed at the model's input size) stretched over exactly the same field.
     """
-    from svdh.explain import overlay  # the CLI's overlay style, so page and files agree
+    from svdh.inference.gradcam import overlay  # the CLI's overlay style, so page and files agree
 
     base = display_image(predictor, rad)
     # alpha=0 gives the plain image through the same resampling as the overlay
@@ -360,15 +375,15 @@ def display_image(predictor: Any, rad: Any) -> np.ndarray:
     """The model's input field (uint8), preprocessed again at display resolution."""
     import dataclasses
 
-    from svdh.preprocess import preprocess
+    from svdh.core.preprocess import preprocess
 
     cfg = preprocess_config(predictor)
     return preprocess(rad, dataclasses.replace(cfg, size=max(cfg.size, DISPLAY_SIZE)))
 
 
 def preprocess_config(predictor: Any) -> Any:
-    """The predictor's :class:`svdh.preprocess.PreprocessConfig` (from its bundle's manifest)."""
-    from svdh.preprocess import PreprocessConfig
+    """The predictor's :class:`svdh.core.preprocess.PreprocessConfig` (from its bundle's manifest)."""
+    from svdh.core.preprocess import PreprocessConfig
 
     cfg = getattr(predictor, "preprocess_config", None)
     if cfg is None:

@@ -74,8 +74,9 @@ async def parse_multipart(
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data":
         raise UploadError(
-            400, "send the radiographs as multipart/form-data with one or more parts named "
-            f"'{file_field}'"
+            400,
+            "send the radiographs as multipart/form-data with one or more parts named "
+            f"'{file_field}'",
         )
     boundary = params.get(b"boundary")
     if not boundary:
@@ -109,8 +110,9 @@ async def parse_multipart(
                 raise UploadError(400, f"file parts must be named '{file_field}', got '{name}'")
             if len(form.files) >= max_files:
                 raise UploadError(
-                    413, f"too many files in one request: at most {max_files}; send the rest "
-                    "in another request"
+                    413,
+                    f"too many files in one request: at most {max_files}; send the rest "
+                    "in another request",
                 )
             # Browsers send only the base name; strip any path a client might add.
             fname = disp[b"filename"].decode("utf-8", "replace").replace("\\", "/").split("/")[-1]
@@ -137,8 +139,10 @@ async def parse_multipart(
                 dropped += n
                 if dropped > max_oversize_drain:
                     raise UploadError(
-                        413, f"'{part.filename}' is larger than the limit of "
-                        f"{max_file_bytes / 1e6:g} MB per file", part.filename
+                        413,
+                        f"'{part.filename}' is larger than the limit of "
+                        f"{max_file_bytes / 1e6:g} MB per file",
+                        part.filename,
                     )
                 return
             part.data += data[start:end]

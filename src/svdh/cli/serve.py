@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 
 #: Logging for the server: counts and status codes only. Uvicorn's access log (client
 #: addresses, URLs) is switched off; the app logs one line per request without names or ids.
@@ -15,7 +15,13 @@ LOG_CONFIG = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "stream": "ext://sys.stderr",
+        }
+    },
     "loggers": {
         "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
         "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
@@ -55,19 +61,28 @@ def _check_port(host: str, port: int) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        model: Path = typer.Option(..., "--model", "-m", help="Model bundle (.svdh) from `svdh export`."),
+        model: Path = typer.Option(
+            ..., "--model", "-m", help="Model bundle (.svdh) from `svdh export`."
+        ),
         host: str = typer.Option(
-            "127.0.0.1", help="Address to listen on. The default is reachable from this machine only."
+            "127.0.0.1",
+            help="Address to listen on. The default is reachable from this machine only.",
         ),
         port: int = typer.Option(8000, help="TCP port."),
         keep: Path | None = typer.Option(
-            None, "--keep", help="Keep every upload and its result in this folder. Without it nothing "
+            None,
+            "--keep",
+            help="Keep every upload and its result in this folder. Without it nothing "
             "is written to disk.",
         ),
-        max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest file accepted, in MB (413 beyond)."),
+        max_upload_mb: float = typer.Option(
+            50.0, "--max-upload-mb", help="Largest file accepted, in MB (413 beyond)."
+        ),
         max_files: int = typer.Option(20, "--max-files", help="Most files in one request."),
         workers: int | None = typer.Option(
-            None, "--workers", help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
+            None,
+            "--workers",
+            help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
             "Further requests queue.",
         ),
     ) -> None:
@@ -93,18 +108,34 @@ def register(app: typer.Typer) -> None:
             try:
                 keep.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as exc:
-                raise BadConfigError(f"--keep {keep}: cannot create the folder ({exc.strerror})") from None
+                raise BadConfigError(
+                    f"--keep {keep}: cannot create the folder ({exc.strerror})"
+                ) from None
         _check_port(host, port)
-        web_app = create_app(model, keep_dir=keep, max_upload_mb=max_upload_mb,
-                             max_concurrency=workers, max_files=max_files)
+        web_app = create_app(
+            model,
+            keep_dir=keep,
+            max_upload_mb=max_upload_mb,
+            max_concurrency=workers,
+            max_files=max_files,
+        )
         if not _is_loopback(host):
             typer.secho(
                 f"warning: listening on {host}, reachable from other machines. Uploads are patient data: "
-                "put the server behind HTTPS and authentication.", err=True, fg=typer.colors.YELLOW,
+                "put the server behind HTTPS and authentication.",
+                err=True,
+                fg=typer.colors.YELLOW,
             )
         shown = f"[{host}]" if ":" in host else host
-        typer.echo(f"svdh: scoring with {model.name} at http://{shown}:{port}/ (API docs at /docs; Ctrl+C stops)")
+        typer.echo(
+            f"svdh: scoring with {model.name} at http://{shown}:{port}/ (API docs at /docs; Ctrl+C stops)"
+        )
         uvicorn.run(
-            web_app, host=host, port=port, log_config=LOG_CONFIG, access_log=False,
-            server_header=False, timeout_graceful_shutdown=5,
+            web_app,
+            host=host,
+            port=port,
+            log_config=LOG_CONFIG,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=5,
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from svdh.errors import BadConfigError, BadDatasetError
+from svdh.core.errors import BadConfigError, BadDatasetError
 
 EROSION = "erosion"
 JSN = "jsn"
@@ -211,7 +211,9 @@ class SeverityBins:
                 f"severity class edges must be positive and strictly increasing, got {list(self.edges)}"
             )
         if e[-1] > self.max_score:
-            raise BadConfigError(f"severity class edge {e[-1]} exceeds the maximum score {self.max_score}")
+            raise BadConfigError(
+                f"severity class edge {e[-1]} exceeds the maximum score {self.max_score}"
+            )
         object.__setattr__(self, "edges", e)
         if not self.labels:
             object.__setattr__(self, "labels", self._make_labels())

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from svdh.errors import BadRunError
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadRunError
+from svdh.core.scoring import SeverityBins
 
 TASKS = ("regression", "classification", "ordinal", "boneage")
 CLASS_TASKS = ("classification", "ordinal")
@@ -95,7 +95,9 @@ def bins_from_config(config: dict[str, Any], where: Path | str = "config.yaml") 
             return SeverityBins.from_dict(config["bins"])
         return SeverityBins.for_scope(str(config.get("score_scope", "hand")))
     except (KeyError, TypeError, ValueError) as exc:
-        raise BadRunError(f"{where}: config 'bins' is malformed ({exc}); expected SeverityBins.to_dict()") from None
+        raise BadRunError(
+            f"{where}: config 'bins' is malformed ({exc}); expected SeverityBins.to_dict()"
+        ) from None
 
 
 def prob_columns(df: pd.DataFrame) -> list[str]:
@@ -127,7 +129,9 @@ def is_phantom(config: dict[str, Any], oof: pd.DataFrame | None = None) -> bool:
             for v in obj:
                 yield from strings(v)
 
-    source_like = [v for k, v in config.items() if k != "data_kind" and ("source" in k or "data" in k)]
+    source_like = [
+        v for k, v in config.items() if k != "data_kind" and ("source" in k or "data" in k)
+    ]
     if any(m in s.lower() for s in strings(source_like) for m in PHANTOM_MARKERS):
         return True
     if oof is not None and len(oof) and "image" in oof.columns:
@@ -174,7 +178,9 @@ def validate_table(
     df["side"] = df["side"].fillna("").astype(str)
     dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
-        raise BadRunError(f"{path}: image_id {dup.iloc[0]!r} appears more than once; every image is predicted once")
+        raise BadRunError(
+            f"{path}: image_id {dup.iloc[0]!r} appears more than once; every image is predicted once"
+        )
     numeric = ["fold", "y_true", "y_pred", *prob_columns(df)]
     for col in numeric:
         vals = pd.to_numeric(df[col], errors="coerce")
@@ -189,7 +195,9 @@ def validate_table(
     df["fold"] = df["fold"].astype(int)
     if not allow_test_fold and (df["fold"] < 0).any():
         i = int(np.flatnonzero(df["fold"].to_numpy() < 0)[0])
-        raise BadRunError(f"{path}: row {i + 2}: fold {df['fold'].iloc[i]} in out-of-fold predictions")
+        raise BadRunError(
+            f"{path}: row {i + 2}: fold {df['fold'].iloc[i]} in out-of-fold predictions"
+        )
     if class_k is not None:
         pcols = prob_columns(df)
         if len(pcols) != class_k or pcols != [f"p_{k}" for k in range(class_k)]:
@@ -201,7 +209,9 @@ def validate_table(
         bad = np.flatnonzero(np.abs(sums - 1.0) > 1e-3)
         if len(bad):
             i = int(bad[0])
-            raise BadRunError(f"{path}: row {i + 2}: class probabilities sum to {sums[i]:.4f}, not 1")
+            raise BadRunError(
+                f"{path}: row {i + 2}: class probabilities sum to {sums[i]:.4f}, not 1"
+            )
     for col in ("class_true", "class_pred"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
@@ -232,17 +242,23 @@ def read_run(run_dir: str | Path) -> Run:
     """Load and validate a run or ensemble directory's config and prediction tables."""
     d = Path(run_dir)
     if not d.is_dir():
-        raise BadRunError(f"{d}: not a directory; give a run directory written by `svdh train` or `svdh ensemble`")
+        raise BadRunError(
+            f"{d}: not a directory; give a run directory written by `svdh train` or `svdh ensemble`"
+        )
     cfg_path = d / "config.yaml"
     if not cfg_path.is_file():
-        raise BadRunError(f"{d}: no config.yaml; is this a run directory written by `svdh train` or `svdh ensemble`?")
+        raise BadRunError(
+            f"{d}: no config.yaml; is this a run directory written by `svdh train` or `svdh ensemble`?"
+        )
     config = _read_yaml(cfg_path)
     task = config.get("task")
     if task not in TASKS:
         raise BadRunError(f"{cfg_path}: task {task!r} is not one of {', '.join(TASKS)}")
     oof_path = d / "oof.csv"
     if not oof_path.is_file():
-        raise BadRunError(f"{d}: no oof.csv; the run did not finish (rerun `svdh train` to complete it)")
+        raise BadRunError(
+            f"{d}: no oof.csv; the run did not finish (rerun `svdh train` to complete it)"
+        )
     k = bins_from_config(config, cfg_path).n_classes if task in CLASS_TASKS else None
     oof = _read_table(oof_path, class_k=k, allow_test_fold=False)
     test = None
@@ -262,7 +278,9 @@ def read_run(run_dir: str | Path) -> Run:
     )
 
 
-def read_predictions_csv(path: str | Path, scope: str | None = None, task: str | None = None) -> Run:
+def read_predictions_csv(
+    path: str | Path, scope: str | None = None, task: str | None = None
+) -> Run:
     """Wrap a bare CSV of ``y_true, y_pred`` (optional ``patient_id``, ``side``, ``fold``,
     ``reader2``, ``p_k``...) as a :class:`Run`.
 
@@ -272,11 +290,15 @@ def read_predictions_csv(path: str | Path, scope: str | None = None, task: str |
     """
     p = Path(path)
     if not p.is_file():
-        raise BadRunError(f"{p}: no such file; give a run directory, an ensemble directory or a CSV with y_true,y_pred")
+        raise BadRunError(
+            f"{p}: no such file; give a run directory, an ensemble directory or a CSV with y_true,y_pred"
+        )
     df = _read_csv(p)
     for col in ("y_true", "y_pred"):
         if col not in df.columns:
-            raise BadRunError(f"{p}: missing column {col!r}; a predictions CSV needs y_true and y_pred")
+            raise BadRunError(
+                f"{p}: missing column {col!r}; a predictions CSV needs y_true and y_pred"
+            )
     if "image" not in df.columns:
         df["image"] = [f"row{i + 2}" for i in range(len(df))]
     if "patient_id" not in df.columns:

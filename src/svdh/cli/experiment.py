@@ -12,8 +12,12 @@ def _print_made(made: dict[str, Path], quick: bool) -> None:
 
     c = Console(soft_wrap=True)  # commands must stay on one line to be copied
     c.print("\n[bold]Made:[/bold]")
-    labels = {"members": "member runs", "final": "final model (run directory)",
-              "bundle": "model bundle", "report": "report (open in a browser)"}
+    labels = {
+        "members": "member runs",
+        "final": "final model (run directory)",
+        "bundle": "model bundle",
+        "report": "report (open in a browser)",
+    }
     for key, label in labels.items():
         if key in made:
             c.print(f"  {label:<30} {made[key]}")
@@ -30,8 +34,12 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         experiment: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
-        profile: str = typer.Option(None, "--profile", help="Apply a profile of the file's 'profiles' section."),
-        out: Path = typer.Option(None, "--out", help="Output directory (default: the file's 'out')."),
+        profile: str = typer.Option(
+            None, "--profile", help="Apply a profile of the file's 'profiles' section."
+        ),
+        out: Path = typer.Option(
+            None, "--out", help="Output directory (default: the file's 'out')."
+        ),
         check: bool = typer.Option(False, "--check", help="Only validate the file, train nothing."),
         accelerator: str = typer.Option("auto", help="cpu, gpu or auto."),
         devices: str = typer.Option("auto", help="Devices per node (e.g. 1, 4 or auto)."),
@@ -49,15 +57,23 @@ def register(app: typer.Typer) -> None:
         if check:
             typer.echo(f"{experiment}: valid ({len(exp.members)} members, output {exp.out})")
             return
-        runtime = {"accelerator": accelerator, "devices": devices, "strategy": strategy,
-                   "num_nodes": num_nodes}
+        runtime = {
+            "accelerator": accelerator,
+            "devices": devices,
+            "strategy": strategy,
+            "num_nodes": num_nodes,
+        }
         made = Runner(exp, runtime=runtime).run()
         _print_made(made, quick=False)
 
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(None, "--out", help="Output directory (default runs/demo or runs/demo-quick)."),
-        quick: bool = typer.Option(False, "--quick", help="A smaller demo: under 3 minutes on a 2-core CPU."),
+        out: Path = typer.Option(
+            None, "--out", help="Output directory (default runs/demo or runs/demo-quick)."
+        ),
+        quick: bool = typer.Option(
+            False, "--quick", help="A smaller demo: under 3 minutes on a 2-core CPU."
+        ),
     ) -> None:
         """Run the whole pipeline on phantom data it generates itself.
 

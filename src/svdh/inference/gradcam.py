@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from svdh.errors import BadConfigError, BadDatasetError
+from svdh.core.errors import BadConfigError, BadDatasetError
 
 #: Fraction of the hand size (diagonal of the landmarks' bounding box) used as the radius of the
 #: disc around a damaged joint. 0.06 of a ~150 mm diagonal is ~9 mm: one joint and its bone ends.
@@ -68,9 +68,13 @@ class ScoreTarget:
     * ordinal (CORAL): the expected class, the sum of P(y > k).
     """
 
-    def __init__(self, task: str, representative_scores: Sequence[float] | None = None, output: int = 0):
+    def __init__(
+        self, task: str, representative_scores: Sequence[float] | None = None, output: int = 0
+    ):
         self.task, self.output = task, output
-        self.reps = None if representative_scores is None else np.asarray(representative_scores, np.float32)
+        self.reps = (
+            None if representative_scores is None else np.asarray(representative_scores, np.float32)
+        )
 
     def __call__(self, out: Any) -> Any:
         import torch
@@ -147,8 +151,16 @@ class Explainer:
         if cam_cls is None:
             raise BadConfigError(f"unknown CAM method {method!r} (gradcam or random)")
         self.archs = [dict(a) for a in archs]
-        self.names = list(names) if names is not None else [str(a.get("backbone", i)) for i, a in enumerate(archs)]
-        w = np.ones(len(models)) if weights is None else np.abs(np.asarray(weights, dtype=np.float64))
+        self.names = (
+            list(names)
+            if names is not None
+            else [str(a.get("backbone", i)) for i, a in enumerate(archs)]
+        )
+        w = (
+            np.ones(len(models))
+            if weights is None
+            else np.abs(np.asarray(weights, dtype=np.float64))
+        )
         self.weights = w / w.sum() if w.sum() > 0 else np.full(len(models), 1.0 / len(models))
         self.head = head
         self.reps = representative_scores
@@ -196,7 +208,9 @@ class Explainer:
                 members[m] += np.nan_to_num(maps.astype(np.float32))
             members[m] /= max(len(cams), 1)
         ensemble = np.tensordot(self.weights.astype(np.float32), members, axes=1)
-        return CamResult(members=members, ensemble=ensemble.astype(np.float32), member_names=self.names)
+        return CamResult(
+            members=members, ensemble=ensemble.astype(np.float32), member_names=self.names
+        )
 
     @staticmethod
     def _predicted_class(task: str, out: Any) -> np.ndarray:
@@ -207,7 +221,9 @@ class Explainer:
 
 
 # --------------------------------------------------------------------------- overlays
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.55, min_size: int = 384) -> np.ndarray:
+def overlay(
+    image: np.ndarray, cam: np.ndarray, alpha: float = 0.55, min_size: int = 384
+) -> np.ndarray:
     """RGB uint8 overlay of a heat map on a greyscale image (both H x W; cam in [0, 1]).
 
     Hand-written blending (pytorch-grad-cam's ``show_cam_on_image`` washes the whole radiograph
@@ -227,7 +243,9 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.55, min_size: i
         size = (round(img.shape[1] * scale), round(img.shape[0] * scale))
         img = cv2.resize(img, size, interpolation=cv2.INTER_CUBIC).clip(0, 1)
         cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR).clip(0, 1)
-    heat = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32) / 255
+    heat = (
+        cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32) / 255
+    )
     a = (alpha * np.sqrt(cam))[..., None]
     rgb = img[..., None] * (1 - a) + heat * a
     return np.uint8(np.clip(rgb, 0, 1) * 255 + 0.5)
@@ -239,14 +257,19 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
     out = tile.copy()
     h = max(18, tile.shape[0] // 20)
     cv2.rectangle(out, (0, 0), (tile.shape[1], h + 6), (0, 0, 0), -1)
-    cv2.putText(out, text, (4, h), cv2.FONT_HERSHEY_SIMPLEX, h / 30, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        out, text, (4, h), cv2.FONT_HERSHEY_SIMPLEX, h / 30, (255, 255, 255), 1, cv2.LINE_AA
+    )
     return out
 
 
 def panel(image: np.ndarray, result: CamResult, index: int, title: str = "") -> np.ndarray:
     """One row: the model input, the ensemble overlay, and each member's overlay, labelled."""
     base = overlay(image, np.zeros_like(result.ensemble[index]), alpha=0.0)
-    tiles = [_label(base, title or "input"), _label(overlay(image, result.ensemble[index]), "ensemble")]
+    tiles = [
+        _label(base, title or "input"),
+        _label(overlay(image, result.ensemble[index]), "ensemble"),
+    ]
     if len(result.member_names) > 1:
         for m, name in enumerate(result.member_names):
             tiles.append(_label(overlay(image, result.members[m, index]), name))
@@ -275,7 +298,9 @@ def write_cam(
     }
     Image.fromarray(overlay(image, result.ensemble[index])).save(paths["overlay"])
     Image.fromarray(panel(image, result, index, title)).save(paths["panel"])
-    np.save(paths["array"], np.concatenate([result.ensemble[index][None], result.members[:, index]]))
+    np.save(
+        paths["array"], np.concatenate([result.ensemble[index][None], result.members[:, index]])
+    )
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -327,20 +352,28 @@ class HandLandmarks:
     damaged: set[str]
 
     def damaged_points(self) -> np.ndarray:
-        return np.array([self.points[k] for k in sorted(self.damaged) if k in self.points]).reshape(-1, 2)
+        return np.array([self.points[k] for k in sorted(self.damaged) if k in self.points]).reshape(
+            -1, 2
+        )
 
 
-def damage_region(shape: tuple[int, int], hands: Sequence[HandLandmarks], radius_frac: float) -> np.ndarray:
+def damage_region(
+    shape: tuple[int, int], hands: Sequence[HandLandmarks], radius_frac: float
+) -> np.ndarray:
     """Union of discs around every damaged joint; each hand's radius scales with that hand."""
     region = np.zeros(shape, dtype=bool)
     for h in hands:
         pts = h.damaged_points()
         if len(pts):
-            region |= disc_mask(shape, pts, radius_frac * hand_size(np.array(list(h.points.values()))))
+            region |= disc_mask(
+                shape, pts, radius_frac * hand_size(np.array(list(h.points.values())))
+            )
     return region
 
 
-def score_map(cam: np.ndarray, region: np.ndarray, hand: np.ndarray | None = None) -> LocalisationScore:
+def score_map(
+    cam: np.ndarray, region: np.ndarray, hand: np.ndarray | None = None
+) -> LocalisationScore:
     """Localisation of one heat map against one image's damaged-joint region (same shape)."""
     cam = np.clip(np.asarray(cam, dtype=np.float64), 0, None)
     if cam.shape != region.shape:
@@ -351,11 +384,15 @@ def score_map(cam: np.ndarray, region: np.ndarray, hand: np.ndarray | None = Non
     peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
     hit = bool(region[peak]) if total > 0 else False
     area = float(region.mean())
-    hand_area = float((region & hand).sum() / hand.sum()) if hand is not None and hand.any() else area
+    hand_area = (
+        float((region & hand).sum() / hand.sum()) if hand is not None and hand.any() else area
+    )
     return LocalisationScore(mass=mass, hit=hit, random_mass=area, random_hand_mass=hand_area)
 
 
-def summarise(scores: Sequence[LocalisationScore], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def summarise(
+    scores: Sequence[LocalisationScore], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The figures of ``localisation.json``: means over images with at least one damaged joint.
 
     ``random_pointing`` equals ``random_mass`` for i.i.d. random maps (see the module docstring).
@@ -377,7 +414,9 @@ def summarise(scores: Sequence[LocalisationScore], extra: Mapping[str, Any] | No
     }
     if n:
         out["mass_ratio_vs_random"] = float(out["mass_on_damaged"] / max(out["random_mass"], 1e-12))
-        out["mass_ratio_vs_random_hand"] = float(out["mass_on_damaged"] / max(out["random_hand_mass"], 1e-12))
+        out["mass_ratio_vs_random_hand"] = float(
+            out["mass_on_damaged"] / max(out["random_hand_mass"], 1e-12)
+        )
     out.update(dict(extra or {}))
     return out
 
@@ -390,7 +429,9 @@ def write_localisation(path: str | Path, summary: Mapping[str, Any]) -> Path:
 
 
 # --------------------------------------------------------------------------- phantom cohorts
-def cohort_hands(landmarks_json: str | Path) -> dict[str, list[tuple[dict[str, tuple[float, float]], set[str]]]]:
+def cohort_hands(
+    landmarks_json: str | Path,
+) -> dict[str, list[tuple[dict[str, tuple[float, float]], set[str]]]]:
     """From a phantom ``landmarks.json`` (``svdh synth``, schema in docs/synth.md; format checked
     by :func:`svdh.synth.load_landmarks`): per image file, per hand, the landmarks in original
     pixels and the names of the damaged ones (erosion or JSN score > 0). On a dual-hand film the
@@ -413,14 +454,22 @@ def cohort_hands(landmarks_json: str | Path) -> dict[str, list[tuple[dict[str, t
             if not lms:
                 continue
             pts = {k: (float(v["x"]), float(v["y"])) for k, v in lms.items()}
-            bad = {k for k, v in lms.items() if (v.get("erosion") or 0) > 0 or (v.get("jsn") or 0) > 0}
+            bad = {
+                k for k, v in lms.items() if (v.get("erosion") or 0) > 0 or (v.get("jsn") or 0) > 0
+            }
             hands.append((pts, bad))
         out[str(name)] = hands
     return out
 
 
-def _gallery_image(display: np.ndarray, cam: np.ndarray, hands: Sequence[HandLandmarks], scale: float,
-                   radius_frac: float, title: str) -> np.ndarray:
+def _gallery_image(
+    display: np.ndarray,
+    cam: np.ndarray,
+    hands: Sequence[HandLandmarks],
+    scale: float,
+    radius_frac: float,
+    title: str,
+) -> np.ndarray:
     """Overlay on the display image with the damaged joints' discs ringed and other joints dotted."""
     import cv2
 
@@ -453,7 +502,7 @@ def explain_cohort(
 ) -> dict[str, Any]:
     """Measure where the model's Grad-CAM maps fall on a phantom cohort; write
     ``out_dir/localisation.json`` and ``out_dir/cam_gallery/*.png`` (the most damaged hands,
-    damaged joints ringed). ``predictor`` is a :class:`svdh.predict.Predictor`.
+    damaged joints ringed). ``predictor`` is a :class:`svdh.inference.predictor.Predictor`.
 
     ``out_dir`` is usually the run or ensemble directory the bundle came from, so that
     ``svdh evaluate`` and ``svdh report`` show the figures beside the run's metrics.
@@ -462,12 +511,14 @@ def explain_cohort(
 
     from PIL import Image
 
-    from svdh.io import read_radiograph
-    from svdh.predict import DISPLAY_SIZE
-    from svdh.preprocess import preprocess
+    from svdh.core.io import read_radiograph
+    from svdh.core.preprocess import preprocess
+    from svdh.inference.predictor import DISPLAY_SIZE
 
     if not 0 < radius_frac < 1:
-        raise BadConfigError(f"--radius must lie in (0, 1) (a fraction of the hand size), got {radius_frac}")
+        raise BadConfigError(
+            f"--radius must lie in (0, 1) (a fraction of the hand size), got {radius_frac}"
+        )
     cohort, out_dir = Path(cohort), Path(out_dir)
     per_image = cohort_hands(landmarks or cohort / "landmarks.json")
     names = sorted(n for n in per_image if (cohort / n).is_file())
@@ -486,13 +537,15 @@ def explain_cohort(
     member_scores: list[list[LocalisationScore]] = [[] for _ in predictor.names]
     n_no_damage = 0
     for start in range(0, len(names), predictor.batch_size):
-        chunk = names[start:start + predictor.batch_size]
+        chunk = names[start : start + predictor.batch_size]
         xs, hands_list = [], []
         for n in chunk:
             rad = read_radiograph(cohort / n)
             x, tf = preprocess(rad, cfg, return_transform=True)
-            hands = [HandLandmarks({k: tuple(tf.map_points(v)) for k, v in pts.items()}, bad)
-                     for pts, bad in per_image[n]]
+            hands = [
+                HandLandmarks({k: tuple(tf.map_points(v)) for k, v in pts.items()}, bad)
+                for pts, bad in per_image[n]
+            ]
             xs.append(x)
             hands_list.append(hands)
         x = np.stack(xs)
@@ -509,29 +562,43 @@ def explain_cohort(
                 n_no_damage += 1
             if n in chosen:
                 display = preprocess(read_radiograph(cohort / n), display_cfg)
-                title = f"{Path(n).stem}: {n_damaged[n]} damaged joints, score {preds[j]['score']:.1f}"
-                img = _gallery_image(display, cams.ensemble[j], hands, display_cfg.size / cfg.size,
-                                     radius_frac, title)
+                title = (
+                    f"{Path(n).stem}: {n_damaged[n]} damaged joints, score {preds[j]['score']:.1f}"
+                )
+                img = _gallery_image(
+                    display,
+                    cams.ensemble[j],
+                    hands,
+                    display_cfg.size / cfg.size,
+                    radius_frac,
+                    title,
+                )
                 Image.fromarray(img).save(gdir / f"{Path(n).stem}.png")
         if progress is not None:
             progress(len(chunk))
-    summary = summarise(ens_scores, {
-        "n_images_without_damage": n_no_damage,
-        "radius_frac": radius_frac,
-        "radius_definition": "radius_frac x diagonal of the hand's landmark bounding box",
-        "damaged_definition": "joints with an erosion or JSN score > 0 in landmarks.json",
-        "method": "Grad-CAM (pytorch-grad-cam), mean over fold models, weighted over members",
-        "head": predictor.cam_head,
-        "target_layers": dict(zip(predictor.names, predictor.explainer.layers, strict=True)),
-        "image_size": cfg.size,
-        "cohort": str(cohort.resolve()),
-        "model": str(predictor.bundle.path) if predictor.bundle.path else None,
-        "baseline": "random_*: i.i.d. random map over the image (expected value = area share of the "
-                    "damaged-joint discs); random_hand_*: random map restricted to the hand",
-    })
+    summary = summarise(
+        ens_scores,
+        {
+            "n_images_without_damage": n_no_damage,
+            "radius_frac": radius_frac,
+            "radius_definition": "radius_frac x diagonal of the hand's landmark bounding box",
+            "damaged_definition": "joints with an erosion or JSN score > 0 in landmarks.json",
+            "method": "Grad-CAM (pytorch-grad-cam), mean over fold models, weighted over members",
+            "head": predictor.cam_head,
+            "target_layers": dict(zip(predictor.names, predictor.explainer.layers, strict=True)),
+            "image_size": cfg.size,
+            "cohort": str(cohort.resolve()),
+            "model": str(predictor.bundle.path) if predictor.bundle.path else None,
+            "baseline": "random_*: i.i.d. random map over the image (expected value = area share of the "
+            "damaged-joint discs); random_hand_*: random map restricted to the hand",
+        },
+    )
     if len(predictor.names) > 1:
-        summary["by_member"] = {name: {k: v for k, v in summarise(s).items()
-                                       if k in ("mass_on_damaged", "pointing_game")}
-                                for name, s in zip(predictor.names, member_scores, strict=True)}
+        summary["by_member"] = {
+            name: {
+                k: v for k, v in summarise(s).items() if k in ("mass_on_damaged", "pointing_game")
+            }
+            for name, s in zip(predictor.names, member_scores, strict=True)
+        }
     write_localisation(out_dir / "localisation.json", summary)
     return summary

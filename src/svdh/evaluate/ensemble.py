@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from svdh.errors import BadConfigError, BadRunError
-from svdh.runs import CLASS_TASKS, Run, read_run, write_json, write_run
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadConfigError, BadRunError
+from svdh.core.scoring import SeverityBins
+from svdh.runs.tables import CLASS_TASKS, Run, read_run, write_json, write_run
 
 T = TypeVar("T")
 
@@ -85,7 +85,9 @@ def check_members(runs: list[Run]) -> None:
                 "Give out-of-fold predictions (oof.csv from `svdh train --folds K`)"
             )
         if r.task == "boneage":
-            raise BadRunError(f"{r.path}: a bone-age run predicts months, not an SvdH score; leave it out")
+            raise BadRunError(
+                f"{r.path}: a bone-age run predicts months, not an SvdH score; leave it out"
+            )
     first = runs[0]
     for r in runs[1:]:
         if r.bins != first.bins or r.score_scope != first.score_scope:
@@ -138,8 +140,12 @@ def align_members(runs: list[Run]) -> Members:
             )
         if (o["patient_id"].to_numpy() != base["patient_id"].to_numpy()).any():
             i = int(np.flatnonzero(o["patient_id"].to_numpy() != base["patient_id"].to_numpy())[0])
-            raise BadRunError(f"{r.path}: image {ids.iloc[i]!r} belongs to another patient than in {first.path}")
-        tdiff = np.flatnonzero(np.abs(o["y_true"].to_numpy(float) - base["y_true"].to_numpy(float)) > 1e-6)
+            raise BadRunError(
+                f"{r.path}: image {ids.iloc[i]!r} belongs to another patient than in {first.path}"
+            )
+        tdiff = np.flatnonzero(
+            np.abs(o["y_true"].to_numpy(float) - base["y_true"].to_numpy(float)) > 1e-6
+        )
         if len(tdiff):
             i = int(tdiff[0])
             raise BadRunError(
@@ -162,7 +168,9 @@ def align_members(runs: list[Run]) -> Members:
 # --------------------------------------------------------------------------- score combiners
 
 
-def fit_score_meta(X: np.ndarray, y: np.ndarray, method: str, ridge_alpha: float = 1.0) -> dict[str, Any]:
+def fit_score_meta(
+    X: np.ndarray, y: np.ndarray, method: str, ridge_alpha: float = 1.0
+) -> dict[str, Any]:
     """Fit a linear combination of member scores: ``pred = X @ coef + intercept``."""
     m = X.shape[1]
     if method == "mean":
@@ -180,12 +188,18 @@ def fit_score_meta(X: np.ndarray, y: np.ndarray, method: str, ridge_alpha: float
         # Non-negative weights: collinear members (all predict the same score) otherwise get
         # large weights of opposite sign that do not generalise; the intercept absorbs bias.
         model = Ridge(alpha=ridge_alpha, positive=True).fit(X, y)
-        return {"kind": "ridge", "coef": model.coef_.tolist(), "intercept": float(model.intercept_),
-                "ridge_alpha": ridge_alpha}
+        return {
+            "kind": "ridge",
+            "coef": model.coef_.tolist(),
+            "intercept": float(model.intercept_),
+            "ridge_alpha": ridge_alpha,
+        }
     raise BadConfigError(f"ensemble method {method!r} is not one of {', '.join(METHODS)}")
 
 
-def predict_score_meta(meta: dict[str, Any], X: np.ndarray, max_score: float | None = None) -> np.ndarray:
+def predict_score_meta(
+    meta: dict[str, Any], X: np.ndarray, max_score: float | None = None
+) -> np.ndarray:
     pred = np.asarray(X, float) @ np.asarray(meta["coef"], float) + float(meta["intercept"])
     return np.clip(pred, 0.0, max_score if max_score is not None else np.inf)
 
@@ -242,17 +256,29 @@ def fit_class_meta(
                 W[cls[1]], b[cls[1]], b[cls[0]] = model.coef_[0], model.intercept_[0], 0.0
             else:
                 W[cls], b[cls] = model.coef_, model.intercept_
-        return {"kind": "multinomial", "features": "log_probs", "coef": W.tolist(), "intercept": b.tolist()}
+        return {
+            "kind": "multinomial",
+            "features": "log_probs",
+            "coef": W.tolist(),
+            "intercept": b.tolist(),
+        }
     if class_meta == "ordinal":
         # Proportional-odds (cumulative logit) model on each member's expected class.
         # Hand-written with scipy.optimize: scikit-learn has no ordinal regression and
         # statsmodels/mord are not dependencies. Thresholds stay ordered via exp increments.
         X = _expected_class(P)
         x0 = np.concatenate([np.full(m, 1.0 / m), [0.5], np.zeros(K - 2)])
-        res = optimize.minimize(_ordinal_nll, x0, args=(X, c.astype(int), K, 1e-3), method="L-BFGS-B")
+        res = optimize.minimize(
+            _ordinal_nll, x0, args=(X, c.astype(int), K, 1e-3), method="L-BFGS-B"
+        )
         beta, t0, d = res.x[:m], res.x[m], res.x[m + 1 :]
         theta = t0 + np.concatenate([[0.0], np.cumsum(np.exp(d))])
-        return {"kind": "ordinal", "features": "expected_class", "coef": beta.tolist(), "thresholds": theta.tolist()}
+        return {
+            "kind": "ordinal",
+            "features": "expected_class",
+            "coef": beta.tolist(),
+            "thresholds": theta.tolist(),
+        }
     raise BadConfigError(f"class meta-learner {class_meta!r} is not one of {', '.join(CLASS_META)}")
 
 
@@ -261,7 +287,9 @@ def predict_class_meta(meta: dict[str, Any], P: np.ndarray) -> np.ndarray:
     if meta["kind"] == "weighted_mean":
         return np.einsum("nmk,m->nk", P, np.asarray(meta["weights"], float))
     if meta["kind"] == "multinomial":
-        z = _class_features(P) @ np.asarray(meta["coef"], float).T + np.asarray(meta["intercept"], float)
+        z = _class_features(P) @ np.asarray(meta["coef"], float).T + np.asarray(
+            meta["intercept"], float
+        )
         return special.softmax(z, axis=1)
     if meta["kind"] == "ordinal":
         eta = _expected_class(P) @ np.asarray(meta["coef"], float)
@@ -324,12 +352,14 @@ def build_ensemble(
     seed: int = 0,
 ) -> Path:
     """Combine member runs into an ensemble directory (see module docstring); returns it."""
-    from svdh.metrics import ConformalModel, crossfit_intervals, evaluate_run, headline
+    from svdh.evaluate.metrics import ConformalModel, crossfit_intervals, evaluate_run, headline
 
     if method not in METHODS:
         raise BadConfigError(f"ensemble method {method!r} is not one of {', '.join(METHODS)}")
     if class_meta not in CLASS_META:
-        raise BadConfigError(f"class meta-learner {class_meta!r} is not one of {', '.join(CLASS_META)}")
+        raise BadConfigError(
+            f"class meta-learner {class_meta!r} is not one of {', '.join(CLASS_META)}"
+        )
     runs = [read_run(d) for d in run_dirs]
     mem = align_members(runs)
     bins, X, y, folds = mem.bins, mem.scores, mem.y_true, mem.folds
@@ -338,7 +368,11 @@ def build_ensemble(
 
     y_pred = _nested_oof(
         lambda tr: fit_score_meta(X[tr], y[tr], method, ridge_alpha),
-        lambda meta, te: predict_score_meta(meta, X[te], maxs), n, folds, ())
+        lambda meta, te: predict_score_meta(meta, X[te], maxs),
+        n,
+        folds,
+        (),
+    )
     final_score = fit_score_meta(X, y, method, ridge_alpha)
     meta: dict[str, Any] = {
         "method": method,
@@ -358,11 +392,19 @@ def build_ensemble(
         P, c = mem.probs, oof["class_true"].to_numpy(int)
 
         def weights(tr: np.ndarray) -> list[float] | None:
-            return fit_score_meta(X[tr], y[tr], method)["coef"] if method in ("weighted", "nnls") else None
+            return (
+                fit_score_meta(X[tr], y[tr], method)["coef"]
+                if method in ("weighted", "nnls")
+                else None
+            )
 
         probs = _nested_oof(
             lambda tr: fit_class_meta(P[tr], c[tr], method, class_meta, weights(tr)),
-            lambda cm, te: predict_class_meta(cm, P[te]), n, folds, (bins.n_classes,))
+            lambda cm, te: predict_class_meta(cm, P[te]),
+            n,
+            folds,
+            (bins.n_classes,),
+        )
         meta["class"] = fit_class_meta(P, c, method, class_meta, weights(np.ones(n, bool)))
         oof["class_pred"] = probs.argmax(axis=1)
         for k in range(bins.n_classes):
@@ -377,7 +419,9 @@ def build_ensemble(
 
     test = _ensemble_test(runs, mem, meta)
     if test is not None:
-        test["interval_lo"], test["interval_hi"] = conformal.interval(test["y_pred"].to_numpy(float))
+        test["interval_lo"], test["interval_hi"] = conformal.interval(
+            test["y_pred"].to_numpy(float)
+        )
 
     first = runs[0].config
     cfg = {
@@ -390,8 +434,12 @@ def build_ensemble(
         "scheme": f"{method} ensemble",
         "member_tasks": [r.task for r in runs],
         "members": [
-            {"name": nm, "path": str(r.path.resolve()), "task": r.task,
-             **{k: r.config.get(k) for k in ("backbone", "init", "scheme", "image_size")}}
+            {
+                "name": nm,
+                "path": str(r.path.resolve()),
+                "task": r.task,
+                **{k: r.config.get(k) for k in ("backbone", "init", "scheme", "image_size")},
+            }
             for nm, r in zip(mem.names, runs, strict=True)
         ],
         "score_scope": runs[0].score_scope,
@@ -411,10 +459,18 @@ def build_ensemble(
     # Metrics of the ensemble, of each member and of the plain mean on the same rows, so
     # the gain of the combination is visible rather than assumed.
     result = evaluate_run(read_run(out), n_boot=n_boot, seed=seed)
-    result["members"] = {nm: headline(evaluate_run(r, n_boot=0)) for nm, r in zip(mem.names, runs, strict=True)}
+    result["members"] = {
+        nm: headline(evaluate_run(r, n_boot=0)) for nm, r in zip(mem.names, runs, strict=True)
+    }
     mean_pred = np.clip(X.mean(axis=1), 0, maxs)
-    mean_run = Run(out, "mean", {**cfg, "task": "regression"}, oof.assign(y_pred=mean_pred).drop(
-        columns=["class_pred", *[f"p_{k}" for k in range(bins.n_classes)]], errors="ignore"))
+    mean_run = Run(
+        out,
+        "mean",
+        {**cfg, "task": "regression"},
+        oof.assign(y_pred=mean_pred).drop(
+            columns=["class_pred", *[f"p_{k}" for k in range(bins.n_classes)]], errors="ignore"
+        ),
+    )
     result["baseline_mean"] = headline(evaluate_run(mean_run, n_boot=0))
     write_json(out / "metrics.json", result)
     return out
@@ -437,7 +493,9 @@ def _ensemble_test(runs: list[Run], mem: Members, meta: dict[str, Any]) -> pd.Da
             probs.append(t[[f"p_{k}" for k in range(mem.bins.n_classes)]].to_numpy(float))
     P = np.stack(probs, axis=1) if probs else None
     score, pr = apply_meta(meta, np.column_stack(scores), P)
-    cols = ["image", "image_id", "patient_id", "fold", "y_true"] + [c for c in CARRY_COLUMNS if c in first.columns]
+    cols = ["image", "image_id", "patient_id", "fold", "y_true"] + [
+        c for c in CARRY_COLUMNS if c in first.columns
+    ]
     test = first[cols].reset_index(drop=True).copy()
     test["y_pred"] = score
     test["class_true"] = np.asarray(mem.bins.to_class(test["y_true"].to_numpy(float))).reshape(-1)

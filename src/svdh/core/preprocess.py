@@ -31,7 +31,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from svdh.errors import BadConfigError
+from svdh.core.errors import BadConfigError
 
 #: Bump when the algorithm changes output bytes: caches keyed on the config are then rebuilt.
 ALGORITHM_VERSION = 2
@@ -66,7 +66,9 @@ class PreprocessConfig:
         if not isinstance(self.size, (int, np.integer)) or not 8 <= int(self.size) <= 4096:
             raise BadConfigError(f"preprocess size must be an integer 8-4096, got {self.size!r}")
         if not 0 <= self.margin <= 1:
-            raise BadConfigError(f"preprocess margin must be 0-1 (a fraction of the hand box), got {self.margin}")
+            raise BadConfigError(
+                f"preprocess margin must be 0-1 (a fraction of the hand box), got {self.margin}"
+            )
         if not 0 <= self.low_pct < self.high_pct <= 100:
             raise BadConfigError(
                 f"percentiles must satisfy 0 <= low_pct < high_pct <= 100, got {self.low_pct}, {self.high_pct}"
@@ -140,13 +142,18 @@ class Transform:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Transform:
         return cls(
-            int(d["x0"]), int(d["y0"]), int(d["side"]), int(d["size"]), int(d["width"]),
-            int(d["height"]), tuple(int(v) for v in d["box"]),  # type: ignore[arg-type]
+            int(d["x0"]),
+            int(d["y0"]),
+            int(d["side"]),
+            int(d["size"]),
+            int(d["width"]),
+            int(d["height"]),
+            tuple(int(v) for v in d["box"]),  # type: ignore[arg-type]
         )
 
 
 def as_float_image(image: Any) -> np.ndarray:
-    """Pixels of a :class:`svdh.io.Radiograph` or an array, as float32 in [0, 1]."""
+    """Pixels of a :class:`svdh.core.io.Radiograph` or an array, as float32 in [0, 1]."""
     arr = getattr(image, "pixels", image)
     arr = np.asarray(arr)
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
@@ -164,9 +171,13 @@ def as_float_image(image: Any) -> np.ndarray:
 
 
 @overload
-def preprocess(image: Any, cfg: PreprocessConfig | None = ..., *, return_transform: Literal[False] = ...) -> np.ndarray: ...
+def preprocess(
+    image: Any, cfg: PreprocessConfig | None = ..., *, return_transform: Literal[False] = ...
+) -> np.ndarray: ...
 @overload
-def preprocess(image: Any, cfg: PreprocessConfig | None = ..., *, return_transform: Literal[True]) -> tuple[np.ndarray, Transform]: ...
+def preprocess(
+    image: Any, cfg: PreprocessConfig | None = ..., *, return_transform: Literal[True]
+) -> tuple[np.ndarray, Transform]: ...
 
 
 def preprocess(
@@ -174,7 +185,7 @@ def preprocess(
 ) -> np.ndarray | tuple[np.ndarray, Transform]:
     """Crop to the hand, normalise, pad to square, resize: uint8 ``cfg.size x cfg.size``.
 
-    ``image``: a :class:`svdh.io.Radiograph`, or a 2-D array (float in [0, 1], uint8 or uint16).
+    ``image``: a :class:`svdh.core.io.Radiograph`, or a 2-D array (float in [0, 1], uint8 or uint16).
     With ``return_transform=True`` returns ``(array, Transform)``.
     """
     import cv2
@@ -208,7 +219,9 @@ def preprocess(
     out = cv2.resize(square, (cfg.size, cfg.size), interpolation=interp)
     out = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
     if cfg.clahe:
-        clahe = cv2.createCLAHE(clipLimit=float(cfg.clahe_clip), tileGridSize=(cfg.clahe_tiles, cfg.clahe_tiles))
+        clahe = cv2.createCLAHE(
+            clipLimit=float(cfg.clahe_clip), tileGridSize=(cfg.clahe_tiles, cfg.clahe_tiles)
+        )
         out = clahe.apply(out)
     if not return_transform:
         return out
@@ -254,8 +267,10 @@ def detect_hand(img: np.ndarray) -> HandDetection:
     if film is not None:
         fy0, fy1, fx0, fx1 = film
         film_box = (
-            min(x0, int(np.ceil(fx0 / f))), min(y0, int(np.ceil(fy0 / f))),
-            max(x1, min(w, int(np.floor(fx1 / f)))), max(y1, min(h, int(np.floor(fy1 / f)))),
+            min(x0, int(np.ceil(fx0 / f))),
+            min(y0, int(np.ceil(fy0 / f))),
+            max(x1, min(w, int(np.floor(fx1 / f)))),
+            max(y1, min(h, int(np.floor(fy1 / f)))),
         )
     return HandDetection((x0, y0, x1, y1), background, True, film_box)
 
@@ -279,7 +294,11 @@ def hand_mask_small(
 
     h, w = img.shape
     f = min(1.0, _WORK / max(h, w))
-    small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else img.copy()
+    small = (
+        cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        if f < 1
+        else img.copy()
+    )
     sh, sw = small.shape
     if min(sh, sw) < 16:
         return None, f, None, None
@@ -334,7 +353,8 @@ def hand_mask_small(
     # Small pieces are markers, labels or dust, unless the film edge cuts them: anatomy that
     # leaves the field (a thumb or finger on a wrist film) touches the edge, markers rarely do.
     keep = [
-        i for a, i in candidates
+        i
+        for a, i in candidates
         if a >= _KEEP_FRACTION * biggest
         or (a >= 0.03 * biggest and _touches_edge(stats[i], fw, fh, band + 1))
     ]
@@ -401,7 +421,9 @@ def _tissue_threshold(u8: np.ndarray) -> float:
     # 64 bins of 4 grey levels: 16 times faster and as good for a mask threshold.
     coarse = hist.reshape(64, 4).sum(axis=1)
     try:
-        t_low, t_high = (float(t) for t in threshold_multiotsu(hist=(coarse, np.arange(64) * 4 + 1.5), classes=3))
+        t_low, t_high = (
+            float(t) for t in threshold_multiotsu(hist=(coarse, np.arange(64) * 4 + 1.5), classes=3)
+        )
         candidates = sorted({t_low, float(otsu), t_high})
     except ValueError:  # too few grey levels for three classes
         candidates = [float(otsu)]

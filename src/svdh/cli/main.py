@@ -2,7 +2,7 @@
 
 Each pipeline stage keeps its commands in ``svdh/commands/<stage>.py`` with a
 ``register(app)`` function; this module only assembles them, prints the version,
-and turns :class:`svdh.errors.SvdhError` into a one-line message and exit code.
+and turns :class:`svdh.core.errors.SvdhError` into a one-line message and exit code.
 Heavy imports (torch) happen inside the commands, so ``svdh --help`` stays fast.
 """
 
@@ -15,7 +15,7 @@ import sys
 import typer
 
 from svdh import __version__
-from svdh.errors import SvdhError
+from svdh.core.errors import SvdhError
 
 #: Command modules under svdh.commands, in the order of the pipeline.
 COMMAND_MODULES = ("data", "synth", "train", "evaluate", "predict", "serve", "experiment")
@@ -45,7 +45,7 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"svdh.commands.{_name}").register(app)
+    importlib.import_module(f"svdh.cli.{_name}").register(app)
 
 
 def main() -> None:
@@ -64,7 +64,9 @@ def main() -> None:
         sys.exit(1)
     except Exception as exc:
         # Usage errors: click's ClickException, or the copy of click that newer typer vendors.
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+        if callable(getattr(exc, "show", None)) and isinstance(
+            getattr(exc, "exit_code", None), int
+        ):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("SVDH_DEBUG"):
@@ -72,9 +74,12 @@ def main() -> None:
         if isinstance(exc, OSError):  # disk full, permission denied...: the user can act on it
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             sys.exit(1)
-        typer.secho(f"internal error: {type(exc).__name__}: {exc} "
-                    "(a bug in svdh; rerun with SVDH_DEBUG=1 for the traceback and report it)",
-                    err=True, fg=typer.colors.RED)
+        typer.secho(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(a bug in svdh; rerun with SVDH_DEBUG=1 for the traceback and report it)",
+            err=True,
+            fg=typer.colors.RED,
+        )
         sys.exit(3)
     if isinstance(rc, int) and rc:  # without standalone mode click returns typer.Exit(code)'s code
         sys.exit(rc)

@@ -13,7 +13,7 @@ the state dicts of every model of every ensemble member, named ``m{i}.f{k}.{para
 
 Loading parses JSON and raw tensor bytes only, so it never executes code from the file (no
 pickle anywhere). Any byte flipped, a truncated file, or a manifest from a newer format raises
-:class:`~svdh.errors.BadBundleError` with a message saying what is wrong and what to do.
+:class:`~svdh.core.errors.BadBundleError` with a message saying what is wrong and what to do.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from svdh import __version__
-from svdh.errors import BadBundleError
-from svdh.runs import plain
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadBundleError
+from svdh.core.scoring import SeverityBins
+from svdh.runs.tables import plain
 
 FORMAT = "svdh-bundle"
 #: Bump when a reader of the previous version could misread a new bundle.
@@ -117,9 +117,11 @@ class Bundle:
     def state_dict(self, member: int, fold: int) -> dict[str, Any]:
         """The state dict of fold model ``fold`` of member ``member``."""
         prefix = f"m{member}.f{fold}."
-        sd = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        sd = {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
         if not sd:
-            raise BadBundleError(f"{self._where()}: no weights for member {member} fold model {fold}")
+            raise BadBundleError(
+                f"{self._where()}: no weights for member {member} fold model {fold}"
+            )
         return sd
 
     def build_models(
@@ -149,7 +151,9 @@ class Bundle:
                 except BadBundleError:
                     raise
                 except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    first = (
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    )
                     raise BadBundleError(
                         f"{self._where()}: member {m.get('name', i)!r} fold model {k} does not match "
                         f"its architecture {m['arch']} ({first}); re-export it with this svdh version"
@@ -172,8 +176,12 @@ class Bundle:
             "score_scope": self.score_scope,
             "image_size": self.image_size,
             "members": [
-                {"name": m.get("name"), "backbone": m["arch"].get("backbone"), "task": m["arch"].get("task"),
-                 "n_models": m["n_models"]}
+                {
+                    "name": m.get("name"),
+                    "backbone": m["arch"].get("backbone"),
+                    "task": m["arch"].get("task"),
+                    "n_models": m["n_models"],
+                }
                 for m in self.members
             ],
             "combine": self.combine.get("method"),
@@ -260,8 +268,12 @@ def save_bundle(
                 # clone: safetensors refuses tensors that share storage (tied weights, views)
                 tensors[f"m{i}.f{k}.{name}"] = value.detach().cpu().contiguous().clone()
         member_entries.append(
-            {"name": m.name, "arch": plain(dict(m.arch)), "n_models": len(m.state_dicts),
-             "info": plain(dict(m.info))}
+            {
+                "name": m.name,
+                "arch": plain(dict(m.arch)),
+                "n_models": len(m.state_dicts),
+                "info": plain(dict(m.info)),
+            }
         )
     card_d = dict(card or {})
     card_d.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
@@ -315,7 +327,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def _read_metadata(path: Path) -> dict[str, str]:
     if not path.exists():
-        raise BadBundleError(f"{path}: no such model bundle; make one with `svdh export RUN -o {path.name}`")
+        raise BadBundleError(
+            f"{path}: no such model bundle; make one with `svdh export RUN -o {path.name}`"
+        )
     if path.is_dir():
         raise BadBundleError(
             f"{path} is a directory; pass a .svdh bundle file (make one with `svdh export {path} -o model.svdh`)"
@@ -324,7 +338,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise BadBundleError(f"{path}: file is empty or truncated ({size} bytes); not an svdh bundle")
+            raise BadBundleError(
+                f"{path}: file is empty or truncated ({size} bytes); not an svdh bundle"
+            )
         n = int.from_bytes(head, "little")
         if n <= 1 or n > min(size - 8, 100 * 2**20):
             raise BadBundleError(
@@ -335,7 +351,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadBundleError(f"{path}: bundle header is corrupt (not valid JSON); re-export or re-copy the file") from None
+        raise BadBundleError(
+            f"{path}: bundle header is corrupt (not valid JSON); re-export or re-copy the file"
+        ) from None
     if not isinstance(header, dict):
         raise BadBundleError(f"{path}: bundle header is corrupt; re-export or re-copy the file")
     meta = header.get("__metadata__")
@@ -344,8 +362,14 @@ def _read_metadata(path: Path) -> dict[str, str]:
             f"{path}: a safetensors file but not an svdh bundle (no svdh manifest); export one with `svdh export`"
         )
     # the data section must be as long as the header promises: catches truncation early
-    end = max((int(v["data_offsets"][1]) for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    end = max(
+        (
+            int(v["data_offsets"][1])
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+        ),
+        default=0,
+    )
     if 8 + n + end != size:
         raise BadBundleError(
             f"{path}: bundle is truncated or has trailing bytes ({size} bytes, expected {8 + n + end}); "
@@ -358,23 +382,33 @@ def _parse_manifest(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
     try:
         version = int(meta.get("format_version", ""))
     except ValueError:
-        raise BadBundleError(f"{path}: bundle format version {meta.get('format_version')!r} is not a number") from None
+        raise BadBundleError(
+            f"{path}: bundle format version {meta.get('format_version')!r} is not a number"
+        ) from None
     if version > FORMAT_VERSION:
         raise BadBundleError(
             f"{path}: bundle format version {version} is newer than this svdh ({__version__}) reads "
             f"(<= {FORMAT_VERSION}); upgrade svdh to load it"
         )
     if version < 1:
-        raise BadBundleError(f"{path}: bundle format version {version} is not supported; re-export it")
+        raise BadBundleError(
+            f"{path}: bundle format version {version} is not supported; re-export it"
+        )
     try:
         manifest = json.loads(meta["manifest"])
     except (KeyError, json.JSONDecodeError):
-        raise BadBundleError(f"{path}: bundle manifest is missing or corrupt; re-export the model") from None
+        raise BadBundleError(
+            f"{path}: bundle manifest is missing or corrupt; re-export the model"
+        ) from None
     if not isinstance(manifest, dict) or int(manifest.get("format_version", -1)) != version:
-        raise BadBundleError(f"{path}: bundle manifest does not match its header; the file was tampered with")
+        raise BadBundleError(
+            f"{path}: bundle manifest does not match its header; the file was tampered with"
+        )
     for key in ("members", "task", "bins", "preprocess", "image_size"):
         if key not in manifest:
-            raise BadBundleError(f"{path}: bundle manifest lacks {key!r}; re-export the model with svdh export")
+            raise BadBundleError(
+                f"{path}: bundle manifest lacks {key!r}; re-export the model with svdh export"
+            )
     return manifest
 
 
@@ -393,7 +427,9 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise BadBundleError(f"{path}: bundle weights cannot be read ({str(exc)[:120]}); re-copy or re-export it") from None
+        raise BadBundleError(
+            f"{path}: bundle weights cannot be read ({str(exc)[:120]}); re-copy or re-export it"
+        ) from None
     digest = _digest(meta["manifest"], tensors)
     if verify and digest != meta.get("sha256"):
         raise BadBundleError(
@@ -403,7 +439,9 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     n_expected = sum(int(m["n_models"]) for m in manifest["members"])
     found = {tuple(k.split(".", 2)[:2]) for k in tensors}
     if len(found) != n_expected:
-        raise BadBundleError(f"{path}: bundle holds weights of {len(found)} models, its manifest lists {n_expected}")
+        raise BadBundleError(
+            f"{path}: bundle holds weights of {len(found)} models, its manifest lists {n_expected}"
+        )
     return Bundle(manifest=manifest, tensors=tensors, path=path, sha256=digest)
 
 
@@ -420,10 +458,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def _member_weights(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """State dicts of every fold model of a run (``fold_*/best.safetensors``) and the
     architecture stored with them (``SvdhNet.config``)."""
-    from svdh.errors import BadRunError
+    from svdh.core.errors import BadRunError
     from svdh.models.net import read_weights_file
 
-    files = sorted(run_dir.glob("fold_*/best.safetensors"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    files = sorted(
+        run_dir.glob("fold_*/best.safetensors"), key=lambda p: int(p.parent.name.split("_")[-1])
+    )
     if not files:
         raise BadRunError(
             f"{run_dir}: no fold_*/best.safetensors; is it a finished `svdh train` run? "
@@ -433,9 +473,13 @@ def _member_weights(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]
     for f in files:
         state, cfg = read_weights_file(f)
         if not cfg:
-            raise BadRunError(f"{f}: weights without their model description (svdh_model metadata); retrain with this svdh")
+            raise BadRunError(
+                f"{f}: weights without their model description (svdh_model metadata); retrain with this svdh"
+            )
         if arch is not None and cfg != arch:
-            raise BadRunError(f"{f}: architecture differs from the run's other folds ({cfg} vs {arch})")
+            raise BadRunError(
+                f"{f}: architecture differs from the run's other folds ({cfg} vs {arch})"
+            )
         arch = cfg
         states.append(state)
     assert arch is not None
@@ -454,8 +498,10 @@ def _training_summary(run: Any) -> dict[str, Any]:
         "phantom": bool(run.is_phantom),
         "score_scope": run.score_scope,
         "score_distribution": {
-            "mean": float(np.mean(y)), "median": float(np.median(y)),
-            "p90": float(np.percentile(y, 90)), "max": float(np.max(y)),
+            "mean": float(np.mean(y)),
+            "median": float(np.median(y)),
+            "p90": float(np.percentile(y, 90)),
+            "max": float(np.max(y)),
             "fraction_zero": float(np.mean(y == 0)),
         },
     }
@@ -472,14 +518,16 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
     A single run becomes a one-member bundle whose prediction is the mean of its fold models, and
     whose 90% interval is calibrated on its out-of-fold residuals (split conformal).
     """
-    from svdh.errors import BadRunError
-    from svdh.metrics import DEFAULT_ALPHA, ConformalModel, headline
-    from svdh.runs import read_run
+    from svdh.core.errors import BadRunError
+    from svdh.evaluate.metrics import DEFAULT_ALPHA, ConformalModel, headline
+    from svdh.runs.tables import read_run
 
     src = Path(src)
     run = read_run(src)
     if run.task == "boneage":
-        raise BadRunError(f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble")
+        raise BadRunError(
+            f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble"
+        )
     bins = run.bins
     assert bins is not None
     if run.is_ensemble:
@@ -498,19 +546,25 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
     else:
         member_dirs, names = [src], [run.name]
         combine = {"method": "mean"}
-        cm = ConformalModel.fit(run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=bins)
+        cm = ConformalModel.fit(
+            run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=bins
+        )
         conformal = cm.to_dict()
         conformal["calibration"] = "out-of-fold residuals of the run (oof.csv)"
 
     members, preprocess = [], None
     for d, name in zip(member_dirs, names, strict=True):
         if not d.is_dir():
-            raise BadRunError(f"{src}: member run {d} is missing; the ensemble needs its members' weights")
+            raise BadRunError(
+                f"{src}: member run {d} is missing; the ensemble needs its members' weights"
+            )
         mrun = read_run(d) if d != src else run
         cfg = mrun.config
         pp = cfg.get("preprocess")
         if not isinstance(pp, dict):
-            raise BadRunError(f"{d}/config.yaml has no 'preprocess' settings; retrain with this svdh")
+            raise BadRunError(
+                f"{d}/config.yaml has no 'preprocess' settings; retrain with this svdh"
+            )
         if preprocess is not None and pp != preprocess:
             raise BadRunError(
                 f"{d}: preprocessing differs from the other members ({pp} vs {preprocess}); "
@@ -535,20 +589,32 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
     if run.is_phantom:
         card["warning"] = "trained on phantom (synthetic) radiographs: not a clinical model"
     kwargs: dict[str, Any] = dict(
-        task=str(run.config.get("task")), bins=bins, preprocess=preprocess,
+        task=str(run.config.get("task")),
+        bins=bins,
+        preprocess=preprocess,
         image_size=int(preprocess.get("size", run.config.get("image_size", 256))),
-        score_scope=run.score_scope, combine=combine, conformal=conformal, card=card,
+        score_scope=run.score_scope,
+        combine=combine,
+        conformal=conformal,
+        card=card,
         kind="ensemble" if run.is_ensemble else "run",
     )
     out = Path(out)
     extra: dict[str, Any] = {}
     if onnx:
         onnx_path = out.with_suffix(".onnx")
-        export_onnx(members, onnx_path, image_size=kwargs["image_size"],
-                    doc={k: v for k, v in kwargs.items() if k not in ("bins",)} | {"bins": bins.to_dict()})
-        extra["onnx"] = {"file": onnx_path.name, "sha256": file_sha256(onnx_path),
-                         "inputs": {"image": "float32 B x 1 x S x S in [0, 1] (preprocessed)"},
-                         "outputs": "m{member}_f{fold}: raw model outputs, combined as in svdh.predict"}
+        export_onnx(
+            members,
+            onnx_path,
+            image_size=kwargs["image_size"],
+            doc={k: v for k, v in kwargs.items() if k not in ("bins",)} | {"bins": bins.to_dict()},
+        )
+        extra["onnx"] = {
+            "file": onnx_path.name,
+            "sha256": file_sha256(onnx_path),
+            "inputs": {"image": "float32 B x 1 x S x S in [0, 1] (preprocessed)"},
+            "outputs": "m{member}_f{fold}: raw model outputs, combined as in svdh.inference.predictor",
+        }
     return save_bundle(out, members, extra=extra, **kwargs)
 
 
@@ -572,7 +638,7 @@ def export_onnx(
     """Write one ONNX graph holding every fold model of every member.
 
     Input ``image``: float32 ``B x 1 x S x S`` in [0, 1] (dynamic batch). Outputs
-    ``m{i}_f{k}``: each fold model's raw ``forward`` output; :class:`svdh.predict.Predictor`
+    ``m{i}_f{k}``: each fold model's raw ``forward`` output; :class:`svdh.inference.predictor.Predictor`
     combines them exactly as it does torch outputs. The manifest is stored in the graph's
     metadata. With ``check``, onnxruntime re-runs a random batch and the export is refused if any
     output differs from torch by more than 1e-3.
@@ -609,11 +675,26 @@ def export_onnx(
         # needs the extra onnxscript package; the legacy path works from torch 2.4 on.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=names,
-                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                graph,
+                (x,),
+                str(tmp),
+                input_names=["image"],
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
         except TypeError:  # a torch without the dynamo switch
-            torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=names,
-                              dynamic_axes=axes, opset_version=opset)
+            torch.onnx.export(
+                graph,
+                (x,),
+                str(tmp),
+                input_names=["image"],
+                output_names=names,
+                dynamic_axes=axes,
+                opset_version=opset,
+            )
     import onnx
 
     model = onnx.load(str(tmp))
@@ -621,13 +702,18 @@ def export_onnx(
     entry.key, entry.value = "svdh_manifest", json.dumps(plain(dict(doc or {})), sort_keys=True)
     onnx.save(model, str(tmp))
     if check:
-        diff, scale = onnx_parity(graph, tmp, torch.rand(3, 1, image_size, image_size,
-                                                          generator=torch.Generator().manual_seed(1)))
+        diff, scale = onnx_parity(
+            graph,
+            tmp,
+            torch.rand(3, 1, image_size, image_size, generator=torch.Generator().manual_seed(1)),
+        )
         # float32 rounding grows with the magnitude of the outputs (logits of an untrained model
         # can reach 1e4 on noise): allow 1e-3 absolute plus 1e-5 of the largest output
         if diff > 1e-3 + 1e-5 * scale:
             tmp.unlink(missing_ok=True)
-            raise BadBundleError(f"ONNX export differs from torch by {diff:.2e} (outputs up to {scale:.3g}); not written")
+            raise BadBundleError(
+                f"ONNX export differs from torch by {diff:.2e} (outputs up to {scale:.3g}); not written"
+            )
     tmp.replace(path)
     return path
 
@@ -643,5 +729,7 @@ def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> tuple[float, floa
         ref = module(x)
     ref = ref if isinstance(ref, tuple) else (ref,)
     outs = sess.run(None, {"image": x.numpy().astype(np.float32)})
-    diff = max(float(np.max(np.abs(np.asarray(o) - r.numpy()))) for o, r in zip(outs, ref, strict=True))
+    diff = max(
+        float(np.max(np.abs(np.asarray(o) - r.numpy()))) for o, r in zip(outs, ref, strict=True)
+    )
     return diff, max(float(np.max(np.abs(r.numpy()))) for r in ref)

@@ -7,7 +7,7 @@ neither library has them: Lin's concordance correlation coefficient, ICC(2,1), B
 limits, the patient-clustered bootstrap (two hands of one patient are not independent), and
 split-conformal intervals with the finite-sample quantile.
 
-Classes from scores always go through :class:`svdh.scoring.SeverityBins`.
+Classes from scores always go through :class:`svdh.core.scoring.SeverityBins`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
-from svdh.errors import BadConfigError, BadRunError
-from svdh.scoring import SeverityBins
+from svdh.core.errors import BadConfigError, BadRunError
+from svdh.core.scoring import SeverityBins
 
 DEFAULT_SDC = 5.0
 DEFAULT_ALPHA = 0.1
@@ -181,7 +181,9 @@ def score_metrics(
     err = p - t
     out: dict[str, Any] = {"n": n}
     out["pcc"] = pearson(t, p)
-    out["pcc_ci"] = list(bootstrap_ci(_pearson_axis, (t, p), groups=groups, n_boot=n_boot, seed=seed))
+    out["pcc_ci"] = list(
+        bootstrap_ci(_pearson_axis, (t, p), groups=groups, n_boot=n_boot, seed=seed)
+    )
     out["rmse"] = float(math.sqrt(skm.mean_squared_error(t, p))) if n else float("nan")
     out["mae"] = float(skm.mean_absolute_error(t, p)) if n else float("nan")
     out["r2"] = float(skm.r2_score(t, p)) if n > 1 and np.ptp(t) > 0 else float("nan")
@@ -226,7 +228,11 @@ def class_metrics(c_true: np.ndarray, c_pred: np.ndarray, n_classes: int) -> dic
         # sklearn warns (and returns NaN/0) where a class is absent; NaN is the honest answer.
         warnings.simplefilter("ignore")
         bal = skm.balanced_accuracy_score(t, p) if len(t) else float("nan")
-        qwk = skm.cohen_kappa_score(t, p, labels=labels, weights="quadratic") if len(t) else float("nan")
+        qwk = (
+            skm.cohen_kappa_score(t, p, labels=labels, weights="quadratic")
+            if len(t)
+            else float("nan")
+        )
     return {
         "accuracy": float(skm.accuracy_score(t, p)) if len(t) else float("nan"),
         "balanced_accuracy": _f(bal),
@@ -289,11 +295,15 @@ class ConformalModel:
         min_group: int = 30,
     ) -> ConformalModel:
         if method not in ("absolute", "mondrian"):
-            raise BadConfigError(f"conformal method must be 'absolute' or 'mondrian', got {method!r}")
+            raise BadConfigError(
+                f"conformal method must be 'absolute' or 'mondrian', got {method!r}"
+            )
         t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
         res = np.abs(t - p)
         q = conformal_quantile(res, alpha)
-        model = cls(alpha, method, q, len(t), [], bins, bins.max_score if bins is not None else None)
+        model = cls(
+            alpha, method, q, len(t), [], bins, bins.max_score if bins is not None else None
+        )
         if method == "mondrian" and bins is not None:
             cls_pred = np.asarray(bins.to_class(p)).reshape(-1)
             counts = np.bincount(cls_pred, minlength=bins.n_classes)
@@ -367,7 +377,12 @@ class ConformalModel:
         bins = SeverityBins.from_dict(d["bins"]) if d.get("bins") else None
         strata = [{**s, "q": num(s.get("q"))} for s in d.get("strata", [])]
         return cls(
-            float(d["alpha"]), str(d["method"]), num(d.get("q")), int(d.get("n", 0)), strata, bins,
+            float(d["alpha"]),
+            str(d["method"]),
+            num(d.get("q")),
+            int(d.get("n", 0)),
+            strata,
+            bins,
             None if d.get("max_score") is None else float(d["max_score"]),
         )
 
@@ -388,7 +403,9 @@ def crossfit_intervals(
     lo, hi = np.empty_like(p), np.empty_like(p)
     for fold in np.unique(f):
         m = f == fold
-        model = ConformalModel.fit(t[~m], p[~m], alpha=alpha, bins=bins, method=method, min_group=min_group)
+        model = ConformalModel.fit(
+            t[~m], p[~m], alpha=alpha, bins=bins, method=method, min_group=min_group
+        )
         lo[m], hi[m] = model.interval(p[m])
     return lo, hi
 
@@ -452,10 +469,14 @@ def patient_table(df: pd.DataFrame) -> pd.DataFrame:
         if "reader2" in g.columns:
             row["reader2"] = float(g["reader2"].sum(min_count=2))
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*keys, "y_true", "y_pred", *(["reader2"] if "reader2" in d.columns else [])])
+    return pd.DataFrame(
+        rows, columns=[*keys, "y_true", "y_pred", *(["reader2"] if "reader2" in d.columns else [])]
+    )
 
 
-def predicted_classes(df: pd.DataFrame, task: str, bins: SeverityBins) -> tuple[np.ndarray, np.ndarray, str]:
+def predicted_classes(
+    df: pd.DataFrame, task: str, bins: SeverityBins
+) -> tuple[np.ndarray, np.ndarray, str]:
     """True and predicted classes of a table, and where the predicted ones came from."""
     c_true = np.asarray(bins.to_class(df["y_true"].to_numpy(float))).reshape(-1)
     pcols = [f"p_{k}" for k in range(bins.n_classes)]
@@ -464,7 +485,11 @@ def predicted_classes(df: pd.DataFrame, task: str, bins: SeverityBins) -> tuple[
             return c_true, df["class_pred"].to_numpy(int), "model classes"
         if all(c in df.columns for c in pcols):
             return c_true, df[pcols].to_numpy(float).argmax(axis=1), "most probable class"
-    return c_true, np.asarray(bins.to_class(df["y_pred"].to_numpy(float))).reshape(-1), "binned scores"
+    return (
+        c_true,
+        np.asarray(bins.to_class(df["y_pred"].to_numpy(float))).reshape(-1),
+        "binned scores",
+    )
 
 
 def evaluate_table(
@@ -492,8 +517,15 @@ def evaluate_table(
     return out
 
 
-def _human(df: pd.DataFrame, task: str, bins: SeverityBins | None, sdc: float, n_boot: int, seed: int,
-           groups: np.ndarray | None) -> dict[str, Any] | None:
+def _human(
+    df: pd.DataFrame,
+    task: str,
+    bins: SeverityBins | None,
+    sdc: float,
+    n_boot: int,
+    seed: int,
+    groups: np.ndarray | None,
+) -> dict[str, Any] | None:
     if "reader2" not in df.columns:
         return None
     r2 = pd.to_numeric(df["reader2"], errors="coerce")
@@ -505,7 +537,12 @@ def _human(df: pd.DataFrame, task: str, bins: SeverityBins | None, sdc: float, n
     model = evaluate_table(sub, task=task, bins=bins, sdc=sdc, n_boot=n_boot, seed=seed, groups=g)
     human = evaluate_table(
         sub.assign(y_pred=r2[m].to_numpy(float)).drop(columns=["class_pred"], errors="ignore"),
-        task="regression", bins=bins, sdc=sdc, n_boot=n_boot, seed=seed, groups=g,
+        task="regression",
+        bins=bins,
+        sdc=sdc,
+        n_boot=n_boot,
+        seed=seed,
+        groups=g,
     )
     return {"n": int(m.sum()), "model": model, "reader2": human}
 
@@ -533,7 +570,9 @@ def evaluate_run(
     oof = run.oof
     warn: list[str] = []
     if run.prediction_kind != "oof":
-        warn.append("predictions are in-fold (the model saw these patients): figures are optimistic")
+        warn.append(
+            "predictions are in-fold (the model saw these patients): figures are optimistic"
+        )
     if run.is_phantom:
         warn.append("phantom data: these results are not a clinical validation")
     conf = dict(run.conformal or {})
@@ -546,18 +585,36 @@ def evaluate_run(
     folds = oof["fold"].to_numpy()
     if len(np.unique(folds)) < 2:
         folds = _pseudo_folds(oof["patient_id"], seed=seed)
-    lo, hi = crossfit_intervals(oof["y_true"], oof["y_pred"], folds, alpha=alpha, bins=bins, method=method)
+    lo, hi = crossfit_intervals(
+        oof["y_true"], oof["y_pred"], folds, alpha=alpha, bins=bins, method=method
+    )
     out: dict[str, Any] = {
         "run": str(run.path),
         "task": run.task,
         "score_scope": run.score_scope,
         "level": "image",
     }
-    out.update(evaluate_table(oof, task=run.task, bins=bins, sdc=sdc, n_boot=n_boot, seed=seed,
-                              groups=groups, intervals=(lo, hi)))
+    out.update(
+        evaluate_table(
+            oof,
+            task=run.task,
+            bins=bins,
+            sdc=sdc,
+            n_boot=n_boot,
+            seed=seed,
+            groups=groups,
+            intervals=(lo, hi),
+        )
+    )
     out["n_patients"] = int(oof["patient_id"].nunique())
-    out["interval"].update({"alpha": alpha, "level": 1 - alpha, "method": method,
-                            "calibration": "cross-fit over folds"})
+    out["interval"].update(
+        {
+            "alpha": alpha,
+            "level": 1 - alpha,
+            "method": method,
+            "calibration": "cross-fit over folds",
+        }
+    )
     human = _human(oof, run.task, bins, sdc, n_boot, seed, groups)
     if human:
         out["human"] = human
@@ -565,20 +622,40 @@ def evaluate_run(
         pt = patient_table(oof)
         if len(pt) >= 2:
             pb = patient_bins(bins)
-            out["patient"] = {"level": "patient", **evaluate_table(
-                pt, task="regression", bins=pb, sdc=sdc, n_boot=n_boot, seed=seed)}
+            out["patient"] = {
+                "level": "patient",
+                **evaluate_table(pt, task="regression", bins=pb, sdc=sdc, n_boot=n_boot, seed=seed),
+            }
             ph = _human(pt, "regression", pb, sdc, n_boot, seed, None)
             if ph:
                 out["patient"]["human"] = ph
     if run.test is not None and len(run.test):
         test = run.test
-        final = ConformalModel.fit(oof["y_true"], oof["y_pred"], alpha=alpha, bins=bins, method=method)
+        final = ConformalModel.fit(
+            oof["y_true"], oof["y_pred"], alpha=alpha, bins=bins, method=method
+        )
         tg = test["patient_id"].to_numpy() if test["patient_id"].duplicated().any() else None
-        out["test"] = {"level": "image", **evaluate_table(
-            test, task=run.task, bins=bins, sdc=sdc, n_boot=n_boot, seed=seed, groups=tg,
-            intervals=final.interval(test["y_pred"]))}
-        out["test"]["interval"].update({"alpha": alpha, "level": 1 - alpha, "method": method,
-                                        "calibration": "all out-of-fold rows"})
+        out["test"] = {
+            "level": "image",
+            **evaluate_table(
+                test,
+                task=run.task,
+                bins=bins,
+                sdc=sdc,
+                n_boot=n_boot,
+                seed=seed,
+                groups=tg,
+                intervals=final.interval(test["y_pred"]),
+            ),
+        }
+        out["test"]["interval"].update(
+            {
+                "alpha": alpha,
+                "level": 1 - alpha,
+                "method": method,
+                "calibration": "all out-of-fold rows",
+            }
+        )
         out["test"]["n_patients"] = int(test["patient_id"].nunique())
     if run.localisation:
         out["localisation"] = run.localisation

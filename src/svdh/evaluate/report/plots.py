@@ -1,6 +1,6 @@
 """PNG plots of an evaluation (matplotlib, Agg backend, no global pyplot state).
 
-Each function draws one figure from arrays or an :func:`svdh.metrics.evaluate_run`
+Each function draws one figure from arrays or an :func:`svdh.evaluate.metrics.evaluate_run`
 result and writes it to ``path``. :func:`write_plots` draws every plot a run has.
 """
 
@@ -54,8 +54,17 @@ def pred_vs_true(
     # calibration images) runs out of the frame instead of squashing every point into a corner.
     top = max(float(np.max(t, initial=1)), float(np.max(p, initial=1))) * 1.08
     if lo is not None and hi is not None:
-        ax.vlines(t, lo, hi, color=_BLUE, alpha=0.18, lw=1.2, label="90% interval" if metrics is None
-                  else f"{100 * (metrics.get('interval', {}).get('level') or 0.9):.0f}% interval")
+        ax.vlines(
+            t,
+            lo,
+            hi,
+            color=_BLUE,
+            alpha=0.18,
+            lw=1.2,
+            label="90% interval"
+            if metrics is None
+            else f"{100 * (metrics.get('interval', {}).get('level') or 0.9):.0f}% interval",
+        )
     ax.plot([0, top], [0, top], color=_GREY, ls="--", lw=1, label="perfect agreement")
     ax.scatter(t, p, s=14, color=_BLUE, alpha=0.7, edgecolor="none", label="image")
     ax.set_xlim(0, top)
@@ -64,10 +73,16 @@ def pred_vs_true(
     ax.set_xlabel(f"True {unit} (reader)")
     ax.set_ylabel(f"Predicted {unit}")
     if metrics:
-        ax.text(0.03, 0.97, f"n = {metrics.get('n')}\nPCC = {_fmt(metrics.get('pcc'))}\n"
-                f"RMSE = {_fmt(metrics.get('rmse'), 1)}\nMAE = {_fmt(metrics.get('mae'), 1)}",
-                transform=ax.transAxes, va="top", fontsize=9,
-                bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"})
+        ax.text(
+            0.03,
+            0.97,
+            f"n = {metrics.get('n')}\nPCC = {_fmt(metrics.get('pcc'))}\n"
+            f"RMSE = {_fmt(metrics.get('rmse'), 1)}\nMAE = {_fmt(metrics.get('mae'), 1)}",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=9,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc"},
+        )
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.set_title(title or "Predicted against true score", fontsize=11)
     ax.grid(alpha=0.25)
@@ -75,11 +90,16 @@ def pred_vs_true(
 
 
 def bland_altman_plot(
-    y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, *, ba: dict[str, float] | None = None,
-    title: str = "", unit: str = "SvdH score",
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    path: str | Path,
+    *,
+    ba: dict[str, float] | None = None,
+    title: str = "",
+    unit: str = "SvdH score",
 ) -> Path:
     """Difference (prediction - truth) against the mean of both, bias and 95% limits of agreement."""
-    from svdh.metrics import bland_altman
+    from svdh.evaluate.metrics import bland_altman
 
     t, p = np.asarray(y_true, float), np.asarray(y_pred, float)
     ba = ba or bland_altman(t, p)
@@ -93,12 +113,39 @@ def bland_altman_plot(
     # Labels inside the axes at the right edge (x in axes units, y in data units).
     tr = ax.get_yaxis_transform()
     box = {"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1}
-    ax.text(0.99, ba["bias"], f"bias {ba['bias']:+.1f}", transform=tr, va="bottom", ha="right",
-            color=_ORANGE, fontsize=9, bbox=box)
-    ax.text(0.99, ba["loa_high"], f"+1.96 SD: {ba['loa_high']:+.1f}", transform=tr, va="bottom", ha="right",
-            color=_RED, fontsize=9, bbox=box)
-    ax.text(0.99, ba["loa_low"], f"-1.96 SD: {ba['loa_low']:+.1f}", transform=tr, va="top", ha="right",
-            color=_RED, fontsize=9, bbox=box)
+    ax.text(
+        0.99,
+        ba["bias"],
+        f"bias {ba['bias']:+.1f}",
+        transform=tr,
+        va="bottom",
+        ha="right",
+        color=_ORANGE,
+        fontsize=9,
+        bbox=box,
+    )
+    ax.text(
+        0.99,
+        ba["loa_high"],
+        f"+1.96 SD: {ba['loa_high']:+.1f}",
+        transform=tr,
+        va="bottom",
+        ha="right",
+        color=_RED,
+        fontsize=9,
+        bbox=box,
+    )
+    ax.text(
+        0.99,
+        ba["loa_low"],
+        f"-1.96 SD: {ba['loa_low']:+.1f}",
+        transform=tr,
+        va="top",
+        ha="right",
+        color=_RED,
+        fontsize=9,
+        bbox=box,
+    )
     ax.set_xlabel(f"Mean of true and predicted {unit}")
     ax.set_ylabel("Predicted - true")
     ax.set_title(title or "Bland-Altman agreement", fontsize=11)
@@ -106,8 +153,14 @@ def bland_altman_plot(
     return _save(fig, path)
 
 
-def confusion_plot(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, *, title: str = "",
-                   subtitle: str = "") -> Path:
+def confusion_plot(
+    cm: Sequence[Sequence[int]],
+    labels: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+    subtitle: str = "",
+) -> Path:
     """Confusion matrix: counts in the cells, colour = share of the true class's row."""
     m = np.asarray(cm, float)
     rows = m.sum(axis=1, keepdims=True)
@@ -119,8 +172,15 @@ def confusion_plot(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str
     for i in range(k):
         for j in range(k):
             if m[i, j]:
-                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=9,
-                        color="white" if share[i, j] > 0.55 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(m[i, j])}",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white" if share[i, j] > 0.55 else "black",
+                )
     ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("Predicted severity class (score range)")
@@ -130,8 +190,9 @@ def confusion_plot(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str
     return _save(fig, path)
 
 
-def error_by_range_plot(by_range: list[dict[str, Any]], path: str | Path, *, sdc: float | None = None,
-                        title: str = "") -> Path:
+def error_by_range_plot(
+    by_range: list[dict[str, Any]], path: str | Path, *, sdc: float | None = None, title: str = ""
+) -> Path:
     """Mean absolute error and bias per true score range (severity class)."""
     labels = [r["range"] for r in by_range]
     x = np.arange(len(labels))
@@ -140,7 +201,9 @@ def error_by_range_plot(by_range: list[dict[str, Any]], path: str | Path, *, sdc
     ax.bar(x - 0.2, [r["mae"] for r in by_range], 0.4, color=_BLUE, label="MAE")
     ax.bar(x + 0.2, [r["bias"] for r in by_range], 0.4, color=_ORANGE, label="bias (pred - true)")
     for xi, r in zip(x, by_range, strict=True):
-        ax.text(xi - 0.2, r["mae"], f"n={r['n']}", ha="center", va="bottom", fontsize=7, color=_GREY)
+        ax.text(
+            xi - 0.2, r["mae"], f"n={r['n']}", ha="center", va="bottom", fontsize=7, color=_GREY
+        )
     if sdc:
         ax.axhline(sdc, color=_RED, ls=":", lw=1, label=f"SDC = {sdc:g}")
     ax.axhline(0, color=_GREY, lw=0.8)
@@ -164,8 +227,15 @@ def coverage_plot(interval: dict[str, Any], path: str | Path, *, title: str = ""
     ax.bar(x, [r["coverage"] for r in rows], 0.6, color=_BLUE, label="coverage reached")
     for xi, r in zip(x, rows, strict=True):
         # Inside the bar's foot, clear of the target line: mean half-width and count.
-        ax.text(xi, 0.03, f"±{r['mean_width'] / 2:.1f}\nn={r['n']}", ha="center", va="bottom",
-                fontsize=7, color="white")
+        ax.text(
+            xi,
+            0.03,
+            f"±{r['mean_width'] / 2:.1f}\nn={r['n']}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="white",
+        )
     ax.axhline(level, color=_RED, ls="--", lw=1.2, label=f"target {100 * level:.0f}%")
     ax.set_ylim(0, 1.3)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
@@ -173,15 +243,22 @@ def coverage_plot(interval: dict[str, Any], path: str | Path, *, title: str = ""
     ax.set_ylabel("Share of true scores inside the interval")
     overall = interval.get("coverage")
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
-    sub = f"overall {100 * overall:.1f}%, {interval.get('method', '')} conformal" if overall is not None else ""
-    ax.set_title((title or "Interval coverage") + (f"\n{sub}; ± mean half-width in bars" if sub else ""),
-                 fontsize=10)
+    sub = (
+        f"overall {100 * overall:.1f}%, {interval.get('method', '')} conformal"
+        if overall is not None
+        else ""
+    )
+    ax.set_title(
+        (title or "Interval coverage") + (f"\n{sub}; ± mean half-width in bars" if sub else ""),
+        fontsize=10,
+    )
     ax.grid(axis="y", alpha=0.25)
     return _save(fig, path)
 
 
-def class_distribution_plot(counts: Sequence[int], labels: Sequence[str], path: str | Path, *,
-                            title: str = "") -> Path:
+def class_distribution_plot(
+    counts: Sequence[int], labels: Sequence[str], path: str | Path, *, title: str = ""
+) -> Path:
     """Images per true severity class (the imbalance a reader should know about)."""
     fig = _figure(5.6, 3.4)
     ax = fig.add_subplot()
@@ -199,7 +276,7 @@ def class_distribution_plot(counts: Sequence[int], labels: Sequence[str], path: 
 
 def write_plots(run: Any, metrics: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Every plot of one evaluated run into ``out_dir``; returns {name: path}."""
-    from svdh.metrics import crossfit_intervals
+    from svdh.evaluate.metrics import crossfit_intervals
 
     out = Path(out_dir)
     df = run.oof
@@ -209,31 +286,66 @@ def write_plots(run: Any, metrics: dict[str, Any], out_dir: str | Path) -> dict[
     iv = metrics.get("interval") or {}
     lo = hi = None
     if iv:
-        lo, hi = crossfit_intervals(t, p, df["fold"].to_numpy(), alpha=iv["alpha"], bins=run.bins,
-                                    method=iv.get("method", "mondrian"))
+        lo, hi = crossfit_intervals(
+            t,
+            p,
+            df["fold"].to_numpy(),
+            alpha=iv["alpha"],
+            bins=run.bins,
+            method=iv.get("method", "mondrian"),
+        )
         if df["fold"].nunique() < 2:  # bare CSV: the metrics used pseudo-folds; draw none
             lo = hi = None
     plots = {
-        "pred_vs_true": pred_vs_true(t, p, out / "pred_vs_true.png", lo=lo, hi=hi, unit=unit, metrics=metrics,
-                                     title=f"{name}: predicted against true (out-of-fold)"),
-        "bland_altman": bland_altman_plot(t, p, out / "bland_altman.png", ba=metrics.get("bland_altman"),
-                                          unit=unit, title=f"{name}: Bland-Altman"),
+        "pred_vs_true": pred_vs_true(
+            t,
+            p,
+            out / "pred_vs_true.png",
+            lo=lo,
+            hi=hi,
+            unit=unit,
+            metrics=metrics,
+            title=f"{name}: predicted against true (out-of-fold)",
+        ),
+        "bland_altman": bland_altman_plot(
+            t,
+            p,
+            out / "bland_altman.png",
+            ba=metrics.get("bland_altman"),
+            unit=unit,
+            title=f"{name}: Bland-Altman",
+        ),
     }
     if metrics.get("by_range"):
-        plots["error_by_range"] = error_by_range_plot(metrics["by_range"], out / "error_by_range.png",
-                                                      sdc=metrics.get("sdc"), title=f"{name}: error by score range")
+        plots["error_by_range"] = error_by_range_plot(
+            metrics["by_range"],
+            out / "error_by_range.png",
+            sdc=metrics.get("sdc"),
+            title=f"{name}: error by score range",
+        )
     if metrics.get("confusion"):
         plots["confusion"] = confusion_plot(
-            metrics["confusion"], metrics["class_labels"], out / "confusion.png",
-            title=f"{name}: severity classes", subtitle=f"classes from {metrics.get('classes_from', '')}")
+            metrics["confusion"],
+            metrics["class_labels"],
+            out / "confusion.png",
+            title=f"{name}: severity classes",
+            subtitle=f"classes from {metrics.get('classes_from', '')}",
+        )
     if iv.get("by_range"):
-        plots["coverage"] = coverage_plot(iv, out / "coverage.png", title=f"{name}: interval coverage")
+        plots["coverage"] = coverage_plot(
+            iv, out / "coverage.png", title=f"{name}: interval coverage"
+        )
     pm = metrics.get("patient")
     if pm:
-        from svdh.metrics import patient_table
+        from svdh.evaluate.metrics import patient_table
 
         pt = patient_table(df)
         plots["patient_pred_vs_true"] = pred_vs_true(
-            pt["y_true"], pt["y_pred"], out / "patient_pred_vs_true.png", metrics=pm, unit=unit,
-            title=f"{name}: per patient (both hands)")
+            pt["y_true"],
+            pt["y_pred"],
+            out / "patient_pred_vs_true.png",
+            metrics=pm,
+            unit=unit,
+            title=f"{name}: per patient (both hands)",
+        )
     return plots

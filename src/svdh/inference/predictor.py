@@ -13,8 +13,8 @@ How members combine (the same arithmetic as the training and ensemble stages, by
 each member's fold models are averaged with :func:`svdh.models.net.average_raw` (scores; class
 probabilities; CORAL cumulative probabilities) and decoded with
 :func:`svdh.models.net.predict_outputs`, which is what a run's ``test.csv`` holds; members are
-then combined by the ensemble's meta-learner (:func:`svdh.ensemble.apply_meta`) or their mean.
-Intervals come from :class:`svdh.metrics.ConformalModel`.
+then combined by the ensemble's meta-learner (:func:`svdh.evaluate.ensemble.apply_meta`) or their mean.
+Intervals come from :class:`svdh.evaluate.metrics.ConformalModel`.
 
 Per-patient totals (:class:`PatientTotals`): a model that scores one hand per image gives a
 hands-and-wrists total where a patient has exactly one left and one right hand image. Patient
@@ -37,9 +37,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from svdh.bundle import Bundle, file_sha256, load_bundle
-from svdh.errors import BadBundleError, BadConfigError, BadDatasetError, SvdhError
-from svdh.scoring import MAX_HAND, SeverityBins
+from svdh.core.errors import BadBundleError, BadConfigError, BadDatasetError, SvdhError
+from svdh.core.scoring import MAX_HAND, SeverityBins
+from svdh.inference.bundle import Bundle, file_sha256, load_bundle
 
 #: File name endings read from folders (an explicitly named file is read whatever its name).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -117,7 +117,9 @@ def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
         raise BadDatasetError(f"{p}: not a readable CSV ({exc})") from None
     missing = [c for c in ("image", "patient_id") if c not in df.columns]
     if missing:
-        raise BadDatasetError(f"{p}: missing column(s) {', '.join(missing)}; expected image,patient_id[,side]")
+        raise BadDatasetError(
+            f"{p}: missing column(s) {', '.join(missing)}; expected image,patient_id[,side]"
+        )
     out: dict[str, PatientInfo] = {}
     for i, row in enumerate(df.itertuples(index=False), start=2):
         img, pid = str(row.image).strip(), str(row.patient_id).strip()
@@ -157,12 +159,12 @@ def _lookup(mapping: Mapping[str, PatientInfo] | None, path: Path | str) -> Pati
 def quality_warnings(rad: Any, x: np.ndarray) -> list[str]:
     """Heuristic warnings that an image may not be a usable PA hand radiograph.
 
-    ``rad``: the decoded :class:`~svdh.io.Radiograph`; ``x``: the preprocessed uint8 model input.
+    ``rad``: the decoded :class:`~svdh.core.io.Radiograph`; ``x``: the preprocessed uint8 model input.
     These are cheap image statistics, not a classifier: they flag inputs unlike the training data
     (tiny or extreme-aspect images, almost no contrast, a bright region far too small or filling
     the crop), not every wrong body part: a foot or an inverted film can pass unflagged.
     """
-    from svdh.explain import hand_mask
+    from svdh.inference.gradcam import hand_mask
 
     w: list[str] = []
     h0, w0 = rad.pixels.shape[:2]
@@ -179,12 +181,18 @@ def quality_warnings(rad: Any, x: np.ndarray) -> list[str]:
         w.append("almost no contrast: the image is nearly uniform")
     # On hand radiographs (real and phantom) the tissue covers ~15-40% of the crop, the rest is
     # dark background; a crop without background is an inverted image or another subject.
-    frac = float(hand_mask(x[:: max(1, size // 64), :: max(1, size // 64)]).mean())  # ~64 px is enough
+    frac = float(
+        hand_mask(x[:: max(1, size // 64), :: max(1, size // 64)]).mean()
+    )  # ~64 px is enough
     if frac < 0.08:
-        w.append(f"does not look like a hand radiograph: the anatomy covers only {frac:.0%} of the crop")
+        w.append(
+            f"does not look like a hand radiograph: the anatomy covers only {frac:.0%} of the crop"
+        )
     elif frac > 0.6:
-        w.append(f"does not look like a hand radiograph: bright region covers {frac:.0%} of the crop "
-                 "(inverted greyscale, or no background around the anatomy)")
+        w.append(
+            f"does not look like a hand radiograph: bright region covers {frac:.0%} of the crop "
+            "(inverted greyscale, or no background around the anatomy)"
+        )
     return w
 
 
@@ -223,7 +231,7 @@ class Predictor:
         cam_head: str = "score",
         workers: int | None = None,
     ) -> None:
-        from svdh.preprocess import PreprocessConfig
+        from svdh.core.preprocess import PreprocessConfig
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if batch_size < 1:
@@ -245,7 +253,9 @@ class Predictor:
         if folds is not None:
             bad = [k for k in folds if not all(0 <= k < n for n in n_models)]
             if bad:
-                raise BadConfigError(f"fold model(s) {bad} not in the bundle (members have {n_models} fold models)")
+                raise BadConfigError(
+                    f"fold model(s) {bad} not in the bundle (members have {n_models} fold models)"
+                )
         self.folds = [list(folds) if folds is not None else list(range(n)) for n in n_models]
         self.archs = [dict(m["arch"]) for m in members]
         self.tasks = [str(a.get("task", "regression")) for a in self.archs]
@@ -257,7 +267,7 @@ class Predictor:
         self._cam_lock = threading.Lock()
         self._conformal = None
         if self.bundle.conformal:
-            from svdh.metrics import ConformalModel
+            from svdh.evaluate.metrics import ConformalModel
 
             self._conformal = ConformalModel.from_dict(self.bundle.conformal)
         if backend == "onnx":
@@ -269,7 +279,9 @@ class Predictor:
     def _load_torch(self) -> list[list[Any]]:
         if self._models is None:
             all_models = self.bundle.build_models(device=self.device)
-            self._models = [[ms[k] for k in ks] for ms, ks in zip(all_models, self.folds, strict=True)]
+            self._models = [
+                [ms[k] for k in ks] for ms, ks in zip(all_models, self.folds, strict=True)
+            ]
         return self._models
 
     @property
@@ -289,7 +301,10 @@ class Predictor:
             outs = self._session.run(None, {"image": inp})
             names = [o.name for o in self._session.get_outputs()]
             by = dict(zip(names, outs, strict=True))
-            return [[np.asarray(by[f"m{i}_f{k}"], np.float32) for k in ks] for i, ks in enumerate(self.folds)]
+            return [
+                [np.asarray(by[f"m{i}_f{k}"], np.float32) for k in ks]
+                for i, ks in enumerate(self.folds)
+            ]
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
@@ -318,14 +333,16 @@ class Predictor:
             if "erosion" in avg:
                 ero.append(avg["erosion"])
                 jsn.append(avg["jsn"])
-            fold_scores.append(np.stack([predict_outputs(task, r, bins)["score"] for r in member], axis=1))
+            fold_scores.append(
+                np.stack([predict_outputs(task, r, bins)["score"] for r in member], axis=1)
+            )
         S = np.stack(member_scores, axis=1)  # B x m
         all_class = all(p is not None for p in member_probs)
         P = np.stack(member_probs, axis=1) if all_class else None  # B x m x K
         combine = self.bundle.combine
         meta = combine.get("meta_learner")
         if meta:
-            from svdh.ensemble import apply_meta
+            from svdh.evaluate.ensemble import apply_meta
 
             score, probs = apply_meta(meta, S, P)
         else:
@@ -365,20 +382,24 @@ class Predictor:
     @property
     def explainer(self) -> Any:
         if self._explainer is None:
-            from svdh.explain import Explainer
+            from svdh.inference.gradcam import Explainer
 
             models = self._load_torch()
             meta = self.bundle.combine.get("meta_learner") or {}
             coef = (meta.get("score") or {}).get("coef")
             self._explainer = Explainer(
-                models, self.archs, names=self.names, weights=coef,
-                target_layer=self.target_layer, head=self.cam_head,
+                models,
+                self.archs,
+                names=self.names,
+                weights=coef,
+                target_layer=self.target_layer,
+                head=self.cam_head,
                 representative_scores=self.bins.representative_scores,
             )
         return self._explainer
 
     def cam(self, x: np.ndarray) -> Any:
-        """Grad-CAM maps (:class:`svdh.explain.CamResult`) for a uint8 batch ``B x S x S``."""
+        """Grad-CAM maps (:class:`svdh.inference.gradcam.CamResult`) for a uint8 batch ``B x S x S``."""
         import torch
 
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).unsqueeze(1).float() / 255.0
@@ -388,10 +409,12 @@ class Predictor:
             return self.explainer.explain(t)
 
     # ---------------------------------------------------------------- streaming
-    def _prepare(self, name: str, rad: Any, info: PatientInfo | None = None, display: bool = False) -> _Item:
+    def _prepare(
+        self, name: str, rad: Any, info: PatientInfo | None = None, display: bool = False
+    ) -> _Item:
         from dataclasses import replace
 
-        from svdh.preprocess import preprocess
+        from svdh.core.preprocess import preprocess
 
         item = _Item(name=name, rad=rad)
         try:
@@ -426,7 +449,9 @@ class Predictor:
             rows = self.combine(self.forward_raw(x))
             cams = self.cam(x) if cam else None
             for j, (it, row) in enumerate(zip(ok, rows, strict=True)):
-                if row["interval"] is not None and row["member_spread"] > 0.5 * (row["interval"][1] - row["interval"][0]):
+                if row["interval"] is not None and row["member_spread"] > 0.5 * (
+                    row["interval"][1] - row["interval"][0]
+                ):
                     it.warnings.append(
                         f"models disagree: spread {row['member_spread']:.1f} exceeds half the interval width"
                     )
@@ -456,7 +481,9 @@ class Predictor:
         batch: list[_Item] = []
         for name, rad in items:
             if rad is None or isinstance(rad, BaseException):
-                batch.append(_Item(name=name, error=str(rad) if rad is not None else "could not be read"))
+                batch.append(
+                    _Item(name=name, error=str(rad) if rad is not None else "could not be read")
+                )
             else:
                 batch.append(self._prepare(name, rad, display=cam))
             if sum(1 for it in batch if it.error is None) >= self.batch_size:
@@ -475,7 +502,7 @@ class Predictor:
     ) -> Iterator[dict[str, Any]]:
         """Read, preprocess and score files, streaming: a bounded number of files is read
         ahead in worker threads while the previous batch runs through the models."""
-        from svdh.io import read_radiograph
+        from svdh.core.io import read_radiograph
 
         def load(p: Path) -> _Item:
             name = str(p)
@@ -484,7 +511,9 @@ class Predictor:
             except SvdhError as exc:
                 return _Item(name=name, error=str(exc))
             except Exception as exc:  # a decoder bug must not stop the other images
-                return _Item(name=name, error=f"{name}: cannot be read ({type(exc).__name__}: {exc})")
+                return _Item(
+                    name=name, error=f"{name}: cannot be read ({type(exc).__name__}: {exc})"
+                )
             item = self._prepare(name, rad, _lookup(patients, p), display=cam)
             item.rad = None  # keep only the small model input: memory stays flat
             return item
@@ -528,9 +557,19 @@ def _norm_side_soft(s: Any) -> str | None:
 
 
 def _empty_row(error: str) -> dict[str, Any]:
-    return {"score": None, "interval": None, "severity_class": None, "severity_label": None, "probs": None,
-            "erosion": None, "jsn": None, "member_spread": None, "member_scores": None, "warnings": [],
-            "error": error}
+    return {
+        "score": None,
+        "interval": None,
+        "severity_class": None,
+        "severity_label": None,
+        "probs": None,
+        "erosion": None,
+        "jsn": None,
+        "member_spread": None,
+        "member_scores": None,
+        "warnings": [],
+        "error": error,
+    }
 
 
 def _device(device: str) -> Any:
@@ -543,7 +582,9 @@ def _device(device: str) -> Any:
     except RuntimeError:
         raise BadConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if d.type == "cuda" and not torch.cuda.is_available():
-        raise BadConfigError("--device cuda asked for but no CUDA GPU is available; use --device cpu")
+        raise BadConfigError(
+            "--device cuda asked for but no CUDA GPU is available; use --device cpu"
+        )
     return d
 
 
@@ -558,11 +599,18 @@ def _onnx_session(bundle: Bundle, device: Any) -> Any:
         )
     path = bundle.path.with_name(str(info["file"]))
     if not path.is_file():
-        raise BadBundleError(f"{path}: the ONNX graph of {bundle.path.name} is missing; keep it beside the bundle")
+        raise BadBundleError(
+            f"{path}: the ONNX graph of {bundle.path.name} is missing; keep it beside the bundle"
+        )
     if file_sha256(path) != info.get("sha256"):
-        raise BadBundleError(f"{path}: checksum differs from the one in {bundle.path.name}; re-export with --onnx")
+        raise BadBundleError(
+            f"{path}: checksum differs from the one in {bundle.path.name}; re-export with --onnx"
+        )
     providers = ["CPUExecutionProvider"]
-    if getattr(device, "type", "cpu") == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+    if (
+        getattr(device, "type", "cpu") == "cuda"
+        and "CUDAExecutionProvider" in ort.get_available_providers()
+    ):
         providers.insert(0, "CUDAExecutionProvider")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -604,29 +652,47 @@ class PatientTotals:
             return
         iv = row.get("interval") or (None, None)
         ero, jsn = row.get("erosion"), row.get("jsn")
-        hand = _Hand(str(row.get("image")), row.get("side"), float(row["score"]),
-                     None if iv[0] is None else float(iv[0]), None if iv[1] is None else float(iv[1]),
-                     None if ero is None else float(ero), None if jsn is None else float(jsn))
+        hand = _Hand(
+            str(row.get("image")),
+            row.get("side"),
+            float(row["score"]),
+            None if iv[0] is None else float(iv[0]),
+            None if iv[1] is None else float(iv[1]),
+            None if ero is None else float(ero),
+            None if jsn is None else float(jsn),
+        )
         self._rows.setdefault(str(pid), []).append(hand)
 
     def totals(self) -> list[dict[str, Any]]:
         out = []
         for pid, rows in self._rows.items():
-            entry: dict[str, Any] = {"patient_id": pid, "images": [r.image for r in rows], "total": None,
-                                     "interval": None, "severity_class": None, "severity_label": None,
-                                     "erosion": None, "jsn": None, "note": ""}
+            entry: dict[str, Any] = {
+                "patient_id": pid,
+                "images": [r.image for r in rows],
+                "total": None,
+                "interval": None,
+                "severity_class": None,
+                "severity_label": None,
+                "erosion": None,
+                "jsn": None,
+                "note": "",
+            }
             sides = [r.side for r in rows]
             if self.scope != "hand":
                 entry["note"] = "the model scores both hands per image; see the image rows"
             elif sorted(s or "?" for s in sides) != ["L", "R"]:
-                entry["note"] = (f"{len(rows)} image(s) with sides {', '.join(s or '?' for s in sides)}; "
-                                 "a total needs one left and one right hand")
+                entry["note"] = (
+                    f"{len(rows)} image(s) with sides {', '.join(s or '?' for s in sides)}; "
+                    "a total needs one left and one right hand"
+                )
             else:
                 total = sum(r.score for r in rows)
                 entry["total"] = float(total)
                 if all(r.lo is not None and r.hi is not None for r in rows):
-                    entry["interval"] = [float(sum(r.lo for r in rows)),  # type: ignore[misc]
-                                         float(min(self.bins.max_score, sum(r.hi for r in rows)))]  # type: ignore[misc]
+                    entry["interval"] = [
+                        float(sum(r.lo for r in rows)),  # type: ignore[misc]
+                        float(min(self.bins.max_score, sum(r.hi for r in rows))),
+                    ]  # type: ignore[misc]
                 k = int(self.bins.to_class(total))
                 entry["severity_class"], entry["severity_label"] = k, self.bins.labels[k]
                 if all(r.erosion is not None and r.jsn is not None for r in rows):
@@ -643,15 +709,24 @@ def flat_row(row: Mapping[str, Any], n_classes: int, member_names: Sequence[str]
     probs = row.get("probs") or [None] * n_classes
     ms = row.get("member_scores") or {}
     out: dict[str, Any] = {
-        "image": row.get("image"), "patient_id": row.get("patient_id") or "", "side": row.get("side") or "",
-        "score": _r(row.get("score")), "interval_lo": _r(iv[0]), "interval_hi": _r(iv[1]),
+        "image": row.get("image"),
+        "patient_id": row.get("patient_id") or "",
+        "side": row.get("side") or "",
+        "score": _r(row.get("score")),
+        "interval_lo": _r(iv[0]),
+        "interval_hi": _r(iv[1]),
         "severity_class": "" if row.get("severity_class") is None else row["severity_class"],
         "severity_label": row.get("severity_label") or "",
     }
     for k in range(n_classes):
         out[f"p_{k}"] = _r(probs[k], 4)
-    out.update({"erosion": _r(row.get("erosion")), "jsn": _r(row.get("jsn")),
-                "member_spread": _r(row.get("member_spread"))})
+    out.update(
+        {
+            "erosion": _r(row.get("erosion")),
+            "jsn": _r(row.get("jsn")),
+            "member_spread": _r(row.get("member_spread")),
+        }
+    )
     for n in member_names:
         out[f"member_{n}"] = _r(ms.get(n))
     out["cam"] = row.get("cam_path") or ""
@@ -675,8 +750,13 @@ def _r(v: Any, nd: int = 3) -> Any:
 class ResultWriter:
     """Streams rows to ``out.csv`` (plus ``out_patients.csv``) or ``out.json`` as they come."""
 
-    def __init__(self, path: str | Path, n_classes: int, member_names: Sequence[str],
-                 header: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        n_classes: int,
+        member_names: Sequence[str],
+        header: Mapping[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.kind = "json" if self.path.suffix.lower() == ".json" else "csv"
         if self.path.suffix.lower() not in (".csv", ".json"):
@@ -697,7 +777,9 @@ class ResultWriter:
         if self._csv is not None:
             self._csv.writerow(flat_row(row, self.n_classes, self.member_names))
         else:
-            self._fh.write(("" if self._first else ",\n") + json.dumps(json_row(row), allow_nan=False))
+            self._fh.write(
+                ("" if self._first else ",\n") + json.dumps(json_row(row), allow_nan=False)
+            )
         self._first = False
 
     def close(self, patients: list[dict[str, Any]], summary: Mapping[str, Any]) -> list[Path]:
@@ -707,21 +789,46 @@ class ResultWriter:
             if patients:
                 ppath = self.path.with_name(self.path.stem + "_patients.csv")
                 with open(ppath, "w", newline="") as fh:
-                    cols = ["patient_id", "total", "interval_lo", "interval_hi", "severity_class",
-                            "severity_label", "erosion", "jsn", "images", "note"]
+                    cols = [
+                        "patient_id",
+                        "total",
+                        "interval_lo",
+                        "interval_hi",
+                        "severity_class",
+                        "severity_label",
+                        "erosion",
+                        "jsn",
+                        "images",
+                        "note",
+                    ]
                     wr = csv.DictWriter(fh, fieldnames=cols)
                     wr.writeheader()
                     for p in patients:
                         iv = p.get("interval") or [None, None]
-                        wr.writerow({"patient_id": p["patient_id"], "total": _r(p["total"]),
-                                     "interval_lo": _r(iv[0]), "interval_hi": _r(iv[1]),
-                                     "severity_class": "" if p["severity_class"] is None else p["severity_class"],
-                                     "severity_label": p["severity_label"] or "", "erosion": _r(p["erosion"]),
-                                     "jsn": _r(p["jsn"]), "images": " ".join(p["images"]), "note": p["note"]})
+                        wr.writerow(
+                            {
+                                "patient_id": p["patient_id"],
+                                "total": _r(p["total"]),
+                                "interval_lo": _r(iv[0]),
+                                "interval_hi": _r(iv[1]),
+                                "severity_class": ""
+                                if p["severity_class"] is None
+                                else p["severity_class"],
+                                "severity_label": p["severity_label"] or "",
+                                "erosion": _r(p["erosion"]),
+                                "jsn": _r(p["jsn"]),
+                                "images": " ".join(p["images"]),
+                                "note": p["note"],
+                            }
+                        )
                 written.append(ppath)
         else:
-            self._fh.write("\n],\n" + f'"patients": {json.dumps(patients, allow_nan=False)},\n'
-                           + f'"summary": {json.dumps(dict(summary), allow_nan=False)}\n' + "}\n")
+            self._fh.write(
+                "\n],\n"
+                + f'"patients": {json.dumps(patients, allow_nan=False)},\n'
+                + f'"summary": {json.dumps(dict(summary), allow_nan=False)}\n'
+                + "}\n"
+            )
             self._fh.close()
         return written
 
@@ -737,10 +844,14 @@ def run_prediction(
 ) -> dict[str, Any]:
     """Score ``paths`` streaming into ``out`` (and Grad-CAM files into ``cam_dir``); returns a
     summary: ``n_images``, ``n_scored``, ``n_failed``, ``n_warned``, ``patients``, ``outputs``."""
-    from svdh.explain import write_cam
+    from svdh.inference.gradcam import write_cam
 
     bins = predictor.bins
-    writer = ResultWriter(out, bins.n_classes, predictor.names, predictor.bundle.summary()) if out else None
+    writer = (
+        ResultWriter(out, bins.n_classes, predictor.names, predictor.bundle.summary())
+        if out
+        else None
+    )
     totals = PatientTotals(bins, predictor.bundle.score_scope)
     n = n_failed = n_warned = 0
     stems: dict[str, int] = {}
@@ -757,7 +868,9 @@ def run_prediction(
                 if stems[stem] > 1:  # two files of one name in different folders
                     stem = f"{stem}_{stems[stem]}"
                 title = f"{Path(row['image']).name}: {row['score']:.1f}"
-                paths_written = write_cam(cam_dir, stem, row["display"], _as_cam_result(row), 0, title)
+                paths_written = write_cam(
+                    cam_dir, stem, row["display"], _as_cam_result(row), 0, title
+                )
                 row["cam_path"] = paths_written["overlay"]
             totals.add(row)
             if writer is not None:
@@ -765,8 +878,13 @@ def run_prediction(
             if on_row is not None:
                 on_row(row)
         patient_rows = totals.totals()
-        summary = {"n_images": n, "n_scored": n - n_failed, "n_failed": n_failed, "n_warned": n_warned,
-                   "n_patients_with_total": sum(p["total"] is not None for p in patient_rows)}
+        summary = {
+            "n_images": n,
+            "n_scored": n - n_failed,
+            "n_failed": n_failed,
+            "n_warned": n_warned,
+            "n_patients_with_total": sum(p["total"] is not None for p in patient_rows),
+        }
         outputs = writer.close(patient_rows, summary) if writer is not None else []
         writer = None
     finally:
@@ -778,7 +896,10 @@ def run_prediction(
 
 
 def _as_cam_result(row: Mapping[str, Any]) -> Any:
-    from svdh.explain import CamResult
+    from svdh.inference.gradcam import CamResult
 
-    return CamResult(members=np.asarray(row["cam_members"])[:, None], ensemble=np.asarray(row["cam"])[None],
-                     member_names=list(row["cam_member_names"]))
+    return CamResult(
+        members=np.asarray(row["cam_members"])[:, None],
+        ensemble=np.asarray(row["cam"])[None],
+        member_names=list(row["cam_member_names"]),
+    )

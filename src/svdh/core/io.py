@@ -8,7 +8,7 @@ DICOM goes through pydicom: the modality LUT (rescale slope/intercept), then the
 window where the file has one, then MONOCHROME1 is inverted. Compressed transfer syntaxes are
 decoded by the pylibjpeg plugins; where the plugin is missing the error names it.
 
-Every bad input raises :class:`svdh.errors.BadRadiographError` with a one-line message naming
+Every bad input raises :class:`svdh.core.errors.BadRadiographError` with a one-line message naming
 the file and what is wrong: not an image, empty or truncated, zero size, more pixels than the
 configured limit (decompression bombs), or a colour photograph.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from svdh.errors import BadRadiographError
+from svdh.core.errors import BadRadiographError
 
 #: Default pixel limit (width x height). Clinical radiographs are at most ~20-30 megapixels
 #: (a 43 x 43 cm detector at 0.1 mm pitch is 18.5 MP); anything far beyond is refused before it
@@ -38,13 +38,24 @@ _PIL_FORMATS = {"PNG", "JPEG", "MPO", "BMP", "DIB", "TIFF"}
 #: The pylibjpeg plugin that decodes each compressed DICOM transfer syntax, by UID.
 _DICOM_PLUGINS: dict[str, str] = {
     **dict.fromkeys(
-        ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-         "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
+        (
+            "1.2.840.10008.1.2.4.50",
+            "1.2.840.10008.1.2.4.51",
+            "1.2.840.10008.1.2.4.57",
+            "1.2.840.10008.1.2.4.70",
+            "1.2.840.10008.1.2.4.80",
+            "1.2.840.10008.1.2.4.81",
+        ),
         "pylibjpeg-libjpeg",
     ),
     **dict.fromkeys(
-        ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
-         "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),
+        (
+            "1.2.840.10008.1.2.4.90",
+            "1.2.840.10008.1.2.4.91",
+            "1.2.840.10008.1.2.4.201",
+            "1.2.840.10008.1.2.4.202",
+            "1.2.840.10008.1.2.4.203",
+        ),
         "pylibjpeg-openjpeg",
     ),
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",
@@ -139,8 +150,14 @@ def _sniff(data: bytes) -> str | None:
         return "dicom"
     # DICOM without the 128-byte preamble (old ACR-NEMA style exports) starts with a group
     # 0002 or 0008 tag in little-endian order.
-    if data[:4] in (b"\x02\x00\x00\x00", b"\x02\x00\x01\x00", b"\x08\x00\x05\x00",
-                    b"\x08\x00\x00\x00", b"\x08\x00\x08\x00", b"\x08\x00\x16\x00"):
+    if data[:4] in (
+        b"\x02\x00\x00\x00",
+        b"\x02\x00\x01\x00",
+        b"\x08\x00\x05\x00",
+        b"\x08\x00\x00\x00",
+        b"\x08\x00\x08\x00",
+        b"\x08\x00\x16\x00",
+    ):
         return "dicom"
     return None
 
@@ -183,7 +200,9 @@ def _read_raster(data: bytes, name: str, limit: int) -> Radiograph:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise BadRadiographError(f"{name}: {exc}; it exceeds Pillow's decompression-bomb limit") from None
+        raise BadRadiographError(
+            f"{name}: {exc}; it exceeds Pillow's decompression-bomb limit"
+        ) from None
     except UnidentifiedImageError:
         raise BadRadiographError(
             f"{name}: not a readable image (the header is damaged or the format unsupported)"
@@ -206,7 +225,9 @@ def _read_raster(data: bytes, name: str, limit: int) -> Radiograph:
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         msg = str(exc)
         what = "truncated" if "truncat" in msg.lower() else "corrupt"
-        raise BadRadiographError(f"{name}: {what} image file ({msg}); re-export or re-copy it") from None
+        raise BadRadiographError(
+            f"{name}: {what} image file ({msg}); re-export or re-copy it"
+        ) from None
     mode = im.mode
     meta: dict[str, Any] = {
         "source": name,
@@ -305,7 +326,11 @@ def _read_dicom(data: bytes, name: str, limit: int) -> Radiograph:
         if not hasattr(ds, "file_meta"):
             ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
         )
     tsuid = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     arr = _dicom_pixels(ds, name, tsuid)
@@ -346,7 +371,9 @@ def _read_dicom(data: bytes, name: str, limit: int) -> Radiograph:
         _refuse_colour(rgb, name)
         return Radiograph(np.ascontiguousarray(rgb.mean(axis=2), np.float32), meta)
     if photometric == "PALETTE COLOR":
-        raise BadRadiographError(f"{name}: a palette-colour DICOM image, not a greyscale radiograph")
+        raise BadRadiographError(
+            f"{name}: a palette-colour DICOM image, not a greyscale radiograph"
+        )
 
     values = _dicom_to_unit(arr, ds, name)
     if photometric == "MONOCHROME1":
@@ -361,7 +388,9 @@ def _dicom_pixels(ds: Any, name: str, tsuid: str) -> np.ndarray:
     except (RuntimeError, NotImplementedError) as exc:
         msg = str(exc)
         if tsuid in _DICOM_PLUGINS and (
-            "plugin" in msg.lower() or "no pixel data decoders" in msg.lower() or "available" in msg.lower()
+            "plugin" in msg.lower()
+            or "no pixel data decoders" in msg.lower()
+            or "available" in msg.lower()
         ):
             from pydicom.uid import UID
 
@@ -369,10 +398,22 @@ def _dicom_pixels(ds: Any, name: str, tsuid: str) -> np.ndarray:
                 f"{name}: compressed DICOM ({UID(tsuid).name}) needs the {_DICOM_PLUGINS[tsuid]} "
                 f"decoder plugin, which is not installed: pip install pylibjpeg {_DICOM_PLUGINS[tsuid]}"
             ) from None
-        raise BadRadiographError(f"{name}: DICOM pixel data cannot be decoded ({msg.splitlines()[0]})") from None
-    except (ValueError, AttributeError, KeyError, EOFError, OSError, struct.error, TypeError) as exc:
+        raise BadRadiographError(
+            f"{name}: DICOM pixel data cannot be decoded ({msg.splitlines()[0]})"
+        ) from None
+    except (
+        ValueError,
+        AttributeError,
+        KeyError,
+        EOFError,
+        OSError,
+        struct.error,
+        TypeError,
+    ) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadRadiographError(f"{name}: truncated or corrupt DICOM pixel data ({first})") from None
+        raise BadRadiographError(
+            f"{name}: truncated or corrupt DICOM pixel data ({first})"
+        ) from None
 
 
 def _dicom_to_unit(arr: np.ndarray, ds: Any, name: str) -> np.ndarray:

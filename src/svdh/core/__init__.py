@@ -1,0 +1,1 @@
+"""Shared rules every stage uses: errors, scoring, io, preprocessing. Imports nothing else of svdh."""

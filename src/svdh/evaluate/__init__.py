@@ -1,0 +1,1 @@
+"""Metrics, conformal intervals, ensembles and the report."""

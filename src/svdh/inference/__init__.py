@@ -1,0 +1,1 @@
+"""Scoring new images: bundles, the predictor, Grad-CAM."""

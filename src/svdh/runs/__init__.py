@@ -1,0 +1,1 @@
+"""Run and ensemble directories: the one layout and its tables."""
