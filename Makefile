@@ -1,7 +1,12 @@
 PY ?= python3
 VENV ?= .venv
 
-.PHONY: install test lint demo browser-deps
+.PHONY: install test lint mypy-next demo browser-deps
+
+# Packages type-checked by `make lint` (zero errors each). runs/ and inference/ join after
+# issue 11's merge: `make mypy-next` shows how far they are.
+MYPY_PATHS ?= src/svdh/core
+MYPY_NEXT ?= src/svdh/core src/svdh/runs src/svdh/inference
 
 install:
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -17,6 +22,11 @@ test:
 
 lint:
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy $(MYPY_PATHS)
+
+mypy-next:
+	-$(VENV)/bin/mypy $(MYPY_NEXT)
 
 demo:
 	$(VENV)/bin/svdh demo --quick

@@ -198,7 +198,7 @@ def _read_raster(data: bytes, name: str, limit: int) -> Radiograph:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise BadRadiographError(
             f"{name}: {exc}; it exceeds Pillow's decompression-bomb limit"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import numpy as np
 
@@ -376,6 +376,7 @@ def hand_mask_small(
     full = np.zeros((sh, sw), np.uint8)
     full[fy0:fy1, fx0:fx1] = hand
     strips = np.zeros((sh, sw), bool)
+    region: tuple[slice, slice]
     for region in (np.s_[:fy0, :], np.s_[fy1:, :], np.s_[:, :fx0], np.s_[:, fx1:]):
         part = u8_all[region]
         if part.size and float(np.median(part)) <= t:
@@ -401,7 +402,7 @@ def hand_mask_small(
             film[k] = (fy0, fy1, fx0, fx1)[k]
     film[0], film[2] = max(film[0], by0), max(film[2], bx0)
     film[1], film[3] = min(film[1], by1), min(film[3], bx1)
-    return full.astype(bool), f, background, tuple(film)
+    return full.astype(bool), f, background, cast("tuple[int, int, int, int]", tuple(film))
 
 
 def _tissue_threshold(u8: np.ndarray) -> float:

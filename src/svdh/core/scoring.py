@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -290,9 +291,9 @@ class SeverityBins:
             out.append(f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}")
         return tuple(out)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"edges": list(self.edges), "max_score": self.max_score, "step": self.step}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> SeverityBins:
+    def from_dict(cls, d: Mapping[str, Any]) -> SeverityBins:
         return cls(tuple(d["edges"]), float(d["max_score"]), float(d.get("step", 1.0)))
