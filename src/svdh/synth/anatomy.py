@@ -380,6 +380,29 @@ def _long_bone(
     )
 
 
+#: Finger spread at the MCP by ray, degrees (scaled by ``HandShape.spread``).
+_SPREAD_DEG = {1: 0.0, 2: 6.0, 3: 1.0, 4: -5.0, 5: -11.0}
+#: Joints whose centres are landmarks (with the bone landmarks of :func:`_landmarks`).
+_JOINT_LANDMARKS = (
+    "ip1",
+    "mcp1",
+    "mcp2",
+    "mcp3",
+    "mcp4",
+    "mcp5",
+    "pip2",
+    "pip3",
+    "pip4",
+    "pip5",
+    "cmc3",
+    "cmc4",
+    "cmc5",
+    "stt",
+    "capnlun",
+    "radcar",
+)
+
+
 def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     """Lay out the bones, joints, soft tissue and landmarks of one healthy adult hand.
 
@@ -387,13 +410,39 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     """
     s = shape.scale
     ws = shape.width_scale
-    bones: dict[str, Bone] = {}
+    bones: dict[str, Bone] = _carpus(s, ws)
+    bones["radius"], bones["ulna"] = _forearm(s, ws)
     joints: dict[str, Joint] = {}
     tips: list[np.ndarray] = []
     capsules: list[Capsule] = []
-    spread_deg = {1: 0.0, 2: 6.0, 3: 1.0, 4: -5.0, 5: -11.0}
+    for d in range(1, 6):
+        tip, finger = _ray(d, shape, bones, joints)
+        tips.append(tip)
+        capsules.extend(finger)
+    _add_sesamoids(bones, s)
+    _add_carpal_joints(bones, joints, s)
+    landmarks = _landmarks(bones, joints, s)
+    soft = SoftTissue(
+        capsules,
+        _palm_outline(bones, joints, s),
+        [
+            (-31.0 * s, -62.0 * s),
+            (27.0 * s, -62.0 * s),
+            (30.0 * s, -200.0 * s),
+            (-34.0 * s, -200.0 * s),
+        ],
+        palm_half=14.0 * s * shape.soft_scale,
+        forearm_half=20.0 * s * shape.soft_scale,
+    )
+    hand = Hand(bones, soft, landmarks, tips, joints)
+    if maturity is not None:
+        grow(hand, maturity, s)
+    return hand
 
-    # -- carpus
+
+def _carpus(s: float, ws: float) -> dict[str, Bone]:
+    """The carpal bones (table :data:`_CARPAL`) and the hamate hook."""
+    bones: dict[str, Bone] = {}
     for name, (cx, cy, ang, L, hw, pe) in _CARPAL.items():
         a = math.radians(ang)
         c = np.array([cx, cy]) * s
@@ -424,8 +473,11 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         c_end=0.8 * s,
         density=0.25,
     )
+    return bones
 
-    # -- radius and ulna, from below the field up to the wrist
+
+def _forearm(s: float, ws: float) -> tuple[Bone, Bone]:
+    """Radius and ulna, from below the field up to the wrist."""
     rad = Bone(
         "radius",
         4.5 * s,
@@ -470,72 +522,88 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         flare=14.0 * s,
     )
     uln.lobes.append(Lobe(uln.length - 1.5 * s, -5.2 * s * ws, 4.2 * s, 2.2 * s))
-    bones["radius"], bones["ulna"] = rad, uln
+    return rad, uln
 
-    # -- rays
-    for d in range(1, 6):
-        bx, by, bang = _MC_BASE[d]
-        rs = shape.ray_scale[d - 1]
-        mc = _long_bone(f"mc{d}", bx * s, by * s, math.radians(bang), s * rs, ws)
-        bones[mc.name] = mc
-        # finger direction at the MCP: spread, jitter, ulnar deviation (fingers 2-5)
-        dev = 0.0 if d == 1 else -shape.ulnar_deviation * (0.6 + 0.1 * d)
-        ang = math.radians(bang + spread_deg[d] * shape.spread + shape.spread_jitter[d - 1] + dev)
-        flex = math.radians(shape.flexion[d - 1])
-        if d == 1:
-            ang = math.radians(bang - 9.0 + shape.spread_jitter[0])
-            chain = ["pp1", "dp1"]
-            jnames = ["mcp1", "ip1"]
-            gaps = [JOINT_GAP["mcp1"], JOINT_GAP["ip"]]
-        else:
-            chain = [f"pp{d}", f"mp{d}", f"dp{d}"]
-            jnames = [f"mcp{d}", f"pip{d}", f"dip{d}"]
-            gaps = [JOINT_GAP["mcp"], JOINT_GAP["pip"], JOINT_GAP["dip"]]
-        prox = mc
-        cum_flex = 0.0
-        for i, (bname, jname, gap) in enumerate(zip(chain, jnames, gaps, strict=True)):
-            cum_flex += flex * (0.6 if i == 0 else 1.0)
-            fore = math.cos(min(cum_flex, math.radians(45)))
-            head = prox.head_ellipse()
-            hc = np.array([head.cx, head.cy])
-            r_head = ellipse_radius(head, ang)
-            # the concave base starts a little behind the head tip (its lips)
-            _, lbn, *_ = _LONG[bname]
-            lip = 0.35 * lbn * s
-            origin = hc + unit(ang) * (r_head - lip)
-            b = _long_bone(bname, float(origin[0]), float(origin[1]), ang, s * rs, ws, fore)
-            b.cutters.append(Cutter(gap=gap * s, plate=b.c_end, ellipse=head, source=prox.name))
-            bones[bname] = b
-            joints[jname] = Joint(
-                jname,
-                prox.name,
-                bname,
-                hc + unit(ang) * (r_head + gap * s / 2),
-                gap * s,
-                cutters=[(bname, 0)],
-                dist_u=lip + gap * s,
-            )
-            prox = b
-            # distal joints drift back towards the ray's line; DIPs bend a little more
-            ang += math.radians(-0.25 * (math.degrees(ang) - bang) * 0.3)
-        tip = prox.to_hand(prox.length + 0.5 * s)
-        tips.append(tip)
-        # finger soft tissue: from the MCP to beyond the tip
-        pts = (
-            [joints[jnames[0]].center]
-            + [joints[j].center for j in jnames[1:]]
-            + [prox.to_hand(prox.length + 3.0 * s)]
+
+def _ray(
+    d: int, shape: HandShape, bones: dict[str, Bone], joints: dict[str, Joint]
+) -> tuple[np.ndarray, list[Capsule]]:
+    """Ray ``d`` (1 = thumb): its metacarpal, phalanges and joints go into ``bones`` and
+    ``joints``; returns the finger tip and the finger's soft-tissue capsules."""
+    s, ws = shape.scale, shape.width_scale
+    bx, by, bang = _MC_BASE[d]
+    rs = shape.ray_scale[d - 1]
+    mc = _long_bone(f"mc{d}", bx * s, by * s, math.radians(bang), s * rs, ws)
+    bones[mc.name] = mc
+    # finger direction at the MCP: spread, jitter, ulnar deviation (fingers 2-5)
+    dev = 0.0 if d == 1 else -shape.ulnar_deviation * (0.6 + 0.1 * d)
+    ang = math.radians(bang + _SPREAD_DEG[d] * shape.spread + shape.spread_jitter[d - 1] + dev)
+    flex = math.radians(shape.flexion[d - 1])
+    if d == 1:
+        ang = math.radians(bang - 9.0 + shape.spread_jitter[0])
+        chain = ["pp1", "dp1"]
+        jnames = ["mcp1", "ip1"]
+        gaps = [JOINT_GAP["mcp1"], JOINT_GAP["ip"]]
+    else:
+        chain = [f"pp{d}", f"mp{d}", f"dp{d}"]
+        jnames = [f"mcp{d}", f"pip{d}", f"dip{d}"]
+        gaps = [JOINT_GAP["mcp"], JOINT_GAP["pip"], JOINT_GAP["dip"]]
+    prox = mc
+    cum_flex = 0.0
+    for i, (bname, jname, gap) in enumerate(zip(chain, jnames, gaps, strict=True)):
+        cum_flex += flex * (0.6 if i == 0 else 1.0)
+        fore = math.cos(min(cum_flex, math.radians(45)))
+        head = prox.head_ellipse()
+        hc = np.array([head.cx, head.cy])
+        r_head = ellipse_radius(head, ang)
+        # the concave base starts a little behind the head tip (its lips)
+        _, lbn, *_ = _LONG[bname]
+        lip = 0.35 * lbn * s
+        origin = hc + unit(ang) * (r_head - lip)
+        b = _long_bone(bname, float(origin[0]), float(origin[1]), ang, s * rs, ws, fore)
+        b.cutters.append(Cutter(gap=gap * s, plate=b.c_end, ellipse=head, source=prox.name))
+        bones[bname] = b
+        joints[jname] = Joint(
+            jname,
+            prox.name,
+            bname,
+            hc + unit(ang) * (r_head + gap * s / 2),
+            gap * s,
+            cutters=[(bname, 0)],
+            dist_u=lip + gap * s,
         )
-        if d == 1:
-            radii = [10.5, 9.0, 8.2]
-        else:
-            radii = [8.8, 8.0, 7.4, 6.6] if d != 5 else [8.0, 7.3, 6.7, 6.0]
-        for p0, p1, r0, r1 in zip(pts[:-1], pts[1:], radii[:-1], radii[1:], strict=True):
-            capsules.append(Capsule(tuple(p0), tuple(p1), r0 * s, r1 * s))
-        for jn, r in zip(jnames, radii, strict=False):
-            joints[jn].soft_radius = r * s
+        prox = b
+        # distal joints drift back towards the ray's line; DIPs bend a little more
+        ang += math.radians(-0.25 * (math.degrees(ang) - bang) * 0.3)
+    tip = prox.to_hand(prox.length + 0.5 * s)
+    return tip, _finger_soft_tissue(d, prox, jnames, joints, s)
 
-    # thumb sesamoids on the palmar side of the first metacarpal head
+
+def _finger_soft_tissue(
+    d: int, last: Bone, jnames: list[str], joints: dict[str, Joint], s: float
+) -> list[Capsule]:
+    """Capsules of finger ``d``'s soft tissue, from the MCP to beyond the tip of ``last``
+    (the distal phalanx); sets each joint's ``soft_radius``."""
+    pts = (
+        [joints[jnames[0]].center]
+        + [joints[j].center for j in jnames[1:]]
+        + [last.to_hand(last.length + 3.0 * s)]
+    )
+    if d == 1:
+        radii = [10.5, 9.0, 8.2]
+    else:
+        radii = [8.8, 8.0, 7.4, 6.6] if d != 5 else [8.0, 7.3, 6.7, 6.0]
+    capsules = [
+        Capsule(tuple(p0), tuple(p1), r0 * s, r1 * s)
+        for p0, p1, r0, r1 in zip(pts[:-1], pts[1:], radii[:-1], radii[1:], strict=True)
+    ]
+    for jn, r in zip(jnames, radii, strict=False):
+        joints[jn].soft_radius = r * s
+    return capsules
+
+
+def _add_sesamoids(bones: dict[str, Bone], s: float) -> None:
+    """Thumb sesamoids on the palmar side of the first metacarpal head."""
     mc1 = bones["mc1"]
     for k, v in enumerate((-0.45, 0.45)):
         c = mc1.to_hand(mc1.length - 1.8 * mc1.lh, v * mc1.wh)
@@ -551,10 +619,12 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
             density=0.8,
         )
 
-    # -- carpal joints (the concave member is cut by the convex one)
+
+def _add_carpal_joints(bones: dict[str, Bone], joints: dict[str, Joint], s: float) -> None:
+    """The scored wrist joints and the cuts that make every carpal joint space (the concave
+    member is cut by the convex one)."""
+    _add_wrist_joints(bones, joints, s)
     g = JOINT_GAP
-    cap, lun, sca = bones["capitate"], bones["lunate"], bones["scaphoid"]
-    trm, trd, ham = bones["trapezium"], bones["trapezoid"], bones["hamate"]
 
     def cut(bone: str, by: str, gap: float, joint: str | None = None) -> None:
         other = bones[by]
@@ -568,7 +638,31 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         if joint is not None:
             joints[joint].cutters.append((bone, len(b.cutters) - 1))
 
-    # scored wrist joints: landmark in the joint space, between the two members
+    cut("mc3", "capitate", g["cmc"], "cmc3")
+    cut("mc4", "hamate", g["cmc"], "cmc4")
+    cut("mc5", "hamate", g["cmc"], "cmc5")
+    cut("mc2", "trapezoid", g["cmc"])
+    cut("mc1", "trapezium", g["cmc"])
+    cut("trapezium", "scaphoid", g["carpal"], "stt")
+    cut("trapezoid", "scaphoid", g["carpal"], "stt")
+    cut("scaphoid", "capitate", g["carpal"], "capnlun")
+    cut("lunate", "capitate", g["carpal"], "capnlun")
+    cut("hamate", "capitate", g["carpal"])
+    cut("trapezoid", "capitate", g["carpal"])
+    cut("triquetrum", "hamate", g["carpal"])
+    cut("triquetrum", "lunate", g["carpal"])
+    cut("lunate", "scaphoid", g["carpal"])
+    cut("radius", "scaphoid", g["radcar"], "radcar")
+    cut("radius", "lunate", g["radcar"], "radcar")
+    rad, uh = bones["radius"], bones["ulna"].head_ellipse()
+    rad.cutters.append(Cutter(gap=g["druj"] * s, plate=rad.c_end, ellipse=uh, source="ulna"))
+
+
+def _add_wrist_joints(bones: dict[str, Bone], joints: dict[str, Joint], s: float) -> None:
+    """Scored wrist joints: the landmark in the joint space, between the two members."""
+    g = JOINT_GAP
+    cap, lun, sca = bones["capitate"], bones["lunate"], bones["scaphoid"]
+    trm, trd, ham = bones["trapezium"], bones["trapezoid"], bones["hamate"]
     for d, carp in ((3, cap), (4, ham), (5, ham)):
         mcd = bones[f"mc{d}"]
         base = mcd.to_hand(0.0)
@@ -612,54 +706,26 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         g["radcar"] * s,
     )
 
-    cut("mc3", "capitate", g["cmc"], "cmc3")
-    cut("mc4", "hamate", g["cmc"], "cmc4")
-    cut("mc5", "hamate", g["cmc"], "cmc5")
-    cut("mc2", "trapezoid", g["cmc"])
-    cut("mc1", "trapezium", g["cmc"])
-    cut("trapezium", "scaphoid", g["carpal"], "stt")
-    cut("trapezoid", "scaphoid", g["carpal"], "stt")
-    cut("scaphoid", "capitate", g["carpal"], "capnlun")
-    cut("lunate", "capitate", g["carpal"], "capnlun")
-    cut("hamate", "capitate", g["carpal"])
-    cut("trapezoid", "capitate", g["carpal"])
-    cut("triquetrum", "hamate", g["carpal"])
-    cut("triquetrum", "lunate", g["carpal"])
-    cut("lunate", "scaphoid", g["carpal"])
-    cut("radius", "scaphoid", g["radcar"], "radcar")
-    cut("radius", "lunate", g["radcar"], "radcar")
-    uh = uln.head_ellipse()
-    rad.cutters.append(Cutter(gap=g["druj"] * s, plate=rad.c_end, ellipse=uh, source="ulna"))
 
-    landmarks: dict[str, np.ndarray] = {}
-    for name in (
-        "ip1",
-        "mcp1",
-        "mcp2",
-        "mcp3",
-        "mcp4",
-        "mcp5",
-        "pip2",
-        "pip3",
-        "pip4",
-        "pip5",
-        "cmc3",
-        "cmc4",
-        "cmc5",
-        "stt",
-        "capnlun",
-        "radcar",
-    ):
-        landmarks[name] = joints[name].center
-    mc1 = bones["mc1"]
+def _landmarks(bones: dict[str, Bone], joints: dict[str, Joint], s: float) -> dict[str, np.ndarray]:
+    """Joint centres and bone landmarks of the hand."""
+    landmarks: dict[str, np.ndarray] = {name: joints[name].center for name in _JOINT_LANDMARKS}
+    mc1, trm, sca = bones["mc1"], bones["trapezium"], bones["scaphoid"]
+    lun, rad, uln = bones["lunate"], bones["radius"], bones["ulna"]
     landmarks["mc1base"] = mc1.to_hand(mc1.lb)
     landmarks["trapezium"] = trm.to_hand(trm.length / 2)
     landmarks["scaphoid"] = sca.to_hand(sca.length / 2)
     landmarks["lunate"] = lun.to_hand(lun.length / 2)
     landmarks["radius"] = rad.to_hand(rad.length - 7.0 * s, 3.0 * s)
     landmarks["ulna"] = uln.to_hand(uln.length - 4.0 * s, -1.0 * s)
+    return landmarks
 
-    # -- soft tissue outline
+
+def _palm_outline(
+    bones: dict[str, Bone], joints: dict[str, Joint], s: float
+) -> list[tuple[float, float]]:
+    """The palm's soft-tissue outline (mm), around the MCPs, the webs and the thenar."""
+
     def P(x: float, y: float) -> tuple[float, float]:
         return (x * s, y * s)
 
@@ -667,7 +733,7 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
     pp = {d: bones[f"pp{d}"] for d in range(1, 6)}
     web = {d: pp[d].to_hand(0.36 * pp[d].length) / s for d in range(2, 6)}
     thumb_mid = pp[1].to_hand(0.15 * pp[1].length) / s
-    palm = [
+    return [
         P(-31.0, -62.0),  # ulnar wrist
         P(-32.0, -34.0),
         P(-35.0, -8.0),  # hypothenar
@@ -688,18 +754,6 @@ def build_hand(shape: HandShape, maturity: float | None = None) -> Hand:
         P(30.0, -40.0),
         P(27.0, -62.0),  # radial wrist
     ]
-    forearm = [P(-31.0, -62.0), P(27.0, -62.0), P(30.0, -200.0), P(-34.0, -200.0)]
-    soft = SoftTissue(
-        capsules,
-        palm,
-        forearm,
-        palm_half=14.0 * s * shape.soft_scale,
-        forearm_half=20.0 * s * shape.soft_scale,
-    )
-    hand = Hand(bones, soft, landmarks, tips, joints)
-    if maturity is not None:
-        grow(hand, maturity, s)
-    return hand
 
 
 # --------------------------------------------------------------------------- growth (child mode)

@@ -26,7 +26,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from svdh.synth.anatomy import Bone, Ellipse, Hand
+from svdh.synth.anatomy import Bone, Cutter, Ellipse, Hand
 
 #: Linear attenuation per mm of projected thickness (display units, tuned by eye against
 #: the RA2-DREAM and RSNA samples).
@@ -167,19 +167,25 @@ def _window(lo: float, hi: float, start: float, step: float, n: int) -> slice:
     return slice(i0, max(i0, i1))
 
 
-def bone_patch(
-    bone: Bone,
-    k: float,
-    ss: int,
-    rng: np.random.Generator,
-    tile: np.ndarray,
-    margin_mm: float = 1.0,
-    sv: int | None = None,
-) -> tuple[np.ndarray, float, float]:
-    """Attenuation of one bone in its own frame at the output pitch.
+@dataclass
+class _Grid:
+    """The supersampled sample grid of a bone patch in the bone's frame (mm).
 
-    Returns ``(patch, u0, v0)``: rows are ``u = u0 + i / k``, columns ``v = v0 + j / k`` (mm).
-    """
+    Output pixel ``(i, j)`` sits at ``u = u0 + i / k``, ``v = v0 + j / k``; ``u``/``v`` are the
+    supersampled sample positions, ``h``/``hv`` their pitch along and across the axis."""
+
+    u0: float
+    v0: float
+    nu: int
+    nv: int
+    u: np.ndarray
+    v: np.ndarray
+    h: float
+    hv: float
+
+
+def _patch_grid(bone: Bone, k: float, ss: int, sv: int, margin_mm: float) -> _Grid:
+    """The grid covering ``bone`` (its lobes included) plus a margin."""
     L = bone.length
     wmax = float(bone.width(np.linspace(0.0, L, 64)).max())
     u_lo, u_hi, v_hi = 0.0, L, wmax
@@ -192,13 +198,18 @@ def bone_patch(
     v0 = -v_hi - m
     nu = int(math.ceil((u_hi + m - u0) * k)) + 1
     nv = int(math.ceil((-2 * v0) * k)) + 1
-    sv = ss if sv is None else sv
     h = 1.0 / (k * ss)  # supersampled pitch along the axis, mm
     hv = 1.0 / (k * sv)  # and across it
     # supersampled sample i sits at output-pixel coordinate (i + 0.5) / ss - 0.5
     u = (u0 + ((np.arange(nu * ss) + 0.5) / ss - 0.5) / k).astype(np.float64)
     v = (v0 + ((np.arange(nv * sv) + 0.5) / sv - 0.5) / k).astype(np.float64)
+    return _Grid(u0, v0, nu, nv, u, v, h, hv)
 
+
+def _half_chords(bone: Bone, g: _Grid) -> tuple[np.ndarray, np.ndarray, slice]:
+    """Half-chords through the whole bone (``outer``) and through its medulla (``inner``,
+    only the columns ``ci`` where the medulla can be); lobes add to ``outer``."""
+    u, v = g.u, g.v
     W = bone.width(u)
     c = bone.cortex(u)
     # inner (medullary) profile: the outline offset inwards by the cortical thickness (the
@@ -216,15 +227,14 @@ def bone_patch(
     np.sqrt(outer, out=outer)
     # the medulla only spans the columns |v| < max Wi
     wi_max = float(Wi.max())
-    ci = _window(-wi_max, wi_max, v[0], hv, v.size)
+    ci = _window(-wi_max, wi_max, v[0], g.hv, v.size)
     inner = np.subtract.outer((Wi * Wi).astype(np.float32), v2[ci])
     np.maximum(inner, 0.0, out=inner)
     np.sqrt(inner, out=inner)
-    c0 = ci.start
 
     for lobe in bone.lobes:
-        rs = _window(lobe.u - lobe.a, lobe.u + lobe.a, u[0], h, u.size)
-        cs = _window(lobe.v - lobe.b, lobe.v + lobe.b, v[0], hv, v.size)
+        rs = _window(lobe.u - lobe.a, lobe.u + lobe.a, u[0], g.h, u.size)
+        cs = _window(lobe.v - lobe.b, lobe.v + lobe.b, v[0], g.hv, v.size)
         if rs.stop <= rs.start or cs.stop <= cs.start:
             continue
         du = ((u[rs] - lobe.u) / lobe.a)[:, None] ** 2
@@ -232,41 +242,55 @@ def bone_patch(
         # a process (styloid) is mostly cortical bone: all of its chord counts as cortex
         o = (lobe.b * np.sqrt(np.clip(1.0 - du - dv, 0.0, None))).astype(np.float32)
         np.maximum(outer[rs, cs], o, out=outer[rs, cs])
+    return outer, inner, ci
 
-    def on_inner(cs: slice) -> slice:
-        return slice(
-            max(cs.start, ci.start) - c0, max(min(cs.stop, ci.stop), max(cs.start, ci.start)) - c0
-        )
 
+def _on_inner(cs: slice, ci: slice) -> slice:
+    """The columns ``cs`` of ``outer`` as columns of ``inner`` (which starts at ``ci``)."""
+    c0 = ci.start
+    return slice(
+        max(cs.start, ci.start) - c0, max(min(cs.stop, ci.stop), max(cs.start, ci.start)) - c0
+    )
+
+
+def _cut_sdf(bone: Bone, cut: Cutter, g: _Grid) -> tuple[slice, slice, np.ndarray] | None:
+    """Signed distance (mm) to a cutter's surface over the window it can touch (None where the
+    window is empty): a neighbour's ellipse, or a plane."""
+    u, v, h = g.u, g.v, g.h
+    if cut.ellipse is not None:
+        e = cut.ellipse
+        cu, cv = bone.to_local(np.array([e.cx, e.cy]))
+        phi = e.angle - bone.angle
+        ext_u = math.hypot(e.a * math.cos(phi), e.b * math.sin(phi)) + cut.gap + cut.plate + 2 * h
+        ext_v = math.hypot(e.a * math.sin(phi), e.b * math.cos(phi)) + cut.gap + cut.plate + 2 * h
+        rs = _window(cu - ext_u, cu + ext_u, u[0], h, u.size)
+        cs = _window(cv - ext_v, cv + ext_v, v[0], g.hv, v.size)
+        if rs.stop <= rs.start or cs.stop <= cs.start:
+            return None
+        return rs, cs, _local_ellipse_sdf(e, bone, u[rs, None], v[None, cs])
+    px, py, nx, ny = cut.plane  # type: ignore[misc]
+    pu, pv = bone.to_local(np.array([px, py]))
+    nu_, nv_ = float(np.array([nx, ny]) @ bone.e_u), float(np.array([nx, ny]) @ bone.e_v)
+    rs, cs = slice(0, u.size), slice(0, v.size)
+    return rs, cs, -((u[:, None] - pu) * nu_ + (v[None, :] - pv) * nv_)
+
+
+def _apply_cutters(bone: Bone, g: _Grid, outer: np.ndarray, inner: np.ndarray, ci: slice) -> None:
+    """Remove what the joint spaces (cutters) take from ``outer`` and ``inner``, in place;
+    a subchondral plate is left along each cut."""
+    h, c0 = g.h, ci.start
     for cut in bone.cutters:
-        if cut.ellipse is not None:
-            e = cut.ellipse
-            cu, cv = bone.to_local(np.array([e.cx, e.cy]))
-            phi = e.angle - bone.angle
-            ext_u = (
-                math.hypot(e.a * math.cos(phi), e.b * math.sin(phi)) + cut.gap + cut.plate + 2 * h
-            )
-            ext_v = (
-                math.hypot(e.a * math.sin(phi), e.b * math.cos(phi)) + cut.gap + cut.plate + 2 * h
-            )
-            rs = _window(cu - ext_u, cu + ext_u, u[0], h, u.size)
-            cs = _window(cv - ext_v, cv + ext_v, v[0], hv, v.size)
-            if rs.stop <= rs.start or cs.stop <= cs.start:
-                continue
-            sdf = _local_ellipse_sdf(e, bone, u[rs, None], v[None, cs])
-        else:
-            px, py, nx, ny = cut.plane  # type: ignore[misc]
-            pu, pv = bone.to_local(np.array([px, py]))
-            nu_, nv_ = float(np.array([nx, ny]) @ bone.e_u), float(np.array([nx, ny]) @ bone.e_v)
-            rs, cs = slice(0, u.size), slice(0, v.size)
-            sdf = -((u[:, None] - pu) * nu_ + (v[None, :] - pv) * nv_)
+        found = _cut_sdf(bone, cut, g)
+        if found is None:
+            continue
+        rs, cs, sdf = found
         keep = _ramp((sdf - cut.gap) / h).astype(np.float32)
         if cut.residual > 0:
             # only the joint space keeps some bone; the neighbour's own body is always removed
             gapzone = np.clip((sdf + 2 * h) / (2 * h), 0.0, 1.0).astype(np.float32)
             keep = np.maximum(keep, np.float32(cut.residual) * gapzone)
         outer[rs, cs] *= keep
-        ic = on_inner(cs)
+        ic = _on_inner(cs, ci)
         if ic.stop <= ic.start:
             continue
         kin = keep[:, ic.start + c0 - cs.start : ic.stop + c0 - cs.start]
@@ -281,10 +305,14 @@ def bone_patch(
         else:
             inner[rs, ic] *= kin
 
+
+def _apply_holes(bone: Bone, g: _Grid, outer: np.ndarray, inner: np.ndarray, ci: slice) -> None:
+    """Punch the erosions (holes) into ``outer`` and ``inner``, in place."""
+    u, v, h, c0 = g.u, g.v, g.h, ci.start
     for hole in bone.holes:
         ext = hole.r + 3 * h + 0.3
         rs = _window(hole.u - ext, hole.u + ext, u[0], h, u.size)
-        cs = _window(hole.v - ext, hole.v + ext, v[0], hv, v.size)
+        cs = _window(hole.v - ext, hole.v + ext, v[0], g.hv, v.size)
         if rs.stop <= rs.start or cs.stop <= cs.start:
             continue
         d = np.sqrt((u[rs, None] - hole.u) ** 2 + (v[None, cs] - hole.v) ** 2)
@@ -293,36 +321,66 @@ def bone_patch(
             np.float32
         )
         outer[rs, cs] *= f
-        ic = on_inner(cs)
+        ic = _on_inner(cs, ci)
         if ic.stop > ic.start:
             inner[rs, ic] *= f[:, ic.start + c0 - cs.start : ic.stop + c0 - cs.start]
 
+
+def _attenuation(
+    bone: Bone,
+    u: np.ndarray,
+    outer: np.ndarray,
+    inner: np.ndarray,
+    ci: slice,
+    tile: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Attenuation from the half-chords: cortex, and textured medulla thinned by osteopenia
+    (a metal implant is uniform). Overwrites ``outer``."""
     if bone.metal:
-        att = (2.0 * MU_METAL) * outer
-    else:
-        osteo = np.ones_like(u)
-        for uc, amount, scale in bone.osteo:
-            z = np.abs(u - uc) / scale
-            # a Gaussian cut off smoothly at 2.5 scales: the effect stays periarticular
-            osteo -= amount * np.exp(-(z**2)) * np.clip(2.5 - z, 0.0, 1.0)
-        osteo = np.clip(osteo, 0.25, 1.0)
-        # cortex x cfac + medulla x mfac x texture, with cortex = outer - inner
-        cfac = ((2.0 * MU_CORTEX * bone.cortex_density) * (0.55 + 0.45 * osteo)).astype(np.float32)
-        mfac = ((2.0 * MU_TRABECULAR * bone.density) * bone.trabecular(u) * osteo).astype(
-            np.float32
-        )
-        att = outer
-        att *= cfac[:, None]
-        if inner.size:
-            tex = _texture(tile, u.size, inner.shape[1], rng)
-            med = tex * mfac[:, None]
-            med -= cfac[:, None]
-            med *= inner
-            att[:, ci] += med
-    att = att.astype(np.float32)
+        return (2.0 * MU_METAL) * outer
+    osteo = np.ones_like(u)
+    for uc, amount, scale in bone.osteo:
+        z = np.abs(u - uc) / scale
+        # a Gaussian cut off smoothly at 2.5 scales: the effect stays periarticular
+        osteo -= amount * np.exp(-(z**2)) * np.clip(2.5 - z, 0.0, 1.0)
+    osteo = np.clip(osteo, 0.25, 1.0)
+    # cortex x cfac + medulla x mfac x texture, with cortex = outer - inner
+    cfac = ((2.0 * MU_CORTEX * bone.cortex_density) * (0.55 + 0.45 * osteo)).astype(np.float32)
+    mfac = ((2.0 * MU_TRABECULAR * bone.density) * bone.trabecular(u) * osteo).astype(np.float32)
+    att = outer
+    att *= cfac[:, None]
+    if inner.size:
+        tex = _texture(tile, u.size, inner.shape[1], rng)
+        med = tex * mfac[:, None]
+        med -= cfac[:, None]
+        med *= inner
+        att[:, ci] += med
+    return att
+
+
+def bone_patch(
+    bone: Bone,
+    k: float,
+    ss: int,
+    rng: np.random.Generator,
+    tile: np.ndarray,
+    margin_mm: float = 1.0,
+    sv: int | None = None,
+) -> tuple[np.ndarray, float, float]:
+    """Attenuation of one bone in its own frame at the output pitch.
+
+    Returns ``(patch, u0, v0)``: rows are ``u = u0 + i / k``, columns ``v = v0 + j / k`` (mm).
+    """
+    sv = ss if sv is None else sv
+    g = _patch_grid(bone, k, ss, sv, margin_mm)
+    outer, inner, ci = _half_chords(bone, g)
+    _apply_cutters(bone, g, outer, inner, ci)
+    _apply_holes(bone, g, outer, inner, ci)
+    att = _attenuation(bone, g.u, outer, inner, ci, tile, rng).astype(np.float32)
     if ss > 1 or sv > 1:
-        att = cv2.resize(att, (nv, nu), interpolation=cv2.INTER_AREA)
-    return att, u0, v0
+        att = cv2.resize(att, (g.nv, g.nu), interpolation=cv2.INTER_AREA)
+    return att, g.u0, g.v0
 
 
 def _warp_add(canvas: np.ndarray, patch: np.ndarray, M: np.ndarray) -> None:
