@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +300,27 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             problems.append(Problem(where, f"duplicate Patient_ID (first on row {seen[pid]})"))
             continue
         seen[pid] = line
+        _Ra2Patient(pid, where, images, rows, problems).add_rows(rec)
+    known = {r["image_id"] for r in rows}
+    n_unlinked = sum(
+        1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
+    )
+    return finalize(rows, problems, spec, skip_invalid, n_unlinked=n_unlinked)
+
+
+@dataclass
+class _Ra2Patient:
+    """The manifest rows of one RA2-DREAM patient: one per hand image, or one for a
+    dual-hand film (``<pid>-BH``) that stands for both hands."""
+
+    pid: str
+    where: str
+    images: dict[str, list[Path]]
+    rows: list[dict[str, Any]]
+    problems: list[Problem]
+
+    def add_rows(self, rec: dict[str, Any]) -> None:
+        pid, where, images = self.pid, self.where, self.images
         scores: dict[str, Any] = {}
         score_errors: dict[str, str] = {}
         values = {k: _number_or_text(v) for k, v in rec.items()}  # '' is a missing score (NaN)
@@ -310,62 +333,52 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         if not score_errors:
             left, right = scores["L"], scores["R"]
             patient = (left.erosion + right.erosion, left.jsn + right.jsn)
-        patient_total = patient[0] + patient[1] if patient else math.nan
-
-        def add(
-            stem: str,
-            side: str,
-            erosion: float,
-            jsn: float,
-            scope: str,
-            pid: str = pid,
-            where: str = where,
-            total: float = patient_total,
-        ) -> int:
-            files = images.get(stem, [])
-            idx = len(rows)
-            rows.append(
-                new_row(
-                    image=str(files[0]) if files else "",
-                    image_id=stem,
-                    patient_id=pid,
-                    side=side,
-                    svdh=erosion + jsn,
-                    erosion=erosion,
-                    jsn=jsn,
-                    patient_svdh=total,
-                    score_scope=scope,
-                )
-            )
-            if len(files) > 1:
-                names = ", ".join(f.name for f in files)
-                problems.append(
-                    Problem(where, f"several images for {stem}: {names}; keep one", idx)
-                )
-            return idx
+        total = patient[0] + patient[1] if patient else math.nan
 
         has_both = f"{pid}-BH" in images
         if has_both:
-            idx = add(f"{pid}-BH", "both", *(patient or (math.nan, math.nan)), "patient")
+            both = patient or (math.nan, math.nan)
+            idx = self.add(f"{pid}-BH", "both", *both, "patient", total)
             if score_errors:
-                problems.append(Problem(where, "; ".join(score_errors.values()), idx))
+                self.problems.append(Problem(where, "; ".join(score_errors.values()), idx))
         for side in ("L", "R"):
             stem = f"{pid}-{side}H"
             if stem not in images and has_both:
                 continue  # a dual-hand film stands for both hands
             s = scores.get(side)
-            idx = add(stem, side, s.erosion if s else math.nan, s.jsn if s else math.nan, "hand")
+            erosion, jsn = (s.erosion, s.jsn) if s else (math.nan, math.nan)
+            idx = self.add(stem, side, erosion, jsn, "hand", total)
             if stem not in images:
-                problems.append(
+                self.problems.append(
                     Problem(where, f"image {stem}.jpg (or .png/.dcm/.tif) not found", idx)
                 )
             elif side in score_errors:
-                problems.append(Problem(where, score_errors[side], idx))
-    known = {r["image_id"] for r in rows}
-    n_unlinked = sum(
-        1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
-    )
-    return finalize(rows, problems, spec, skip_invalid, n_unlinked=n_unlinked)
+                self.problems.append(Problem(where, score_errors[side], idx))
+
+    def add(
+        self, stem: str, side: str, erosion: float, jsn: float, scope: str, total: float
+    ) -> int:
+        files = self.images.get(stem, [])
+        idx = len(self.rows)
+        self.rows.append(
+            new_row(
+                image=str(files[0]) if files else "",
+                image_id=stem,
+                patient_id=self.pid,
+                side=side,
+                svdh=erosion + jsn,
+                erosion=erosion,
+                jsn=jsn,
+                patient_svdh=total,
+                score_scope=scope,
+            )
+        )
+        if len(files) > 1:
+            names = ", ".join(f.name for f in files)
+            self.problems.append(
+                Problem(self.where, f"several images for {stem}: {names}; keep one", idx)
+            )
+        return idx
 
 
 # --------------------------------------------------------------------------- generic CSV
@@ -423,88 +436,110 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         idx = len(rows)
         row = new_row(patient_id=pid)
         rows.append(row)
+
+        def note(msg: str, where: str = where, idx: int = idx) -> None:
+            problems.append(Problem(where, msg, idx))
+
         if not raw_image:
-            problems.append(Problem(where, "empty image path", idx))
+            note("empty image path")
             continue
-        path = Path(raw_image).expanduser()
-        path = path if path.is_absolute() else base / path
-        row["image"] = str(path.resolve())
-        try:
-            rel = Path(row["image"]).relative_to(base.resolve()).as_posix()
-        except ValueError:  # an absolute path outside the CSV's folder
-            rel = Path(row["image"]).name
-        default_id = os.path.splitext(rel)[0]
-        row["image_id"] = str(rec.get(cols.get("image_id", ""), "") or "").strip() or default_id
+        path = _csv_image(row, rec, cols, raw_image, base)
         if not pid:
-            problems.append(Problem(where, "empty patient_id", idx))
+            note("empty patient_id")
         if row["image"] in seen_image:
-            problems.append(
-                Problem(where, f"duplicate image (first on row {seen_image[row['image']]})", idx)
-            )
+            note(f"duplicate image (first on row {seen_image[row['image']]})")
         elif row["image_id"] in seen_id:
-            problems.append(
-                Problem(
-                    where,
-                    f"duplicate image_id {row['image_id']!r} (first on row {seen_id[row['image_id']]})",
-                    idx,
-                )
+            note(
+                f"duplicate image_id {row['image_id']!r} (first on row {seen_id[row['image_id']]})"
             )
         seen_image.setdefault(row["image"], line)
         seen_id.setdefault(row["image_id"], line)
         if not path.is_file():
-            problems.append(Problem(where, f"image not found: {path}", idx))
-
-        side_raw = str(rec.get(cols.get("side", ""), "") or "").strip()
-        side = _SIDE_WORDS.get(side_raw.lower())
-        if side is None:
-            problems.append(Problem(where, f"side {side_raw!r} is not L, R or both", idx))
-            side = ""
-        row["side"] = side
-        row["visit"] = str(rec.get(cols.get("visit", ""), "") or "").strip()
-        scope_raw = str(rec.get(cols.get("score_scope", ""), "") or "").strip().lower()
-        if scope_raw and scope_raw not in ("hand", "patient"):
-            problems.append(
-                Problem(where, f"score_scope {scope_raw!r} is not hand or patient", idx)
-            )
-            scope_raw = ""
-        scope = scope_raw or ("patient" if side == "both" else "hand")
-        row["score_scope"] = scope
-        factor = 2 if scope == "patient" else 1
-        limits = {
-            "svdh": MAX_HAND * factor,
-            "erosion": MAX_EROSION_HAND * factor,
-            "jsn": MAX_JSN_HAND * factor,
-            "reader2": MAX_HAND * factor,
-            "patient_svdh": MAX_PATIENT,
-        }
-        for col, hi in limits.items():
-            if col not in cols:
-                continue
-            raw = rec[cols[col]]
-            try:
-                v = _number(raw)
-            except ValueError:
-                problems.append(Problem(where, f"{col} {raw!r} is not a number", idx))
-                continue
-            row[col] = v
-            if not np.isfinite(v):
-                if col == "svdh":
-                    problems.append(Problem(where, "svdh is missing", idx))
-                continue
-            if not 0 <= v <= hi:
-                hint = (
-                    "; mark dual-hand films side=both or add a score_scope column"
-                    if scope == "hand" and col in ("svdh", "reader2") and v <= MAX_PATIENT
-                    else ""
-                )
-                problems.append(
-                    Problem(where, f"{col} {v:g} is out of range 0-{hi:g} ({scope}){hint}", idx)
-                )
-        e, j, t = row["erosion"], row["jsn"], row["svdh"]
-        if all(np.isfinite(x) for x in (e, j, t)) and abs(e + j - t) > 0.5:
-            problems.append(Problem(where, f"erosion {e:g} + jsn {j:g} != svdh {t:g}", idx))
+            note(f"image not found: {path}")
+        _csv_side_and_scope(row, rec, cols, note)
+        _csv_scores(row, rec, cols, note)
     _fill_patient_totals(rows)
     return finalize(rows, problems, spec, skip_invalid)
+
+
+def _text(rec: dict[str, Any], cols: dict[str, str], key: str) -> str:
+    """The stripped text of optional column ``key`` ('' where the column or value is absent)."""
+    return str(rec.get(cols.get(key, ""), "") or "").strip()
+
+
+def _csv_image(
+    row: dict[str, Any], rec: dict[str, Any], cols: dict[str, str], raw_image: str, base: Path
+) -> Path:
+    """Set the row's ``image`` (absolute; relative paths are from the CSV's folder) and
+    ``image_id`` (the image_id column, else the path relative to the CSV without suffix)."""
+    path = Path(raw_image).expanduser()
+    path = path if path.is_absolute() else base / path
+    row["image"] = str(path.resolve())
+    try:
+        rel = Path(row["image"]).relative_to(base.resolve()).as_posix()
+    except ValueError:  # an absolute path outside the CSV's folder
+        rel = Path(row["image"]).name
+    default_id = os.path.splitext(rel)[0]
+    row["image_id"] = _text(rec, cols, "image_id") or default_id
+    return path
+
+
+def _csv_side_and_scope(
+    row: dict[str, Any], rec: dict[str, Any], cols: dict[str, str], note: Callable[[str], None]
+) -> None:
+    """Set ``side``, ``visit`` and ``score_scope`` (a both-hands film scores the patient)."""
+    side_raw = _text(rec, cols, "side")
+    side = _SIDE_WORDS.get(side_raw.lower())
+    if side is None:
+        note(f"side {side_raw!r} is not L, R or both")
+        side = ""
+    row["side"] = side
+    row["visit"] = _text(rec, cols, "visit")
+    scope_raw = _text(rec, cols, "score_scope").lower()
+    if scope_raw and scope_raw not in ("hand", "patient"):
+        note(f"score_scope {scope_raw!r} is not hand or patient")
+        scope_raw = ""
+    row["score_scope"] = scope_raw or ("patient" if side == "both" else "hand")
+
+
+def _csv_scores(
+    row: dict[str, Any], rec: dict[str, Any], cols: dict[str, str], note: Callable[[str], None]
+) -> None:
+    """Read the score columns into ``row``, each checked against its range for the row's scope
+    (a patient-scope row may hold twice a hand's score), and erosion + jsn against svdh."""
+    scope = row["score_scope"]
+    factor = 2 if scope == "patient" else 1
+    limits = {
+        "svdh": MAX_HAND * factor,
+        "erosion": MAX_EROSION_HAND * factor,
+        "jsn": MAX_JSN_HAND * factor,
+        "reader2": MAX_HAND * factor,
+        "patient_svdh": MAX_PATIENT,
+    }
+    for col, hi in limits.items():
+        if col not in cols:
+            continue
+        raw = rec[cols[col]]
+        try:
+            v = _number(raw)
+        except ValueError:
+            note(f"{col} {raw!r} is not a number")
+            continue
+        row[col] = v
+        if not np.isfinite(v):
+            if col == "svdh":
+                note("svdh is missing")
+            continue
+        if not 0 <= v <= hi:
+            hint = (
+                "; mark dual-hand films side=both or add a score_scope column"
+                if scope == "hand" and col in ("svdh", "reader2") and v <= MAX_PATIENT
+                else ""
+            )
+            note(f"{col} {v:g} is out of range 0-{hi:g} ({scope}){hint}")
+    e, j, t = row["erosion"], row["jsn"], row["svdh"]
+    if all(np.isfinite(x) for x in (e, j, t)) and abs(e + j - t) > 0.5:
+        note(f"erosion {e:g} + jsn {j:g} != svdh {t:g}")
 
 
 def _fill_patient_totals(rows: list[dict[str, Any]]) -> None:
