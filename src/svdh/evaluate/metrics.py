@@ -568,13 +568,6 @@ def evaluate_run(
     model), ``interval`` (conformal coverage), ``test`` (held-out split) where present."""
     bins = run.bins
     oof = run.oof
-    warn: list[str] = []
-    if run.prediction_kind != "oof":
-        warn.append(
-            "predictions are in-fold (the model saw these patients): figures are optimistic"
-        )
-    if run.is_phantom:
-        warn.append("phantom data: these results are not a clinical validation")
     conf = dict(run.conformal or {})
     alpha = float(alpha if alpha is not None else conf.get("alpha", DEFAULT_ALPHA))
     method = conformal_method or conf.get("method", "mondrian")
@@ -607,59 +600,77 @@ def evaluate_run(
         )
     )
     out["n_patients"] = int(oof["patient_id"].nunique())
-    out["interval"].update(
-        {
-            "alpha": alpha,
-            "level": 1 - alpha,
-            "method": method,
-            "calibration": "cross-fit over folds",
-        }
-    )
+    out["interval"].update(_interval_info(alpha, method, "cross-fit over folds"))
     human = _human(oof, run.task, bins, sdc, n_boot, seed, groups)
     if human:
         out["human"] = human
     if run.score_scope == "hand" and bins is not None:
-        pt = patient_table(oof)
-        if len(pt) >= 2:
-            pb = patient_bins(bins)
-            out["patient"] = {
-                "level": "patient",
-                **evaluate_table(pt, task="regression", bins=pb, sdc=sdc, n_boot=n_boot, seed=seed),
-            }
-            ph = _human(pt, "regression", pb, sdc, n_boot, seed, None)
-            if ph:
-                out["patient"]["human"] = ph
+        patient = _patient_level(oof, bins, sdc, n_boot, seed)
+        if patient is not None:
+            out["patient"] = patient
     if run.test is not None and len(run.test):
-        test = run.test
-        final = ConformalModel.fit(
-            oof["y_true"], oof["y_pred"], alpha=alpha, bins=bins, method=method
-        )
-        tg = test["patient_id"].to_numpy() if test["patient_id"].duplicated().any() else None
-        out["test"] = {
-            "level": "image",
-            **evaluate_table(
-                test,
-                task=run.task,
-                bins=bins,
-                sdc=sdc,
-                n_boot=n_boot,
-                seed=seed,
-                groups=tg,
-                intervals=final.interval(test["y_pred"]),
-            ),
-        }
-        out["test"]["interval"].update(
-            {
-                "alpha": alpha,
-                "level": 1 - alpha,
-                "method": method,
-                "calibration": "all out-of-fold rows",
-            }
-        )
-        out["test"]["n_patients"] = int(test["patient_id"].nunique())
+        out["test"] = _test_level(run, alpha, method, sdc, n_boot, seed)
     if run.localisation:
         out["localisation"] = run.localisation
-    out["warnings"] = warn
+    out["warnings"] = _run_warnings(run)
+    return out
+
+
+def _run_warnings(run: Any) -> list[str]:
+    warn: list[str] = []
+    if run.prediction_kind != "oof":
+        warn.append(
+            "predictions are in-fold (the model saw these patients): figures are optimistic"
+        )
+    if run.is_phantom:
+        warn.append("phantom data: these results are not a clinical validation")
+    return warn
+
+
+def _interval_info(alpha: float, method: str, calibration: str) -> dict[str, Any]:
+    return {"alpha": alpha, "level": 1 - alpha, "method": method, "calibration": calibration}
+
+
+def _patient_level(
+    oof: pd.DataFrame, bins: SeverityBins, sdc: float, n_boot: int, seed: int
+) -> dict[str, Any] | None:
+    """Figures on the per-patient sums of both hands (None with fewer than two patients)."""
+    pt = patient_table(oof)
+    if len(pt) < 2:
+        return None
+    pb = patient_bins(bins)
+    out = {
+        "level": "patient",
+        **evaluate_table(pt, task="regression", bins=pb, sdc=sdc, n_boot=n_boot, seed=seed),
+    }
+    ph = _human(pt, "regression", pb, sdc, n_boot, seed, None)
+    if ph:
+        out["human"] = ph
+    return out
+
+
+def _test_level(
+    run: Any, alpha: float, method: str, sdc: float, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Figures on the held-out split, with intervals calibrated on all out-of-fold rows."""
+    oof, test, bins = run.oof, run.test, run.bins
+    final = ConformalModel.fit(oof["y_true"], oof["y_pred"], alpha=alpha, bins=bins, method=method)
+    tg = test["patient_id"].to_numpy() if test["patient_id"].duplicated().any() else None
+    out = {
+        "level": "image",
+        **evaluate_table(
+            test,
+            task=run.task,
+            bins=bins,
+            sdc=sdc,
+            n_boot=n_boot,
+            seed=seed,
+            groups=tg,
+            intervals=final.interval(test["y_pred"]),
+        ),
+    }
+    out["interval"].update(_interval_info(alpha, method, "all out-of-fold rows"))
+    out["n_patients"] = int(test["patient_id"].nunique())
     return out
 
 
