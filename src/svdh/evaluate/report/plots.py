@@ -113,39 +113,12 @@ def bland_altman_plot(
     # Labels inside the axes at the right edge (x in axes units, y in data units).
     tr = ax.get_yaxis_transform()
     box = {"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1}
-    ax.text(
-        0.99,
-        ba["bias"],
-        f"bias {ba['bias']:+.1f}",
-        transform=tr,
-        va="bottom",
-        ha="right",
-        color=_ORANGE,
-        fontsize=9,
-        bbox=box,
-    )
-    ax.text(
-        0.99,
-        ba["loa_high"],
-        f"+1.96 SD: {ba['loa_high']:+.1f}",
-        transform=tr,
-        va="bottom",
-        ha="right",
-        color=_RED,
-        fontsize=9,
-        bbox=box,
-    )
-    ax.text(
-        0.99,
-        ba["loa_low"],
-        f"-1.96 SD: {ba['loa_low']:+.1f}",
-        transform=tr,
-        va="top",
-        ha="right",
-        color=_RED,
-        fontsize=9,
-        bbox=box,
-    )
+    for y, text, va, color in (
+        (ba["bias"], f"bias {ba['bias']:+.1f}", "bottom", _ORANGE),
+        (ba["loa_high"], f"+1.96 SD: {ba['loa_high']:+.1f}", "bottom", _RED),
+        (ba["loa_low"], f"-1.96 SD: {ba['loa_low']:+.1f}", "top", _RED),
+    ):
+        ax.text(0.99, y, text, transform=tr, va=va, ha="right", color=color, fontsize=9, bbox=box)
     ax.set_xlabel(f"Mean of true and predicted {unit}")
     ax.set_ylabel("Predicted - true")
     ax.set_title(title or "Bland-Altman agreement", fontsize=11)
@@ -276,26 +249,13 @@ def class_distribution_plot(
 
 def write_plots(run: Any, metrics: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Every plot of one evaluated run into ``out_dir``; returns {name: path}."""
-    from svdh.evaluate.metrics import crossfit_intervals
-
     out = Path(out_dir)
     df = run.oof
     t, p = df["y_true"].to_numpy(float), df["y_pred"].to_numpy(float)
     unit = "bone age (months)" if run.task == "boneage" else "SvdH score"
     name = run.name
     iv = metrics.get("interval") or {}
-    lo = hi = None
-    if iv:
-        lo, hi = crossfit_intervals(
-            t,
-            p,
-            df["fold"].to_numpy(),
-            alpha=iv["alpha"],
-            bins=run.bins,
-            method=iv.get("method", "mondrian"),
-        )
-        if df["fold"].nunique() < 2:  # bare CSV: the metrics used pseudo-folds; draw none
-            lo = hi = None
+    lo, hi = _oof_intervals(run, iv, t, p)
     plots = {
         "pred_vs_true": pred_vs_true(
             t,
@@ -316,6 +276,48 @@ def write_plots(run: Any, metrics: dict[str, Any], out_dir: str | Path) -> dict[
             title=f"{name}: Bland-Altman",
         ),
     }
+    plots.update(_range_plots(name, metrics, iv, out))
+    pm = metrics.get("patient")
+    if pm:
+        from svdh.evaluate.metrics import patient_table
+
+        pt = patient_table(df)
+        plots["patient_pred_vs_true"] = pred_vs_true(
+            pt["y_true"],
+            pt["y_pred"],
+            out / "patient_pred_vs_true.png",
+            metrics=pm,
+            unit=unit,
+            title=f"{name}: per patient (both hands)",
+        )
+    return plots
+
+
+def _oof_intervals(
+    run: Any, iv: dict[str, Any], t: np.ndarray, p: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The cross-fit intervals the metrics used, to draw (None without intervals, or for a bare
+    CSV, whose metrics used pseudo-folds)."""
+    from svdh.evaluate.metrics import crossfit_intervals
+
+    df = run.oof
+    if not iv or df["fold"].nunique() < 2:
+        return None, None
+    return crossfit_intervals(
+        t,
+        p,
+        df["fold"].to_numpy(),
+        alpha=iv["alpha"],
+        bins=run.bins,
+        method=iv.get("method", "mondrian"),
+    )
+
+
+def _range_plots(
+    name: str, metrics: dict[str, Any], iv: dict[str, Any], out: Path
+) -> dict[str, Path]:
+    """Error by score range, the confusion matrix and interval coverage, where present."""
+    plots: dict[str, Path] = {}
     if metrics.get("by_range"):
         plots["error_by_range"] = error_by_range_plot(
             metrics["by_range"],
@@ -334,18 +336,5 @@ def write_plots(run: Any, metrics: dict[str, Any], out_dir: str | Path) -> dict[
     if iv.get("by_range"):
         plots["coverage"] = coverage_plot(
             iv, out / "coverage.png", title=f"{name}: interval coverage"
-        )
-    pm = metrics.get("patient")
-    if pm:
-        from svdh.evaluate.metrics import patient_table
-
-        pt = patient_table(df)
-        plots["patient_pred_vs_true"] = pred_vs_true(
-            pt["y_true"],
-            pt["y_pred"],
-            out / "patient_pred_vs_true.png",
-            metrics=pm,
-            unit=unit,
-            title=f"{name}: per patient (both hands)",
         )
     return plots
