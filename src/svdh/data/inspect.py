@@ -46,8 +46,6 @@ def row_targets(df: pd.DataFrame) -> list[str]:
 
 def summarize(df: pd.DataFrame) -> dict[str, Any]:
     """Counts, target distributions, severity classes, problems and rows of a manifest."""
-    from svdh.core.scoring import SeverityBins
-
     kind = source_kind(df)
     targets = row_targets(df)
     out: dict[str, Any] = {
@@ -59,6 +57,25 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
             str(k or "unknown"): int(v) for k, v in df["side"].value_counts().sort_index().items()
         },
     }
+    out["distribution"] = _distribution(df, targets)
+    if "svdh" in targets and df["svdh"].notna().any():
+        out["severity_classes"] = _severity_classes(df)
+    if "male" in targets and df["male"].notna().any():
+        out["male_fraction"] = round(float(df["male"].mean()), 3)
+    if "boneage" in targets and df["boneage"].notna().any():
+        years = np.floor(df["boneage"].dropna().to_numpy() / 12).astype(int)
+        out["boneage_years"] = {
+            f"{y}": int((years == y).sum()) for y in range(int(years.min()), int(years.max()) + 1)
+        }
+    out["problems"] = list(df.attrs.get("problems", []))
+    out["n_skipped"] = int(df.attrs.get("n_skipped", 0))
+    out["n_unlinked_images"] = int(df.attrs.get("n_unlinked", 0))
+    out["rows"] = [_summary_row(rec, targets) for rec in df.to_dict("records")]
+    return out
+
+
+def _distribution(df: pd.DataFrame, targets: list[str]) -> dict[str, Any]:
+    """n, min, median, mean and max of each numeric target."""
     dist: dict[str, Any] = {}
     for col in targets:
         if col == "male":
@@ -72,44 +89,36 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
                 "mean": round(float(v.mean()), 2),
                 "max": _clean(v.max()),
             }
-    out["distribution"] = dist
-    if "svdh" in targets and df["svdh"].notna().any():
-        classes: dict[str, dict[str, int]] = {}
-        for scope, part in df[df["svdh"].notna()].groupby("score_scope"):
-            bins = SeverityBins.for_scope(str(scope) or "hand")
-            counts = np.bincount(
-                np.atleast_1d(bins.to_class(part["svdh"].to_numpy())), minlength=bins.n_classes
-            )
-            classes[str(scope)] = {
-                label: int(c) for label, c in zip(bins.labels, counts, strict=True)
-            }
-        out["severity_classes"] = classes
-    if "male" in targets and df["male"].notna().any():
-        out["male_fraction"] = round(float(df["male"].mean()), 3)
-    if "boneage" in targets and df["boneage"].notna().any():
-        years = np.floor(df["boneage"].dropna().to_numpy() / 12).astype(int)
-        out["boneage_years"] = {
-            f"{y}": int((years == y).sum()) for y in range(int(years.min()), int(years.max()) + 1)
-        }
-    out["problems"] = list(df.attrs.get("problems", []))
-    out["n_skipped"] = int(df.attrs.get("n_skipped", 0))
-    out["n_unlinked_images"] = int(df.attrs.get("n_unlinked", 0))
-    rows = []
-    for rec in df.to_dict("records"):
-        row = {
-            "image": rec["image"],
-            "image_id": rec["image_id"],
-            "patient_id": rec["patient_id"],
-            "side": rec["side"],
-        }
-        if rec.get("visit"):
-            row["visit"] = rec["visit"]
-        for col in targets:
-            v = _clean(rec.get(col))
-            row[col] = bool(v) if col == "male" and v is not None else v
-        rows.append(row)
-    out["rows"] = rows
-    return out
+    return dist
+
+
+def _severity_classes(df: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Images per severity class, for each score scope (hand, patient)."""
+    from svdh.core.scoring import SeverityBins
+
+    classes: dict[str, dict[str, int]] = {}
+    for scope, part in df[df["svdh"].notna()].groupby("score_scope"):
+        bins = SeverityBins.for_scope(str(scope) or "hand")
+        counts = np.bincount(
+            np.atleast_1d(bins.to_class(part["svdh"].to_numpy())), minlength=bins.n_classes
+        )
+        classes[str(scope)] = {label: int(c) for label, c in zip(bins.labels, counts, strict=True)}
+    return classes
+
+
+def _summary_row(rec: dict[str, Any], targets: list[str]) -> dict[str, Any]:
+    row = {
+        "image": rec["image"],
+        "image_id": rec["image_id"],
+        "patient_id": rec["patient_id"],
+        "side": rec["side"],
+    }
+    if rec.get("visit"):
+        row["visit"] = rec["visit"]
+    for col in targets:
+        v = _clean(rec.get(col))
+        row[col] = bool(v) if col == "male" and v is not None else v
+    return row
 
 
 def _caption(rec: dict[str, Any], targets: list[str]) -> str:
@@ -184,21 +193,7 @@ def contact_sheet(
                 (x, y + tile + 1), _caption(rec, targets)[:60], fill=(220, 220, 220), font=font
             )
             continue
-        raw = Image.fromarray(np.clip(rad.pixels * 255 + 0.5, 0, 255).astype(np.uint8)).convert(
-            "RGB"
-        )
-        s = tile / max(raw.size)
-        raw = raw.resize(
-            (max(1, round(raw.size[0] * s)), max(1, round(raw.size[1] * s))),
-            Image.Resampling.BILINEAR,
-        )
-        d = ImageDraw.Draw(raw)
-        bx0, by0, bx1, by1 = t.box
-        d.rectangle([bx0 * s, by0 * s, bx1 * s - 1, by1 * s - 1], outline=(255, 60, 60))
-        d.rectangle(
-            [t.x0 * s, t.y0 * s, (t.x0 + t.side) * s - 1, (t.y0 + t.side) * s - 1],
-            outline=(60, 220, 60),
-        )
+        raw = _raw_thumbnail(rad.pixels, t, tile)
         sheet.paste(raw, (x + (tile - raw.size[0]) // 2, y + (tile - raw.size[1]) // 2))
         sheet.paste(Image.fromarray(arr).convert("RGB"), (x + tile + gap, y))
         draw.text((x, y + tile + 1), _caption(rec, targets)[:60], fill=(220, 220, 220), font=font)
@@ -206,6 +201,27 @@ def contact_sheet(
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+def _raw_thumbnail(pixels: np.ndarray, t: Any, tile: int) -> Any:
+    """The raw film scaled to fit ``tile`` (RGB), with the detected hand box (red) and the
+    square crop window (green) of the preprocessing transform ``t``."""
+    from PIL import Image, ImageDraw
+
+    raw = Image.fromarray(np.clip(pixels * 255 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    s = tile / max(raw.size)
+    raw = raw.resize(
+        (max(1, round(raw.size[0] * s)), max(1, round(raw.size[1] * s))),
+        Image.Resampling.BILINEAR,
+    )
+    d = ImageDraw.Draw(raw)
+    bx0, by0, bx1, by1 = t.box
+    d.rectangle([bx0 * s, by0 * s, bx1 * s - 1, by1 * s - 1], outline=(255, 60, 60))
+    d.rectangle(
+        [t.x0 * s, t.y0 * s, (t.x0 + t.side) * s - 1, (t.y0 + t.side) * s - 1],
+        outline=(60, 220, 60),
+    )
+    return raw
 
 
 def _wrap(text: str, width: int) -> str:

@@ -27,8 +27,6 @@ def assign_folds(
     shuffled patient-grouped folds. ``test_fraction``: share of patients held out (fold -1),
     stratified the same way.
     """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
     if "patient_id" not in df:
         raise BadDatasetError("assign_folds needs a patient_id column")
     if int(n_folds) < 2:
@@ -40,31 +38,51 @@ def assign_folds(
     patients = pd.Index(pd.unique(out["patient_id"].astype(str)))
     values = _patient_values(out, patients, stratify)
 
-    test: set[str] = set()
-    pool = np.arange(len(patients))
-    if test_fraction > 0:
-        n_test = int(round(test_fraction * len(patients)))
-        if n_test < 1 or len(patients) - n_test < n_folds:
-            raise BadConfigError(
-                f"test_fraction {test_fraction} of {len(patients)} patients leaves "
-                f"{len(patients) - n_test} for {n_folds} folds (and {n_test} for test); "
-                "use fewer folds, a smaller fraction or more data"
-            )
-        strata = _strata(values, min(n_test, len(patients) - n_test), 2)
-        train_idx, test_idx = train_test_split(
-            pool,
-            test_size=n_test,
-            random_state=seed,
-            shuffle=True,
-            stratify=strata if strata is not None else None,
-        )
-        test = set(patients[test_idx])
-        pool = np.sort(train_idx)
+    test, pool = _test_split(patients, values, n_folds, seed, test_fraction)
     if len(pool) < n_folds:
         raise BadConfigError(
             f"{len(pool)} patients cannot fill {n_folds} folds; use --folds {max(2, len(pool))} or more data"
         )
     fold_of: dict[str, int] = {p: -1 for p in test}
+    fold_of.update(_cv_folds(patients, values, pool, n_folds, seed))
+    out["fold"] = out["patient_id"].astype(str).map(fold_of).astype(int)
+    return out
+
+
+def _test_split(
+    patients: pd.Index, values: np.ndarray, n_folds: int, seed: int, test_fraction: float
+) -> tuple[set[str], np.ndarray]:
+    """The held-out test patients and the indices of the rest (the pool the folds split)."""
+    from sklearn.model_selection import train_test_split
+
+    pool = np.arange(len(patients))
+    if test_fraction <= 0:
+        return set(), pool
+    n_test = int(round(test_fraction * len(patients)))
+    if n_test < 1 or len(patients) - n_test < n_folds:
+        raise BadConfigError(
+            f"test_fraction {test_fraction} of {len(patients)} patients leaves "
+            f"{len(patients) - n_test} for {n_folds} folds (and {n_test} for test); "
+            "use fewer folds, a smaller fraction or more data"
+        )
+    strata = _strata(values, min(n_test, len(patients) - n_test), 2)
+    train_idx, test_idx = train_test_split(
+        pool,
+        test_size=n_test,
+        random_state=seed,
+        shuffle=True,
+        stratify=strata if strata is not None else None,
+    )
+    return set(patients[test_idx]), np.sort(train_idx)
+
+
+def _cv_folds(
+    patients: pd.Index, values: np.ndarray, pool: np.ndarray, n_folds: int, seed: int
+) -> dict[str, int]:
+    """Fold of each patient of ``pool``: stratified by value, else shuffled round robin."""
+    from sklearn.model_selection import StratifiedKFold
+
+    fold_of: dict[str, int] = {}
     strata = _strata(values[pool], 10, n_folds)
     if strata is None:
         rng = np.random.default_rng(seed)
@@ -76,8 +94,7 @@ def assign_folds(
         for k, (_, val) in enumerate(skf.split(np.zeros(len(pool)), strata)):
             for i in val:
                 fold_of[patients[pool[i]]] = k
-    out["fold"] = out["patient_id"].astype(str).map(fold_of).astype(int)
-    return out
+    return fold_of
 
 
 def _patient_values(df: pd.DataFrame, patients: pd.Index, column: str | None) -> np.ndarray:
