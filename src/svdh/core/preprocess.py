@@ -27,7 +27,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, cast, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -402,7 +402,7 @@ def hand_mask_small(
             film[k] = (fy0, fy1, fx0, fx1)[k]
     film[0], film[2] = max(film[0], by0), max(film[2], bx0)
     film[1], film[3] = min(film[1], by1), min(film[3], bx1)
-    return full.astype(bool), f, background, cast("tuple[int, int, int, int]", tuple(film))
+    return full.astype(bool), f, background, (film[0], film[1], film[2], film[3])
 
 
 def _tissue_threshold(u8: np.ndarray) -> float:
