@@ -223,45 +223,48 @@ def _rsna(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         idx = len(rows)
         row = new_row(image_id=image_id, patient_id=image_id, score_scope="hand")
         rows.append(row)
+
+        def note(msg: str, where: str = where, idx: int = idx) -> None:
+            problems.append(Problem(where, msg, idx))
+
         if not image_id:
-            problems.append(Problem(where, "empty id", idx))
+            note("empty id")
             continue
         if image_id in seen:
-            problems.append(Problem(where, f"duplicate id (first on row {seen[image_id]})", idx))
+            note(f"duplicate id (first on row {seen[image_id]})")
             continue
         seen[image_id] = line
         files = images.get(image_id)
         if not files:
-            problems.append(
-                Problem(where, f"image {image_id}.png not found in {_folders(folders, root)}", idx)
-            )
+            note(f"image {image_id}.png not found in {_folders(folders, root)}")
         else:
             row["image"] = str(files[0])
-        try:
-            age = _number(rec[cols["boneage"]])
-        except ValueError:
-            problems.append(
-                Problem(where, f"boneage {rec[cols['boneage']]!r} is not a number", idx)
-            )
-            continue
-        if not np.isfinite(age):
-            problems.append(Problem(where, "boneage is missing", idx))
-        elif not 0 <= age <= MAX_BONEAGE_MONTHS:
-            problems.append(
-                Problem(
-                    where, f"boneage {age:g} months is out of range 0-{MAX_BONEAGE_MONTHS:g}", idx
-                )
-            )
-        row["boneage"] = age
-        if "male" in cols:
-            raw = rec[cols["male"]]
-            try:
-                row["male"] = _bool(raw) if str(raw).strip() != "" else math.nan
-            except ValueError:
-                problems.append(Problem(where, f"male {raw!r} is not True/False", idx))
+        _rsna_targets(row, rec, cols, note)
     linked = {Path(r["image"]).stem for r in rows if r["image"]}
     n_unlinked = sum(1 for stem in images if stem not in linked)
     return finalize(rows, problems, spec, skip_invalid, n_unlinked=n_unlinked)
+
+
+def _rsna_targets(
+    row: dict[str, Any], rec: dict[str, Any], cols: dict[str, str], note: Callable[[str], None]
+) -> None:
+    """Read ``boneage`` (months, checked against its range) and ``male`` into ``row``."""
+    try:
+        age = _number(rec[cols["boneage"]])
+    except ValueError:
+        note(f"boneage {rec[cols['boneage']]!r} is not a number")
+        return
+    if not np.isfinite(age):
+        note("boneage is missing")
+    elif not 0 <= age <= MAX_BONEAGE_MONTHS:
+        note(f"boneage {age:g} months is out of range 0-{MAX_BONEAGE_MONTHS:g}")
+    row["boneage"] = age
+    if "male" in cols:
+        raw = rec[cols["male"]]
+        try:
+            row["male"] = _bool(raw) if str(raw).strip() != "" else math.nan
+        except ValueError:
+            note(f"male {raw!r} is not True/False")
 
 
 def _folders(folders: tuple[Path, ...], root: Path) -> str:
