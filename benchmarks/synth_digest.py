@@ -28,6 +28,7 @@ COHORTS = [
     ("ra_png_s9_uniform", dict(n=8, mode="ra", size=128, seed=9, severity="uniform")),
     ("child_png_s1", dict(n=3, mode="child", size=160, seed=1)),
     ("child_dicom_s5", dict(n=2, mode="child", size=128, seed=5, fmt="dicom")),
+    ("child_png_s8_many", dict(n=16, mode="child", size=96, seed=8)),
 ]
 # (seed, index, side, size, mode, severity): float renders, landmarks and scores.
 RENDERS = [

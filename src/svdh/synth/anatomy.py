@@ -801,7 +801,21 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
     cartilage = 2.2 * s * float(np.clip(1.0 - m / 16.0, 0.0, 1.0)) ** 1.3
     for j in hand.joints.values():
         j.cutters = []  # children carry no damage: the joint registry is not needed
-    # carpal centres
+    _grow_carpals(bones, m)
+    for name, (end, onset, dur, fusion) in EPIPHYSES.items():
+        b = bones.get(name)
+        if b is None or m >= fusion:
+            continue
+        epi = _epiphysis(b, name, end, _growth(m, onset, dur), m > fusion - 1.2, s)
+        if epi is not None:
+            bones[epi.name] = epi
+    _recut_joints(bones, cartilage)
+    for b in bones.values():
+        b.c_shaft *= 0.55 + 0.45 * min(m / 15.0, 1.0)
+
+
+def _grow_carpals(bones: dict[str, Bone], m: float) -> None:
+    """Carpal centres: absent before their onset, then growing from small round centres."""
     for name, (onset, dur) in CARPAL_OSSIFICATION.items():
         b = bones.get(name)
         if b is None:
@@ -821,63 +835,65 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
         b.wb, b.length, b.p = hw, length, 2.0 + (b.p - 2.0) * g
         b.x, b.y = (c - b.e_u * length / 2).tolist()
         b.c_end *= 0.6 + 0.4 * g
-    # epiphyses
-    for name, (end, onset, dur, fusion) in EPIPHYSES.items():
-        b = bones.get(name)
-        if b is None or m >= fusion:
-            continue
-        g = _growth(m, onset, dur)
-        fusing = m > fusion - 1.2
-        physis = (0.25 if fusing else 0.5 + 1.6 * (1.0 - max(g, 0.0))) * s
-        if end == "base":
-            slot = b.lb * 1.05
-            u_p = slot
-            normal = -b.e_u
-        else:
-            slot = b.lh * 1.5 if name.startswith("mc") else (9.0 * s)
-            u_p = b.length - slot
-            normal = b.e_u
-        p0 = b.to_hand(u_p)
-        b.cutters.append(
-            Cutter(
-                gap=physis / 2,
-                plate=0.45 * s,
-                plane=(float(p0[0]), float(p0[1]), float(normal[0]), float(normal[1])),
-            )
+
+
+def _epiphysis(b: Bone, name: str, end: str, g: float, fusing: bool, s: float) -> Bone | None:
+    """Cut the growth plate at ``end`` of long bone ``b`` and return its epiphysis (None
+    before the epiphysis ossifies, ``g`` < 0); the articular cutters of that end move to it."""
+    physis = (0.25 if fusing else 0.5 + 1.6 * (1.0 - max(g, 0.0))) * s
+    if end == "base":
+        slot = b.lb * 1.05
+        u_p = slot
+        normal = -b.e_u
+    else:
+        slot = b.lh * 1.5 if name.startswith("mc") else (9.0 * s)
+        u_p = b.length - slot
+        normal = b.e_u
+    p0 = b.to_hand(u_p)
+    b.cutters.append(
+        Cutter(
+            gap=physis / 2,
+            plate=0.45 * s,
+            plane=(float(p0[0]), float(p0[1]), float(normal[0]), float(normal[1])),
         )
-        # articular cutters at this end (and the radius's inclination plane) go with the epiphysis
-        moved = [
-            c
-            for c in b.cutters
-            if c.ellipse is not None
-            and c.source
-            and (end == "base")
-            == (b.to_local(np.array([c.ellipse.cx, c.ellipse.cy]))[0] < b.length / 2)
-        ]
-        if name == "radius":
-            moved += [c for c in b.cutters if c.plane is not None and c.gap == 0.0]
-        if g < 0:
-            b.cutters = [c for c in b.cutters if c not in moved]
-            continue
-        wend = b.wb if end == "base" else b.wh
-        hw = wend * (0.22 + 0.74 * g**0.8)
-        le = slot * (0.3 + 0.55 * g**0.8)
-        uc = u_p - physis / 2 - le / 2 if end == "base" else u_p + physis / 2 + le / 2
-        c = b.to_hand(uc)
-        epi = Bone(
-            f"{name}_epi",
-            *(c - b.e_u * le / 2).tolist(),
-            b.angle,
-            le,
-            "ovoid",
-            p=2.0 + 0.8 * g,
-            wb=hw,
-            c_end=0.35 * s,
-        )
-        epi.cutters = moved
-        b.cutters = [c for c in b.cutters if c not in moved]
-        bones[epi.name] = epi
-    # convex members that became epiphyses, carpal outlines that shrank or vanished
+    )
+    # articular cutters at this end (and the radius's inclination plane) go with the epiphysis
+    moved = [
+        c
+        for c in b.cutters
+        if c.ellipse is not None
+        and c.source
+        and (end == "base")
+        == (b.to_local(np.array([c.ellipse.cx, c.ellipse.cy]))[0] < b.length / 2)
+    ]
+    if name == "radius":
+        moved += [c for c in b.cutters if c.plane is not None and c.gap == 0.0]
+    b.cutters = [c for c in b.cutters if c not in moved]
+    if g < 0:
+        return None
+    wend = b.wb if end == "base" else b.wh
+    hw = wend * (0.22 + 0.74 * g**0.8)
+    le = slot * (0.3 + 0.55 * g**0.8)
+    uc = u_p - physis / 2 - le / 2 if end == "base" else u_p + physis / 2 + le / 2
+    c = b.to_hand(uc)
+    epi = Bone(
+        f"{name}_epi",
+        *(c - b.e_u * le / 2).tolist(),
+        b.angle,
+        le,
+        "ovoid",
+        p=2.0 + 0.8 * g,
+        wb=hw,
+        c_end=0.35 * s,
+    )
+    epi.cutters = moved
+    return epi
+
+
+def _recut_joints(bones: dict[str, Bone], cartilage: float) -> None:
+    """Point each joint cutter at its convex member as it now is (a metacarpal's epiphysis, a
+    shrunken carpal outline; dropped where that member has not ossified yet) and widen the
+    joint space by the unossified ``cartilage``."""
     for b in list(bones.values()):
         kept = []
         for c in b.cutters:
@@ -894,5 +910,3 @@ def grow(hand: Hand, maturity: float, s: float) -> None:
                 c.gap += cartilage
             kept.append(c)
         b.cutters = kept
-    for b in bones.values():
-        b.c_shaft *= 0.55 + 0.45 * min(m / 15.0, 1.0)
