@@ -331,42 +331,9 @@ def apply_damage(
             b.density *= bone_density
             b.cortex_density *= 0.75 + 0.25 * bone_density
             b.c_shaft *= 0.7 + 0.3 * min(bone_density, 1.0)
-    # joint-space narrowing: only the joint's cutters change
     for key, value in scores.items():
-        if not key.startswith("jsn_") or value <= 0:
-            continue
-        joint = scoring.JOINTS_BY_KEY[key].landmark
-        j = hand.joints[joint]
-        side = 1.0 if joint_rng(seed_seq, key, purpose=1).random() < 0.5 else -1.0
-        for bone_name, idx in j.cutters:
-            bone = hand.bones[bone_name]
-            cut = bone.cutters[idx]
-            if value == 1 and cut.ellipse is not None:
-                # focal narrowing: the space loses a little in the middle and most on one side
-                # (the convex surface shifted sideways): narrowed_gap() is its narrowest width
-                e = cut.ellipse
-                shift = side * 0.35 * bone.e_v
-                cut.ellipse = replace(e, cx=e.cx + float(shift[0]), cy=e.cy + float(shift[1]))
-                cut.gap = max(0.25, j.gap - 0.1)
-            else:
-                cut.gap = narrowed_gap(j.gap, value)
-            if value >= 4:
-                cut.plate = 0.0
-        if value >= 4:
-            convex = hand.bones[j.prox]
-            if convex.kind == "long":
-                convex.c_head = 0.12
-            else:
-                convex.c_end = min(convex.c_end, 0.3)
-            for bone_name, idx in j.cutters:
-                b = hand.bones[bone_name]
-                e = b.cutters[idx].ellipse
-                if b.kind == "ovoid":
-                    b.c_end = min(b.c_end, 0.3)
-                elif e is not None and b.to_local(np.array([e.cx, e.cy]))[0] > b.length / 2:
-                    b.c_head = 0.12
-                else:
-                    b.c_base = 0.12
+        if key.startswith("jsn_") and value > 0:
+            _narrow_joint(hand, key, value, seed_seq)
     # erosions, osteopenia and swelling, joint by joint
     for key in JOINT_KEYS:
         e = scores.get(key, 0) if key.startswith("ero_") else 0
@@ -392,18 +359,62 @@ def apply_damage(
         inflamed = burden > 0 and rng.random() < 0.35 + 0.6 * activity
         amount = (0.4 * burden + (0.12 * activity if inflamed else 0.0)) if burden > 0 else 0.0
         _osteopenia(hand, landmark, min(amount, 0.5))
-        if inflamed and landmark in hand.joints and landmark.startswith(("mcp", "pip", "ip")):
-            # fusiform: a spindle along the finger, a little wider than the finger
-            j = hand.joints[landmark]
-            c = j.center
-            d = hand.bones[j.dist].e_u
-            r = j.soft_radius * float(1.08 + 0.22 * rng.random() * (0.5 + activity))
-            half = 0.9 * r
-            hand.soft.swellings.append(Capsule(tuple(c - d * half), tuple(c + d * half), r, r))
-        elif inflamed and landmark == "ulna":
-            c = hand.landmarks["ulna"] + np.array([-4.0, 0.0])
-            r = float(7.0 + 5.0 * rng.random())
-            hand.soft.swellings.append(Capsule(tuple(c), tuple(c + np.array([0.0, 6.0])), r, r))
+        if inflamed:
+            _swell(hand, landmark, activity, rng)
+
+
+def _narrow_joint(hand: Hand, key: str, value: int, seed_seq: np.random.SeedSequence) -> None:
+    """Joint-space narrowing of grade ``value`` at JSN joint ``key``: only the joint's cutters
+    change; at grade 4 (ankylosis) the subchondral plates and the articular cortex thin too."""
+    joint = scoring.JOINTS_BY_KEY[key].landmark
+    j = hand.joints[joint]
+    side = 1.0 if joint_rng(seed_seq, key, purpose=1).random() < 0.5 else -1.0
+    for bone_name, idx in j.cutters:
+        bone = hand.bones[bone_name]
+        cut = bone.cutters[idx]
+        if value == 1 and cut.ellipse is not None:
+            # focal narrowing: the space loses a little in the middle and most on one side
+            # (the convex surface shifted sideways): narrowed_gap() is its narrowest width
+            e = cut.ellipse
+            shift = side * 0.35 * bone.e_v
+            cut.ellipse = replace(e, cx=e.cx + float(shift[0]), cy=e.cy + float(shift[1]))
+            cut.gap = max(0.25, j.gap - 0.1)
+        else:
+            cut.gap = narrowed_gap(j.gap, value)
+        if value >= 4:
+            cut.plate = 0.0
+    if value < 4:
+        return
+    convex = hand.bones[j.prox]
+    if convex.kind == "long":
+        convex.c_head = 0.12
+    else:
+        convex.c_end = min(convex.c_end, 0.3)
+    for bone_name, idx in j.cutters:
+        b = hand.bones[bone_name]
+        e = b.cutters[idx].ellipse
+        if b.kind == "ovoid":
+            b.c_end = min(b.c_end, 0.3)
+        elif e is not None and b.to_local(np.array([e.cx, e.cy]))[0] > b.length / 2:
+            b.c_head = 0.12
+        else:
+            b.c_base = 0.12
+
+
+def _swell(hand: Hand, landmark: str, activity: float, rng: np.random.Generator) -> None:
+    """Soft-tissue swelling at an inflamed finger joint (fusiform) or at the ulnar styloid."""
+    if landmark in hand.joints and landmark.startswith(("mcp", "pip", "ip")):
+        # fusiform: a spindle along the finger, a little wider than the finger
+        j = hand.joints[landmark]
+        c = j.center
+        d = hand.bones[j.dist].e_u
+        r = j.soft_radius * float(1.08 + 0.22 * rng.random() * (0.5 + activity))
+        half = 0.9 * r
+        hand.soft.swellings.append(Capsule(tuple(c - d * half), tuple(c + d * half), r, r))
+    elif landmark == "ulna":
+        c = hand.landmarks["ulna"] + np.array([-4.0, 0.0])
+        r = float(7.0 + 5.0 * rng.random())
+        hand.soft.swellings.append(Capsule(tuple(c), tuple(c + np.array([0.0, 6.0])), r, r))
 
 
 def _osteopenia(hand: Hand, landmark: str, amount: float) -> None:
