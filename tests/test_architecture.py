@@ -183,7 +183,7 @@ STILL_LONG: dict[str, tuple[str, set[str]]] = {
     ),
     "data": ("runsys: data/cache.prepare (svdh train --cache)", {"svdh/data/cache.py prepare"}),
     "evaluate": (
-        "runsys (RunDir) / lead: evaluate/ensemble.build_ensemble",
+        "runsys: evaluate/ensemble.build_ensemble (RunDir)",
         {"svdh/evaluate/ensemble.py build_ensemble"},
     ),
     "inference": (
