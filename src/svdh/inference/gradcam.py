@@ -49,7 +49,10 @@ class ScoreTarget:
     """
 
     def __init__(
-        self, task: str, representative_scores: Sequence[float] | None = None, output: int = 0
+        self,
+        task: str,
+        representative_scores: Sequence[float] | np.ndarray | None = None,
+        output: int = 0,
     ):
         self.task, self.output = task, output
         self.reps = (
@@ -118,7 +121,7 @@ class Explainer:
         weights: Sequence[float] | None = None,
         target_layer: str | None = None,
         head: str = "score",
-        representative_scores: Sequence[float] | None = None,
+        representative_scores: Sequence[float] | np.ndarray | None = None,
         method: str = "gradcam",
     ) -> None:
         from pytorch_grad_cam import GradCAM, RandomCAM
@@ -224,11 +227,14 @@ def overlay(
         img = cv2.resize(img, size, interpolation=cv2.INTER_CUBIC).clip(0, 1)
         cam = cv2.resize(cam, size, interpolation=cv2.INTER_LINEAR).clip(0, 1)
     heat = (
-        cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)[..., ::-1].astype(np.float32) / 255
+        cv2.applyColorMap((255 * cam).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1].astype(
+            np.float32
+        )
+        / 255
     )
     a = (alpha * np.sqrt(cam))[..., None]
     rgb = img[..., None] * (1 - a) + heat * a
-    return np.uint8(np.clip(rgb, 0, 1) * 255 + 0.5)
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
 def label(tile: np.ndarray, text: str) -> np.ndarray:

@@ -234,7 +234,7 @@ class Predictor:
         all_class = all(p is not None for p in probs)
         return {
             "S": np.stack(scores, axis=1),  # B x m
-            "P": np.stack(probs, axis=1) if all_class else None,  # B x m x K
+            "P": np.stack([p for p in probs if p is not None], axis=1) if all_class else None,
             "classes": classes,
             "erosion": ero,
             "jsn": jsn,
@@ -263,11 +263,16 @@ class Predictor:
             cls = np.asarray(bins.to_class(score)).reshape(-1)
         # one member: the spread of its fold models
         spread = S.std(axis=1) if S.shape[1] > 1 else mo["fold_scores"][0].std(axis=1)
-        lo, hi = self._conformal.interval(score) if self._conformal is not None else (None, None)
+        lo: np.ndarray | None = None
+        hi: np.ndarray | None = None
+        if self._conformal is not None:
+            lo, hi = self._conformal.interval(score)
         return [
             {
                 "score": float(score[i]),
-                "interval": [float(lo[i]), float(hi[i])] if lo is not None else None,
+                "interval": [float(lo[i]), float(hi[i])]
+                if lo is not None and hi is not None
+                else None,
                 "severity_class": int(cls[i]),
                 "severity_label": bins.labels[int(cls[i])],
                 "probs": [float(p) for p in probs[i]] if probs is not None else None,
@@ -342,15 +347,16 @@ class Predictor:
         ok = [it for it in items if it.error is None and it.x is not None]
         results: dict[int, Prediction] = {}
         if ok:
-            x = np.stack([it.x for it in ok])
+            x = np.stack([it.x for it in ok if it.x is not None])
             numbers = self.combine(self.forward_raw(x))
             cams = self.cam(x) if cam else None
             for j, (it, nums) in enumerate(zip(ok, numbers, strict=True)):
                 pred = Prediction(**self._known(it), warnings=list(it.warnings), **nums)
                 iv = pred.interval
-                if iv is not None and pred.member_spread > 0.5 * (iv[1] - iv[0]):
+                spread = pred.member_spread or 0.0
+                if iv is not None and spread > 0.5 * (iv[1] - iv[0]):
                     pred.warnings.append(
-                        f"models disagree: spread {pred.member_spread:.1f} exceeds half the interval width"
+                        f"models disagree: spread {spread:.1f} exceeds half the interval width"
                     )
                 if cams is not None:
                     pred.cam, pred.cam_members = cams.ensemble[j], cams.members[:, j]
@@ -380,18 +386,17 @@ class Predictor:
         """The contract (docs/architecture.md): ``(name, Radiograph)`` pairs in, one
         :class:`Prediction` per image out, in order. An item whose radiograph is an exception
         (or None) yields an error prediction."""
-        batch: list[Prepared] = []
-        for name, rad in items:
-            if rad is None or isinstance(rad, BaseException):
-                error = str(rad) if rad is not None else "could not be read"
-                batch.append(Prepared(name=name, error=error))
-            else:
-                batch.append(self.prepare(name, rad, display=cam))
-            if sum(1 for it in batch if it.error is None) >= self.batch_size:
-                yield from self.score(batch, cam)
-                batch = []
-        if batch:
-            yield from self.score(batch, cam)
+
+        def prepared() -> Iterator[Prepared]:
+            for name, rad in items:
+                if rad is None or isinstance(rad, BaseException):
+                    error = str(rad) if rad is not None else "could not be read"
+                    yield Prepared(name=name, error=error)
+                else:
+                    yield self.prepare(name, rad, display=cam)
+
+        # a batch is full with batch_size images to score (error items ride along)
+        yield from self._in_batches(prepared(), cam, count_errors=False)
 
     def predict_paths(
         self,
@@ -419,10 +424,18 @@ class Predictor:
             item.rad = None  # keep only the small model input: memory stays flat
             return item
 
+        yield from self._in_batches(self._read_ahead(load, paths), cam)
+
+    def _in_batches(
+        self, items: Iterable[Prepared], cam: bool, count_errors: bool = True
+    ) -> Iterator[Prediction]:
+        """Score ``items`` lazily in batches of :attr:`batch_size` (counting only the items
+        to score unless ``count_errors``), yielding predictions in order."""
         batch: list[Prepared] = []
-        for item in self._read_ahead(load, paths):
+        for item in items:
             batch.append(item)
-            if len(batch) >= self.batch_size:
+            n = len(batch) if count_errors else sum(1 for it in batch if it.error is None)
+            if n >= self.batch_size:
                 yield from self.score(batch, cam)
                 batch = []
         if batch:

@@ -135,7 +135,9 @@ class _CamFiles:
             member_names=list(pred.cam_member_names or []),
         )
         title = f"{Path(pred.image).name}: {pred.score:.1f}"
-        pred.cam_path = write_cam(self.cam_dir, stem, pred.display, result, 0, title)["overlay"]
+        image = pred.display if pred.display is not None else pred.preprocessed
+        assert image is not None, "a prediction with a heat map has its image"
+        pred.cam_path = write_cam(self.cam_dir, stem, image, result, 0, title)["overlay"]
 
 
 def predict_files(

@@ -33,9 +33,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from svdh import __version__
-from svdh.web import routes
 from svdh.web.modelinfo import model_info
-from svdh.web.routes import API_PREFIX, FORM_OVERHEAD, AppState
+from svdh.web.routes import API_PREFIX, FORM_OVERHEAD, AppState, api, pages
 from svdh.web.schema import NOTICE, ImageScore, ScoreResponse
 from svdh.web.service import ScoringService
 from svdh.web.uploads import FORMATS
@@ -100,8 +99,8 @@ def create_app(
     app.state.max_file_bytes = app.state.svdh.max_file_bytes
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.middleware("http")(_headers_and_counts)
-    app.include_router(routes.api)
-    app.include_router(routes.pages)
+    app.include_router(api)
+    app.include_router(pages)
     return app
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -212,7 +212,7 @@ async def parse_multipart(
     if not boundary:
         raise UploadError(400, "the multipart/form-data request has no boundary")
     reader = _FormReader(file_field, max_file_bytes, max_files, max_field_bytes, max_oversize_drain)
-    parser = MultipartParser(boundary, reader.callbacks())
+    parser = MultipartParser(boundary, cast(Any, reader.callbacks()))
     try:
         async for chunk in stream:
             if chunk:
