@@ -10,12 +10,12 @@
    ratio of medians is reported too):
    * bare: the images preprocessed beforehand (not timed), then only the batched forward pass
      of every fold model of every member (``torch.inference_mode``);
-   * predict: :func:`svdh.inference.predictor.run_prediction`, i.e. what ``svdh predict -o out.csv`` runs
+   * predict: :func:`svdh.inference.writers.predict_files`, i.e. what ``svdh predict -o out.csv`` runs
      after start-up: read and decode files, preprocess, forward, combine, intervals, quality
      checks, write the CSV.
    Also the whole command line (``svdh predict``) once, start-up and model loading included.
 3. Memory: peak resident memory (ru_maxrss) and the peak of Python-tracked allocations
-   (tracemalloc) of ``run_prediction`` over 100 and 400 images (the cohort's files repeated),
+   (tracemalloc) of ``predict_files`` over 100 and 400 images (the cohort's files repeated),
    each in a fresh process, with a small bundle (``--memory-members``): whether memory grows
    with the number of images does not depend on the model's size.
 
@@ -102,7 +102,8 @@ def bare_forward(predictor, x: np.ndarray, batch_size: int) -> float:
 def throughput(args: argparse.Namespace, cohort: Path, bundle: Path) -> dict:
     from svdh.core.io import read_radiograph
     from svdh.core.preprocess import preprocess
-    from svdh.inference.predictor import Predictor, run_prediction
+    from svdh.inference.predictor import Predictor
+    from svdh.inference.writers import predict_files
 
     files = sorted(cohort.glob("*.png"))[: args.n]
     predictor = Predictor(
@@ -114,7 +115,7 @@ def throughput(args: argparse.Namespace, cohort: Path, bundle: Path) -> dict:
     for rep in range(args.reps):
         bare.append(bare_forward(predictor, x, args.batch_size))
         t0 = time.perf_counter()
-        summary = run_prediction(predictor, files, out=Path(args.out) / f"pred{rep}.csv")
+        summary = predict_files(predictor, files, out=Path(args.out) / f"pred{rep}.csv")
         pred.append(time.perf_counter() - t0)
         assert summary["n_failed"] == 0
     n = len(files)
@@ -159,7 +160,8 @@ def memory_child(args: argparse.Namespace, cohort: Path, bundle: Path, n: int) -
     """Run in a fresh process: score ``n`` images (the cohort's files repeated) and report peaks."""
     import tracemalloc
 
-    from svdh.inference.predictor import Predictor, run_prediction
+    from svdh.inference.predictor import Predictor
+    from svdh.inference.writers import predict_files
 
     files = sorted(cohort.glob("*.png"))
     paths = (files * (n // len(files) + 1))[:n]
@@ -168,7 +170,7 @@ def memory_child(args: argparse.Namespace, cohort: Path, bundle: Path, n: int) -
     )
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
-    summary = run_prediction(predictor, paths, out=Path(args.out) / f"mem{n}.csv")
+    summary = predict_files(predictor, paths, out=Path(args.out) / f"mem{n}.csv")
     _, peak_py = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {

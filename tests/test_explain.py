@@ -11,15 +11,12 @@ import torch
 
 from predict_world import run_cli as svdh
 from svdh.core.errors import BadConfigError
-from svdh.inference.gradcam import (
-    ClassTarget,
-    Explainer,
+from svdh.core.preprocess import hand_mask
+from svdh.inference.gradcam import ClassTarget, Explainer, ScoreTarget, default_target_layer
+from svdh.inference.localisation import (
     HandLandmarks,
-    ScoreTarget,
     damage_region,
-    default_target_layer,
     disc_mask,
-    hand_mask,
     score_map,
     summarise,
 )
@@ -258,7 +255,7 @@ def test_explain_cli_writes_localisation_that_evaluate_shows(world, tmp_path):
 def test_cohort_landmarks_single_and_dual_hand_films(tmp_path):
     import json as _json
 
-    from svdh.inference.gradcam import cohort_hands
+    from svdh.inference.localisation import cohort_hands
     from svdh.synth import generate_cohort
 
     generate_cohort(tmp_path / "dual", n=2, size=160, seed=1, severity="uniform", dual_hand=True)

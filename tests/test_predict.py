@@ -14,16 +14,12 @@ import pytest
 
 from predict_world import run_cli as svdh
 from svdh.core.errors import BadConfigError
+from svdh.core.hands import PatientTotals
 from svdh.core.io import Radiograph, read_radiograph
 from svdh.core.scoring import SeverityBins
 from svdh.evaluate.metrics import ConformalModel
-from svdh.inference.predictor import (
-    PatientTotals,
-    Predictor,
-    expand_inputs,
-    quality_warnings,
-    read_patients_csv,
-)
+from svdh.inference.inputs import expand_inputs, read_patients_csv
+from svdh.inference.predictor import Predictor, quality_warnings
 
 pytestmark = pytest.mark.slow  # the shared world trains two small runs once per session
 
@@ -375,3 +371,25 @@ def test_dicom_patient_id_and_laterality_give_patient_totals(world, tmp_path):
     for p in patients:
         mine = [float(x["score"]) for x in rows if x["patient_id"] == p["patient_id"]]
         assert len(mine) == 2 and float(p["total"]) == pytest.approx(sum(mine), abs=2e-3)
+
+
+def test_every_prediction_names_the_model_and_its_version(world, tmp_path):
+    """The field added to show that an output field is one declaration: CSV, JSON, terminal-free
+    API and error rows all carry the bundle's name and version (its checksum's first 12 hex)."""
+    from svdh.inference.bundle import load_bundle
+
+    b = load_bundle(world.run_bundle)
+    want = (b.card["name"], b.sha256[:12])
+    img = world.cohort / "SYN00001-LH.png"
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    for out in (tmp_path / "p.csv", tmp_path / "p.json"):
+        r = svdh("predict", "--model", world.run_bundle, img, bad, "-o", out)
+        assert r.returncode == 1, r.stderr  # the text file fails; its row still names the model
+        rows = (
+            list(csv.DictReader(out.open()))
+            if out.suffix == ".csv"
+            else json.loads(out.read_text())["images"]
+        )
+        assert [(x["model"], x["model_version"]) for x in rows] == [want, want]
+        assert [bool(x["error"]) for x in rows] == [False, True]

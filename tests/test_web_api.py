@@ -130,6 +130,20 @@ def test_score_one_radiograph(client, predictor, world):
     assert res["score"] == pytest.approx(row["score"], abs=1e-4)
 
 
+def test_results_are_predictions_with_the_model_name_and_version(client, predictor, world):
+    """Each result is Prediction.to_json (plus the upload's format and size), valid against the
+    derived response model, and names the bundle that scored it."""
+    from svdh.web.schema import ImageScore
+
+    r = client.post(
+        "/api/v1/score", files=_files(("SYN00003-LH.png", hand_png(world, "SYN00003-LH.png")))
+    )
+    (res,) = r.json()["results"]
+    ImageScore.model_validate(res)
+    assert res["model"] == predictor.model_name and res["model_version"] == predictor.model_version
+    assert len(res["model_version"]) == 12 and res["error"] is None
+
+
 def test_two_hands_of_one_patient_give_the_total(client, predictor, world):
     files = _files(
         *(

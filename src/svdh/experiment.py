@@ -381,7 +381,7 @@ class Runner:
 
             def make_explain() -> None:
                 from svdh.inference.bundle import load_bundle
-                from svdh.inference.gradcam import explain_cohort
+                from svdh.inference.localisation import explain_cohort
                 from svdh.inference.predictor import Predictor
 
                 explain_cohort(

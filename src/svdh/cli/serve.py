@@ -58,84 +58,92 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+def serve(
+    model: Path = typer.Option(
+        ..., "--model", "-m", help="Model bundle (.svdh) from `svdh export`."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to listen on. The default is reachable from this machine only.",
+    ),
+    port: int = typer.Option(8000, help="TCP port."),
+    keep: Path | None = typer.Option(
+        None,
+        "--keep",
+        help="Keep every upload and its result in this folder. Without it nothing "
+        "is written to disk.",
+    ),
+    max_upload_mb: float = typer.Option(
+        50.0, "--max-upload-mb", help="Largest file accepted, in MB (413 beyond)."
+    ),
+    max_files: int = typer.Option(20, "--max-files", help="Most files in one request."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
+        "Further requests queue.",
+    ),
+) -> None:
+    """Serve a web page and an HTTP API that score hand radiographs with a model bundle.
+
+    Open http://HOST:PORT/ in a browser and drop PNG, JPEG, BMP, TIFF or DICOM radiographs, or POST them to /api/v1/score (see /docs).
+
+    Uploads are patient data: they stay in memory and only counts are logged, unless --keep is given. Research software, not a medical device.
+    """
+    import uvicorn
+
+    from svdh.web.app import create_app
+
+    _check_options(port, max_upload_mb, max_files, workers, keep)
+    _check_port(host, port)
+    web_app = create_app(
+        model,
+        keep_dir=keep,
+        max_upload_mb=max_upload_mb,
+        max_concurrency=workers,
+        max_files=max_files,
+    )
+    if not _is_loopback(host):
+        typer.secho(
+            f"warning: listening on {host}, reachable from other machines. Uploads are patient data: "
+            "put the server behind HTTPS and authentication.",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"svdh: scoring with {model.name} at http://{shown}:{port}/ (API docs at /docs; Ctrl+C stops)"
+    )
+    uvicorn.run(
+        web_app,
+        host=host,
+        port=port,
+        log_config=LOG_CONFIG,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _check_options(
+    port: int, max_upload_mb: float, max_files: int, workers: int | None, keep: Path | None
+) -> None:
+    if not 0 < port < 65536:
+        raise BadConfigError(f"--port {port} is not a TCP port (1-65535)")
+    if max_upload_mb <= 0:
+        raise BadConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    if max_files < 1:
+        raise BadConfigError(f"--max-files must be at least 1, got {max_files}")
+    if workers is not None and workers < 1:
+        raise BadConfigError(f"--workers must be at least 1, got {workers}")
+    if keep is not None:
+        try:
+            keep.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise BadConfigError(
+                f"--keep {keep}: cannot create the folder ({exc.strerror})"
+            ) from None
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
-    def serve(
-        model: Path = typer.Option(
-            ..., "--model", "-m", help="Model bundle (.svdh) from `svdh export`."
-        ),
-        host: str = typer.Option(
-            "127.0.0.1",
-            help="Address to listen on. The default is reachable from this machine only.",
-        ),
-        port: int = typer.Option(8000, help="TCP port."),
-        keep: Path | None = typer.Option(
-            None,
-            "--keep",
-            help="Keep every upload and its result in this folder. Without it nothing "
-            "is written to disk.",
-        ),
-        max_upload_mb: float = typer.Option(
-            50.0, "--max-upload-mb", help="Largest file accepted, in MB (413 beyond)."
-        ),
-        max_files: int = typer.Option(20, "--max-files", help="Most files in one request."),
-        workers: int | None = typer.Option(
-            None,
-            "--workers",
-            help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
-            "Further requests queue.",
-        ),
-    ) -> None:
-        """Serve a web page and an HTTP API that score hand radiographs with a model bundle.
-
-        Open http://HOST:PORT/ in a browser and drop PNG, JPEG, BMP, TIFF or DICOM radiographs, or POST them to /api/v1/score (see /docs).
-
-        Uploads are patient data: they stay in memory and only counts are logged, unless --keep is given. Research software, not a medical device.
-        """
-        import uvicorn
-
-        from svdh.web.app import create_app
-
-        if not 0 < port < 65536:
-            raise BadConfigError(f"--port {port} is not a TCP port (1-65535)")
-        if max_upload_mb <= 0:
-            raise BadConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-        if max_files < 1:
-            raise BadConfigError(f"--max-files must be at least 1, got {max_files}")
-        if workers is not None and workers < 1:
-            raise BadConfigError(f"--workers must be at least 1, got {workers}")
-        if keep is not None:
-            try:
-                keep.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as exc:
-                raise BadConfigError(
-                    f"--keep {keep}: cannot create the folder ({exc.strerror})"
-                ) from None
-        _check_port(host, port)
-        web_app = create_app(
-            model,
-            keep_dir=keep,
-            max_upload_mb=max_upload_mb,
-            max_concurrency=workers,
-            max_files=max_files,
-        )
-        if not _is_loopback(host):
-            typer.secho(
-                f"warning: listening on {host}, reachable from other machines. Uploads are patient data: "
-                "put the server behind HTTPS and authentication.",
-                err=True,
-                fg=typer.colors.YELLOW,
-            )
-        shown = f"[{host}]" if ":" in host else host
-        typer.echo(
-            f"svdh: scoring with {model.name} at http://{shown}:{port}/ (API docs at /docs; Ctrl+C stops)"
-        )
-        uvicorn.run(
-            web_app,
-            host=host,
-            port=port,
-            log_config=LOG_CONFIG,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=5,
-        )
+    app.command("serve")(serve)

@@ -117,7 +117,7 @@ def read_radiograph_bytes(data: bytes, name: str, max_pixels: int | None = None)
     limit = _max_pixels(max_pixels)
     if len(data) == 0:
         raise BadRadiographError(f"{name}: the file is empty (0 bytes); re-export or re-copy it")
-    kind = _sniff(data)
+    kind = sniff_format(data)
     if kind == "dicom":
         return _read_dicom(data, name, limit)
     if kind == "png":
@@ -136,30 +136,64 @@ def read_radiograph_bytes(data: bytes, name: str, max_pixels: int | None = None)
 # --------------------------------------------------------------------------- format detection
 
 
-def _sniff(data: bytes) -> str | None:
-    """Recognise the format from the first bytes ("magic numbers"), not the file name."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "tiff"
-    if len(data) >= 132 and data[128:132] == b"DICM":
+#: Magic numbers of the raster formats, by the name :func:`sniff_format` gives.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
+    (b"BM", "bmp"),
+)
+#: First tags of DICOM data sets written without the 128-byte preamble (old ACR-NEMA style
+#: exports), little-endian: group 0002 (file meta) or 0008 (identification) element numbers.
+_RAW_DICOM_STARTS = (
+    b"\x02\x00\x00\x00",
+    b"\x02\x00\x01\x00",
+    b"\x08\x00\x05\x00",
+    b"\x08\x00\x00\x00",
+    b"\x08\x00\x08\x00",
+    b"\x08\x00\x16\x00",
+)
+#: The smallest BMP: a 14-byte file header and a 12-byte core header ("BM" alone is too weak).
+_BMP_MIN_BYTES = 26
+
+
+def sniff_format(data: bytes | bytearray) -> str | None:
+    """The image format of ``data`` judged by its content ("magic numbers"), never by its name.
+
+    Returns ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``, or None for anything else (the
+    one sniffer: :func:`read_radiograph_bytes` and the web uploads both use it). DICOM is
+    recognised by ``DICM`` at offset 128 (Part 10 files) and, for data sets written without the
+    preamble, by a group 0002/0008 first tag: one of the usual first elements, or any element
+    of those groups where pydicom then reads a data set with image rows and columns.
+    """
+    head = bytes(data[:132])
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            if fmt == "bmp" and len(data) < _BMP_MIN_BYTES:
+                return None
+            return fmt
+    if len(head) >= 132 and head[128:132] == b"DICM":
         return "dicom"
-    # DICOM without the 128-byte preamble (old ACR-NEMA style exports) starts with a group
-    # 0002 or 0008 tag in little-endian order.
-    if data[:4] in (
-        b"\x02\x00\x00\x00",
-        b"\x02\x00\x01\x00",
-        b"\x08\x00\x05\x00",
-        b"\x08\x00\x00\x00",
-        b"\x08\x00\x08\x00",
-        b"\x08\x00\x16\x00",
-    ):
+    if head[:4] in _RAW_DICOM_STARTS or _looks_like_raw_dicom(data):
         return "dicom"
     return None
+
+
+def _looks_like_raw_dicom(data: bytes | bytearray) -> bool:
+    """DICOM without the preamble starting at another group 0002/0008 tag: demand real image
+    attributes, since pydicom's ``force=True`` "reads" anything."""
+    if len(data) < 16 or bytes(data[:2]) not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(io.BytesIO(bytes(data)), force=True, stop_before_pixels=True)
+        return "Rows" in ds and "Columns" in ds
+    except Exception:  # any decoder error means: not a DICOM data set
+        return False
 
 
 def _looks_like_text(head: bytes) -> bool:

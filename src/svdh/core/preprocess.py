@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -226,6 +226,32 @@ def preprocess(
     if not return_transform:
         return out
     return out, Transform(cx0 - left, cy0 - top, side, cfg.size, w, h, tuple(int(v) for v in box))  # type: ignore[arg-type]
+
+
+#: Side of the images heat maps are drawn on (CLI overlays, the web page, the Grad-CAM
+#: gallery): sharper than a 64-256 px model input, small enough for a page.
+DISPLAY_SIZE = 512
+
+
+def display_image(image: Any, cfg: PreprocessConfig | None = None) -> np.ndarray:
+    """The model's input field at display resolution: :func:`preprocess` with the same config
+    at ``max(cfg.size, DISPLAY_SIZE)`` px. The crop does not depend on the output size, so a
+    heat map computed on the model input lines up with this sharper image."""
+    cfg = cfg or PreprocessConfig()
+    return preprocess(image, replace(cfg, size=max(cfg.size, DISPLAY_SIZE)))
+
+
+def hand_mask(image: np.ndarray) -> np.ndarray:
+    """The hand's pixels in a preprocessed radiograph: Otsu threshold, holes filled."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    img = np.asarray(image, dtype=np.float32)
+    if float(img.max()) == float(img.min()):
+        return np.ones(img.shape, dtype=bool)
+    mask = img > threshold_otsu(img)
+    mask = ndimage.binary_closing(mask, iterations=2)
+    return ndimage.binary_fill_holes(mask)
 
 
 def _percentiles(a: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats
 from sklearn import metrics as skm
 
+from svdh.core import hands
 from svdh.core.errors import BadConfigError, BadRunError
 from svdh.core.scoring import SeverityBins
 
@@ -443,31 +444,32 @@ def interval_metrics(
 
 
 def patient_bins(hand_bins: SeverityBins) -> SeverityBins:
-    """Bins for a patient's hands-and-wrists total given the per-hand bins (edges doubled)."""
-    return SeverityBins.patient([2 * e for e in hand_bins.edges])
+    """Bins for a patient's hands-and-wrists total given the per-hand bins (edges doubled):
+    :func:`svdh.core.hands.patient_bins`."""
+    return hands.patient_bins(hand_bins)
 
 
 def patient_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per-patient sums of ``y_true``, ``y_pred`` (and ``reader2``) over the L and R hands,
-    for patients (per visit, where a ``visit`` column exists) with exactly one image of each hand.
+    for patients (per visit, where a ``visit`` column exists) with exactly one image of each hand
+    (the rule of :mod:`svdh.core.hands`, as for ``svdh predict``'s patient totals).
     """
     if "side" not in df.columns:
         return pd.DataFrame(columns=["patient_id", "y_true", "y_pred"])
-    side = df["side"].fillna("").astype(str).str.upper().str[:1]
-    d = df.assign(_side=side)
+    d = df.assign(_side=[hands.side_or_none(s) for s in df["side"].fillna("")])
     d = d[d["_side"].isin(["L", "R"])]
     keys = ["patient_id"] + (["visit"] if "visit" in d.columns else [])
     if "visit" in d.columns:
         d = d.assign(visit=d["visit"].fillna("").astype(str))
     rows = []
     for key, g in d.groupby(keys, sort=True):
-        if len(g) != 2 or set(g["_side"]) != {"L", "R"}:
+        if not hands.is_left_right_pair(list(g["_side"])):
             continue
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
-        row["y_true"] = float(g["y_true"].sum())
-        row["y_pred"] = float(g["y_pred"].sum())
-        if "reader2" in g.columns:
-            row["reader2"] = float(g["reader2"].sum(min_count=2))
+        for col in ("y_true", "y_pred", "reader2"):
+            if col in g.columns:
+                total = hands.sum_hands(g[col].astype(float))
+                row[col] = float("nan") if total is None else total
         rows.append(row)
     return pd.DataFrame(
         rows, columns=[*keys, "y_true", "y_pred", *(["reader2"] if "reader2" in d.columns else [])]

@@ -1,13 +1,17 @@
-"""Score new radiographs with a model bundle: :class:`Predictor`.
+"""Score new radiographs with a model bundle: :class:`Predictor` -> :class:`Prediction`.
 
-One image in, one row out: the SvdH score, erosion and JSN where the model has those heads, a
-split-conformal interval, the severity class (with probabilities where the model has a class
-head), the spread between ensemble members, quality warnings, and optionally Grad-CAM maps.
+One image in, one :class:`~svdh.inference.prediction.Prediction` out: the SvdH score, erosion
+and JSN where the model has those heads, a split-conformal interval, the severity class (with
+probabilities where the model has a class head), the spread between ensemble members, quality
+warnings, the model's name and version, and optionally Grad-CAM maps.
 
 The pipeline streams: inputs are read and preprocessed a few batches ahead in a small thread
 pool (decoding and OpenCV release the GIL, so this overlaps the forward pass), scored in batches,
-and yielded one row at a time, so memory stays flat however many images there are. A file that
-cannot be read yields a row with ``error`` set and everything else ``None``; the rest are scored.
+and yielded one prediction at a time, so memory stays flat however many images there are. A
+file that cannot be read yields a prediction with ``error`` set and the scores ``None``; the rest
+are scored. Inputs, writers, heat maps and their localisation live beside this module
+(:mod:`~svdh.inference.inputs`, :mod:`~svdh.inference.writers`, :mod:`~svdh.inference.gradcam`,
+:mod:`~svdh.inference.localisation`).
 
 How members combine (the same arithmetic as the training and ensemble stages, by calling them):
 each member's fold models are averaged with :func:`svdh.models.net.average_raw` (scores; class
@@ -16,143 +20,31 @@ probabilities; CORAL cumulative probabilities) and decoded with
 then combined by the ensemble's meta-learner (:func:`svdh.evaluate.ensemble.apply_meta`) or their mean.
 Intervals come from :class:`svdh.evaluate.metrics.ConformalModel`.
 
-Per-patient totals (:class:`PatientTotals`): a model that scores one hand per image gives a
-hands-and-wrists total where a patient has exactly one left and one right hand image. Patient
-ids and sides come from a ``--patients`` CSV, from DICOM (PatientID, ImageLaterality), or from
-RA2-DREAM-style file names (``<patient>-LH.png`` / ``-RH``), in that order of precedence.
+Patient ids and sides come from a ``--patients`` CSV, from DICOM (PatientID, ImageLaterality), or
+from RA2-DREAM-style file names (``<patient>-LH.png`` / ``-RH``), in that order of precedence;
+totals are made by :class:`svdh.core.hands.PatientTotals`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from svdh.core.errors import BadBundleError, BadConfigError, BadDatasetError, SvdhError
-from svdh.core.scoring import MAX_HAND, SeverityBins
+from svdh.core.errors import BadBundleError, BadConfigError, SvdhError
+from svdh.core.hands import side_or_none
+from svdh.core.preprocess import display_image, hand_mask
+from svdh.core.scoring import SeverityBins
 from svdh.inference.bundle import Bundle, file_sha256, load_bundle
-
-#: File name endings read from folders (an explicitly named file is read whatever its name).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
-#: Side of the image that heat-map overlays are drawn on (the model input is often 64-256 px).
-DISPLAY_SIZE = 512
-_SIDE_NAME = re.compile(r"^(?P<pid>.+?)[-_](?P<side>[LR])H?$", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------- inputs
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files, folders (recursive: image suffixes, plus extension-less DICOM files) and globs,
-    in a stable order without duplicates. A path that matches nothing is a clear error."""
-    import glob
-
-    out: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for raw in inputs:
-        s = str(raw)
-        p = Path(s).expanduser()
-        if p.is_dir():
-            for q in sorted(p.rglob("*")):
-                if q.is_file() and not q.name.startswith(".") and _folder_image(q):
-                    add(q)
-        elif p.is_file():
-            add(p)
-        elif any(ch in s for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(s, recursive=True))
-            files = [m for m in matches if m.is_file()]
-            if not files:
-                raise BadConfigError(f"{s}: the pattern matches no file")
-            for m in files:
-                add(m)
-        else:
-            raise BadConfigError(f"{s}: no such file or folder")
-    return out
-
-
-def _folder_image(p: Path) -> bool:
-    if p.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    if p.suffix == "" and p.name.upper() != "DICOMDIR":
-        try:
-            with open(p, "rb") as fh:
-                head = fh.read(132)
-            return head[128:132] == b"DICM"
-        except OSError:
-            return False
-    return False
-
-
-@dataclass(frozen=True)
-class PatientInfo:
-    patient_id: str | None
-    side: str | None
-
-
-def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
-    """A CSV map ``image, patient_id[, side]``; ``image`` is matched against a file's path,
-    name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH`` accepted)."""
-    import pandas as pd
-
-    p = Path(path)
-    if not p.is_file():
-        raise BadDatasetError(f"{p}: patients CSV not found")
-    try:
-        df = pd.read_csv(p, dtype=str).fillna("")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise BadDatasetError(f"{p}: not a readable CSV ({exc})") from None
-    missing = [c for c in ("image", "patient_id") if c not in df.columns]
-    if missing:
-        raise BadDatasetError(
-            f"{p}: missing column(s) {', '.join(missing)}; expected image,patient_id[,side]"
-        )
-    out: dict[str, PatientInfo] = {}
-    for i, row in enumerate(df.itertuples(index=False), start=2):
-        img, pid = str(row.image).strip(), str(row.patient_id).strip()
-        if not img or not pid:
-            raise BadDatasetError(f"{p}: row {i}: image and patient_id must not be empty")
-        side = _norm_side(getattr(row, "side", "") or "", f"{p}: row {i}")
-        if img in out:
-            raise BadDatasetError(f"{p}: row {i}: image {img!r} is listed twice")
-        out[img] = PatientInfo(pid, side)
-    return out
-
-
-def _norm_side(s: str, where: str = "") -> str | None:
-    t = str(s).strip().upper()
-    if not t:
-        return None
-    if t in ("L", "LH", "LEFT"):
-        return "L"
-    if t in ("R", "RH", "RIGHT"):
-        return "R"
-    if t in ("B", "BOTH"):
-        return "both"
-    raise BadDatasetError(f"{where}: side {s!r} is not L or R")
-
-
-def _lookup(mapping: Mapping[str, PatientInfo] | None, path: Path | str) -> PatientInfo | None:
-    if not mapping:
-        return None
-    p = Path(str(path))
-    for key in (str(p), str(p.resolve()) if p.exists() else None, p.name, p.stem):
-        if key and key in mapping:
-            return mapping[key]
-    return None
+from svdh.inference.inputs import PatientInfo, lookup_patient, patient_from_name
+from svdh.inference.prediction import Prediction
 
 
 # --------------------------------------------------------------------------- quality checks
@@ -164,8 +56,6 @@ def quality_warnings(rad: Any, x: np.ndarray) -> list[str]:
     (tiny or extreme-aspect images, almost no contrast, a bright region far too small or filling
     the crop), not every wrong body part: a foot or an inverted film can pass unflagged.
     """
-    from svdh.inference.gradcam import hand_mask
-
     w: list[str] = []
     h0, w0 = rad.pixels.shape[:2]
     size = x.shape[0]
@@ -198,11 +88,15 @@ def quality_warnings(rad: Any, x: np.ndarray) -> list[str]:
 
 # --------------------------------------------------------------------------- the predictor
 @dataclass
-class _Item:
+class Prepared:
+    """One image ready for the models: the uint8 input ``x``, the display image (when heat maps
+    are wanted), the preprocessing transform, patient and side; or the ``error`` that stopped it."""
+
     name: str
     rad: Any = None
     x: np.ndarray | None = None
     display: np.ndarray | None = None
+    transform: Any = None
     error: str | None = None
     patient_id: str | None = None
     side: str | None = None
@@ -210,7 +104,7 @@ class _Item:
 
 
 class Predictor:
-    """Scores radiographs with a bundle (see the module docstring).
+    """Scores radiographs with a bundle into :class:`Prediction` objects (see the module docstring).
 
     ``bundle``: a :class:`Bundle` or a path to one. ``device``: ``cpu``, ``cuda``, ``auto``.
     ``backend``: ``torch`` or ``onnx`` (onnxruntime on the graph written by
@@ -260,6 +154,10 @@ class Predictor:
         self.archs = [dict(m["arch"]) for m in members]
         self.tasks = [str(a.get("task", "regression")) for a in self.archs]
         self.names = [str(m.get("name", f"member{i}")) for i, m in enumerate(members)]
+        #: written with every prediction: the bundle's name and version (its checksum's first 12 hex)
+        path = self.bundle.path
+        self.model_name = str(self.bundle.card.get("name") or (path.stem if path else "svdh model"))
+        self.model_version = str(self.bundle.sha256)[:12] if self.bundle.sha256 else None
         self.target_layer, self.cam_head = target_layer, cam_head
         self._models: list[list[Any]] | None = None
         self._session: Any = None
@@ -316,31 +214,40 @@ class Predictor:
         return raws
 
     # ---------------------------------------------------------------- combining
-    def combine(self, raws: list[list[np.ndarray]]) -> list[dict[str, Any]]:
-        """Per-image predictions (numbers only) from the raw outputs of :meth:`forward_raw`."""
+    def _member_outputs(self, raws: list[list[np.ndarray]]) -> dict[str, Any]:
+        """Each member's fold-averaged decoded outputs (scores B x m, probs, classes, sub-scores)."""
         from svdh.models.net import average_raw, predict_outputs
 
         bins = self.bins
-        b = raws[0][0].shape[0]
-        member_scores, member_probs, fold_scores = [], [], []
-        ero, jsn = [], []
-        member_cls = []
+        scores, probs, classes, ero, jsn, fold_scores = [], [], [], [], [], []
         for task, member in zip(self.tasks, raws, strict=True):
             avg = predict_outputs(task, average_raw(task, member), bins)
-            member_scores.append(avg["score"])
-            member_probs.append(avg["probs"] if task in ("classification", "ordinal") else None)
-            member_cls.append(avg["severity_class"])
+            scores.append(avg["score"])
+            probs.append(avg["probs"] if task in ("classification", "ordinal") else None)
+            classes.append(avg["severity_class"])
             if "erosion" in avg:
                 ero.append(avg["erosion"])
                 jsn.append(avg["jsn"])
             fold_scores.append(
                 np.stack([predict_outputs(task, r, bins)["score"] for r in member], axis=1)
             )
-        S = np.stack(member_scores, axis=1)  # B x m
-        all_class = all(p is not None for p in member_probs)
-        P = np.stack(member_probs, axis=1) if all_class else None  # B x m x K
-        combine = self.bundle.combine
-        meta = combine.get("meta_learner")
+        all_class = all(p is not None for p in probs)
+        return {
+            "S": np.stack(scores, axis=1),  # B x m
+            "P": np.stack([p for p in probs if p is not None], axis=1) if all_class else None,
+            "classes": classes,
+            "erosion": ero,
+            "jsn": jsn,
+            "fold_scores": fold_scores,
+        }
+
+    def combine(self, raws: list[list[np.ndarray]]) -> list[dict[str, Any]]:
+        """Per-image predictions (numbers only: :class:`Prediction` fields) from the raw outputs
+        of :meth:`forward_raw`."""
+        bins = self.bins
+        mo = self._member_outputs(raws)
+        S, P, ero, jsn = mo["S"], mo["P"], mo["erosion"], mo["jsn"]
+        meta = self.bundle.combine.get("meta_learner")
         if meta:
             from svdh.evaluate.ensemble import apply_meta
 
@@ -349,24 +256,23 @@ class Predictor:
             score = np.clip(S.mean(axis=1), 0, bins.max_score)
             probs = P.mean(axis=1) if P is not None else None
         if len(self.tasks) == 1 and P is not None:
-            cls = np.asarray(member_cls[0])  # the member's own rule (CORAL: thresholds passed)
+            cls = np.asarray(mo["classes"][0])  # the member's own rule (CORAL: thresholds passed)
         elif probs is not None:
             cls = probs.argmax(axis=1)
         else:
             cls = np.asarray(bins.to_class(score)).reshape(-1)
-        if S.shape[1] > 1:
-            spread = S.std(axis=1)
-        else:
-            spread = fold_scores[0].std(axis=1)  # one member: the spread of its fold models
+        # one member: the spread of its fold models
+        spread = S.std(axis=1) if S.shape[1] > 1 else mo["fold_scores"][0].std(axis=1)
+        lo: np.ndarray | None = None
+        hi: np.ndarray | None = None
         if self._conformal is not None:
             lo, hi = self._conformal.interval(score)
-        else:
-            lo = hi = None
-        rows = []
-        for i in range(b):
-            row: dict[str, Any] = {
+        return [
+            {
                 "score": float(score[i]),
-                "interval": [float(lo[i]), float(hi[i])] if lo is not None else None,
+                "interval": [float(lo[i]), float(hi[i])]
+                if lo is not None and hi is not None
+                else None,
                 "severity_class": int(cls[i]),
                 "severity_label": bins.labels[int(cls[i])],
                 "probs": [float(p) for p in probs[i]] if probs is not None else None,
@@ -375,8 +281,8 @@ class Predictor:
                 "member_spread": float(spread[i]),
                 "member_scores": {n: float(S[i, j]) for j, n in enumerate(self.names)},
             }
-            rows.append(row)
-        return rows
+            for i in range(S.shape[0])
+        ]
 
     # ---------------------------------------------------------------- Grad-CAM
     @property
@@ -408,89 +314,89 @@ class Predictor:
         with self._cam_lock:
             return self.explainer.explain(t)
 
-    # ---------------------------------------------------------------- streaming
-    def _prepare(
+    # ---------------------------------------------------------------- one batch
+    def prepare(
         self, name: str, rad: Any, info: PatientInfo | None = None, display: bool = False
-    ) -> _Item:
-        from dataclasses import replace
-
+    ) -> Prepared:
+        """Preprocess one decoded radiograph (and, with ``display``, its display image, the same
+        field at :data:`svdh.core.preprocess.DISPLAY_SIZE` px that heat maps are drawn on);
+        patient and side from ``info``, else the DICOM tags, else the file name."""
         from svdh.core.preprocess import preprocess
 
-        item = _Item(name=name, rad=rad)
+        item = Prepared(name=name, rad=rad)
         try:
-            item.x = preprocess(rad, self.preprocess_config)
+            item.x, item.transform = preprocess(rad, self.preprocess_config, return_transform=True)
             item.warnings = quality_warnings(rad, item.x)
             if display:
-                # the same crop at display resolution (the window does not depend on the size),
-                # so heat maps line up with a sharp image instead of the small model input
-                size = max(DISPLAY_SIZE, self.image_size)
-                item.display = preprocess(rad, replace(self.preprocess_config, size=size))
+                item.display = display_image(rad, self.preprocess_config)
         except SvdhError as exc:
             item.error = str(exc)
             return item
         meta = getattr(rad, "meta", {}) or {}
-        pid = meta.get("patient_id") or None
-        side = _norm_side_soft(meta.get("laterality"))
-        m = _SIDE_NAME.match(Path(name).stem)
-        if m:
-            pid = pid or m.group("pid")
-            side = side or m.group("side").upper()
+        pid, side = meta.get("patient_id") or None, side_or_none(meta.get("laterality"))
+        named = patient_from_name(name)
+        if named is not None:
+            pid, side = pid or named.patient_id, side or named.side
         if info is not None:
-            pid = info.patient_id or pid
-            side = info.side or side
+            pid, side = info.patient_id or pid, info.side or side
         item.patient_id, item.side = (str(pid) if pid else None), side
         return item
 
-    def _score_batch(self, items: list[_Item], cam: bool) -> Iterator[dict[str, Any]]:
+    def score(self, items: Sequence[Prepared], cam: bool = False) -> Iterator[Prediction]:
+        """One :class:`Prediction` per prepared item, in order (one forward pass for the batch)."""
         ok = [it for it in items if it.error is None and it.x is not None]
-        results: dict[int, dict[str, Any]] = {}
+        results: dict[int, Prediction] = {}
         if ok:
-            x = np.stack([it.x for it in ok])
-            rows = self.combine(self.forward_raw(x))
+            x = np.stack([it.x for it in ok if it.x is not None])
+            numbers = self.combine(self.forward_raw(x))
             cams = self.cam(x) if cam else None
-            for j, (it, row) in enumerate(zip(ok, rows, strict=True)):
-                if row["interval"] is not None and row["member_spread"] > 0.5 * (
-                    row["interval"][1] - row["interval"][0]
-                ):
-                    it.warnings.append(
-                        f"models disagree: spread {row['member_spread']:.1f} exceeds half the interval width"
+            for j, (it, nums) in enumerate(zip(ok, numbers, strict=True)):
+                pred = Prediction(**self._known(it), warnings=list(it.warnings), **nums)
+                iv = pred.interval
+                spread = pred.member_spread or 0.0
+                if iv is not None and spread > 0.5 * (iv[1] - iv[0]):
+                    pred.warnings.append(
+                        f"models disagree: spread {spread:.1f} exceeds half the interval width"
                     )
                 if cams is not None:
-                    row["cam"] = cams.ensemble[j]
-                    row["cam_members"] = cams.members[:, j]
-                    row["cam_member_names"] = cams.member_names
-                    row["preprocessed"] = it.x
-                    row["display"] = it.display if it.display is not None else it.x
-                results[id(it)] = row
+                    pred.cam, pred.cam_members = cams.ensemble[j], cams.members[:, j]
+                    pred.cam_member_names = cams.member_names
+                    pred.preprocessed = it.x
+                    pred.display = it.display if it.display is not None else it.x
+                results[id(it)] = pred
         for it in items:
-            base: dict[str, Any] = {"image": it.name, "patient_id": it.patient_id, "side": it.side}
-            row = results.get(id(it))
-            if row is None:
-                base.update(_empty_row(it.error or "not scored"))
-            else:
-                base.update(row)
-                base["warnings"] = list(it.warnings)
-                base["error"] = None
-            yield base
+            yield results.get(id(it)) or Prediction.failed(
+                error=it.error or "not scored", **self._known(it)
+            )
 
+    def _known(self, it: Prepared) -> dict[str, Any]:
+        """What every prediction of ``it`` carries, scored or not."""
+        return {
+            "image": it.name,
+            "patient_id": it.patient_id,
+            "side": it.side,
+            "model": self.model_name,
+            "model_version": self.model_version,
+        }
+
+    # ---------------------------------------------------------------- streaming
     def predict_images(
         self, items: Iterable[tuple[str, Any]], cam: bool = False
-    ) -> Iterator[dict[str, Any]]:
-        """The contract (docs/architecture.md): ``(name, Radiograph)`` pairs in, one dict per
-        image out, in order. An item whose radiograph is an exception (or None) yields an error row."""
-        batch: list[_Item] = []
-        for name, rad in items:
-            if rad is None or isinstance(rad, BaseException):
-                batch.append(
-                    _Item(name=name, error=str(rad) if rad is not None else "could not be read")
-                )
-            else:
-                batch.append(self._prepare(name, rad, display=cam))
-            if sum(1 for it in batch if it.error is None) >= self.batch_size:
-                yield from self._score_batch(batch, cam)
-                batch = []
-        if batch:
-            yield from self._score_batch(batch, cam)
+    ) -> Iterator[Prediction]:
+        """The contract (docs/architecture.md): ``(name, Radiograph)`` pairs in, one
+        :class:`Prediction` per image out, in order. An item whose radiograph is an exception
+        (or None) yields an error prediction."""
+
+        def prepared() -> Iterator[Prepared]:
+            for name, rad in items:
+                if rad is None or isinstance(rad, BaseException):
+                    error = str(rad) if rad is not None else "could not be read"
+                    yield Prepared(name=name, error=error)
+                else:
+                    yield self.prepare(name, rad, display=cam)
+
+        # a batch is full with batch_size images to score (error items ride along)
+        yield from self._in_batches(prepared(), cam, count_errors=False)
 
     def predict_paths(
         self,
@@ -499,77 +405,58 @@ class Predictor:
         patients: Mapping[str, PatientInfo] | None = None,
         cam: bool = False,
         max_pixels: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Prediction]:
         """Read, preprocess and score files, streaming: a bounded number of files is read
         ahead in worker threads while the previous batch runs through the models."""
         from svdh.core.io import read_radiograph
 
-        def load(p: Path) -> _Item:
+        def load(p: Path) -> Prepared:
             name = str(p)
             try:
                 rad = read_radiograph(p, max_pixels=max_pixels)
             except SvdhError as exc:
-                return _Item(name=name, error=str(exc))
+                return Prepared(name=name, error=str(exc))
             except Exception as exc:  # a decoder bug must not stop the other images
-                return _Item(
+                return Prepared(
                     name=name, error=f"{name}: cannot be read ({type(exc).__name__}: {exc})"
                 )
-            item = self._prepare(name, rad, _lookup(patients, p), display=cam)
+            item = self.prepare(name, rad, lookup_patient(patients, p), display=cam)
             item.rad = None  # keep only the small model input: memory stays flat
             return item
 
-        ahead = 2 * self.batch_size
-        batch: list[_Item] = []
-        it = iter(paths)
-        if self.workers == 0:
-            futures_iter: Iterator[_Item] = (load(Path(p)) for p in it)
-            for item in futures_iter:
-                batch.append(item)
-                if len(batch) >= self.batch_size:
-                    yield from self._score_batch(batch, cam)
-                    batch = []
-        else:
-            from collections import deque
+        yield from self._in_batches(self._read_ahead(load, paths), cam)
 
-            with ThreadPoolExecutor(self.workers, thread_name_prefix="svdh-read") as pool:
-                queue: deque[Future[_Item]] = deque()
-                for p in it:
-                    queue.append(pool.submit(load, Path(p)))
-                    if len(queue) >= ahead:
-                        batch.append(queue.popleft().result())
-                        if len(batch) >= self.batch_size:
-                            yield from self._score_batch(batch, cam)
-                            batch = []
-                while queue:
-                    batch.append(queue.popleft().result())
-                    if len(batch) >= self.batch_size:
-                        yield from self._score_batch(batch, cam)
-                        batch = []
+    def _in_batches(
+        self, items: Iterable[Prepared], cam: bool, count_errors: bool = True
+    ) -> Iterator[Prediction]:
+        """Score ``items`` lazily in batches of :attr:`batch_size` (counting only the items
+        to score unless ``count_errors``), yielding predictions in order."""
+        batch: list[Prepared] = []
+        for item in items:
+            batch.append(item)
+            n = len(batch) if count_errors else sum(1 for it in batch if it.error is None)
+            if n >= self.batch_size:
+                yield from self.score(batch, cam)
+                batch = []
         if batch:
-            yield from self._score_batch(batch, cam)
+            yield from self.score(batch, cam)
 
-
-def _norm_side_soft(s: Any) -> str | None:
-    try:
-        return _norm_side(str(s)) if s else None
-    except BadDatasetError:
-        return None
-
-
-def _empty_row(error: str) -> dict[str, Any]:
-    return {
-        "score": None,
-        "interval": None,
-        "severity_class": None,
-        "severity_label": None,
-        "probs": None,
-        "erosion": None,
-        "jsn": None,
-        "member_spread": None,
-        "member_scores": None,
-        "warnings": [],
-        "error": error,
-    }
+    def _read_ahead(self, load: Any, paths: Iterable[str | Path]) -> Iterator[Prepared]:
+        """``load(path)`` over ``paths`` in order: inline without workers, else in a thread pool
+        at most two batches ahead of the consumer."""
+        if self.workers == 0:
+            for p in paths:
+                yield load(Path(p))
+            return
+        ahead = 2 * self.batch_size
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="svdh-read") as pool:
+            queue: deque[Future[Prepared]] = deque()
+            for p in paths:
+                queue.append(pool.submit(load, Path(p)))
+                if len(queue) >= ahead:
+                    yield queue.popleft().result()
+            while queue:
+                yield queue.popleft().result()
 
 
 def _device(device: str) -> Any:
@@ -615,291 +502,3 @@ def _onnx_session(bundle: Bundle, device: Any) -> Any:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-
-
-# --------------------------------------------------------------------------- patients
-class _Hand(NamedTuple):
-    image: str
-    side: str | None
-    score: float
-    lo: float | None
-    hi: float | None
-    erosion: float | None
-    jsn: float | None
-
-
-class PatientTotals:
-    """Collects per-hand scores and gives hands-and-wrists totals per patient.
-
-    Only a small tuple per image with a patient id is kept (~0.3 KB), not the rows. A total
-    needs exactly one left and one right hand image of a patient and a model that scores one
-    hand per image; its interval is the sum of the two bounds (each hand's interval holds with
-    probability >= level, so both hold together with >= 1 - 2(1 - level), 80% for 90% intervals,
-    and usually close to level since the two hands' errors are positively correlated).
-    """
-
-    def __init__(self, hand_bins: SeverityBins, score_scope: str = "hand") -> None:
-        self.scope = score_scope
-        if hand_bins.max_score <= MAX_HAND:
-            self.bins = SeverityBins.patient([2 * e for e in hand_bins.edges])
-        else:
-            self.bins = hand_bins
-        self._rows: dict[str, list[_Hand]] = {}
-
-    def add(self, row: Mapping[str, Any]) -> None:
-        pid = row.get("patient_id")
-        if not pid or row.get("error") or row.get("score") is None:
-            return
-        iv = row.get("interval") or (None, None)
-        ero, jsn = row.get("erosion"), row.get("jsn")
-        hand = _Hand(
-            str(row.get("image")),
-            row.get("side"),
-            float(row["score"]),
-            None if iv[0] is None else float(iv[0]),
-            None if iv[1] is None else float(iv[1]),
-            None if ero is None else float(ero),
-            None if jsn is None else float(jsn),
-        )
-        self._rows.setdefault(str(pid), []).append(hand)
-
-    def totals(self) -> list[dict[str, Any]]:
-        out = []
-        for pid, rows in self._rows.items():
-            entry: dict[str, Any] = {
-                "patient_id": pid,
-                "images": [r.image for r in rows],
-                "total": None,
-                "interval": None,
-                "severity_class": None,
-                "severity_label": None,
-                "erosion": None,
-                "jsn": None,
-                "note": "",
-            }
-            sides = [r.side for r in rows]
-            if self.scope != "hand":
-                entry["note"] = "the model scores both hands per image; see the image rows"
-            elif sorted(s or "?" for s in sides) != ["L", "R"]:
-                entry["note"] = (
-                    f"{len(rows)} image(s) with sides {', '.join(s or '?' for s in sides)}; "
-                    "a total needs one left and one right hand"
-                )
-            else:
-                total = sum(r.score for r in rows)
-                entry["total"] = float(total)
-                if all(r.lo is not None and r.hi is not None for r in rows):
-                    entry["interval"] = [
-                        float(sum(r.lo for r in rows)),  # type: ignore[misc]
-                        float(min(self.bins.max_score, sum(r.hi for r in rows))),
-                    ]  # type: ignore[misc]
-                k = int(self.bins.to_class(total))
-                entry["severity_class"], entry["severity_label"] = k, self.bins.labels[k]
-                if all(r.erosion is not None and r.jsn is not None for r in rows):
-                    entry["erosion"] = float(sum(r.erosion for r in rows))  # type: ignore[misc]
-                    entry["jsn"] = float(sum(r.jsn for r in rows))  # type: ignore[misc]
-            out.append(entry)
-        return out
-
-
-# --------------------------------------------------------------------------- writing results
-def flat_row(row: Mapping[str, Any], n_classes: int, member_names: Sequence[str]) -> dict[str, Any]:
-    """One CSV row (plain columns) of a prediction."""
-    iv = row.get("interval") or [None, None]
-    probs = row.get("probs") or [None] * n_classes
-    ms = row.get("member_scores") or {}
-    out: dict[str, Any] = {
-        "image": row.get("image"),
-        "patient_id": row.get("patient_id") or "",
-        "side": row.get("side") or "",
-        "score": _r(row.get("score")),
-        "interval_lo": _r(iv[0]),
-        "interval_hi": _r(iv[1]),
-        "severity_class": "" if row.get("severity_class") is None else row["severity_class"],
-        "severity_label": row.get("severity_label") or "",
-    }
-    for k in range(n_classes):
-        out[f"p_{k}"] = _r(probs[k], 4)
-    out.update(
-        {
-            "erosion": _r(row.get("erosion")),
-            "jsn": _r(row.get("jsn")),
-            "member_spread": _r(row.get("member_spread")),
-        }
-    )
-    for n in member_names:
-        out[f"member_{n}"] = _r(ms.get(n))
-    out["cam"] = row.get("cam_path") or ""
-    out["warnings"] = "; ".join(row.get("warnings") or [])
-    out["error"] = row.get("error") or ""
-    return out
-
-
-def json_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-safe fields of a prediction (arrays such as heat maps left out)."""
-    skip = {"cam", "cam_members", "cam_member_names", "preprocessed", "display"}
-    return {k: v for k, v in row.items() if k not in skip}
-
-
-def _r(v: Any, nd: int = 3) -> Any:
-    if v is None:
-        return ""
-    return round(float(v), nd)
-
-
-class ResultWriter:
-    """Streams rows to ``out.csv`` (plus ``out_patients.csv``) or ``out.json`` as they come."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        n_classes: int,
-        member_names: Sequence[str],
-        header: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.kind = "json" if self.path.suffix.lower() == ".json" else "csv"
-        if self.path.suffix.lower() not in (".csv", ".json"):
-            raise BadConfigError(f"-o {self.path}: write .csv or .json")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.n_classes, self.member_names = n_classes, list(member_names)
-        self._fh = open(self.path, "w", newline="")
-        self._first = True
-        if self.kind == "json":
-            self._fh.write("{\n" + f'"model": {json.dumps(dict(header or {}))},\n"images": [\n')
-            self._csv = None
-        else:
-            cols = list(flat_row({}, n_classes, member_names))
-            self._csv = csv.DictWriter(self._fh, fieldnames=cols)
-            self._csv.writeheader()
-
-    def write(self, row: Mapping[str, Any]) -> None:
-        if self._csv is not None:
-            self._csv.writerow(flat_row(row, self.n_classes, self.member_names))
-        else:
-            self._fh.write(
-                ("" if self._first else ",\n") + json.dumps(json_row(row), allow_nan=False)
-            )
-        self._first = False
-
-    def close(self, patients: list[dict[str, Any]], summary: Mapping[str, Any]) -> list[Path]:
-        written = [self.path]
-        if self._csv is not None:
-            self._fh.close()
-            if patients:
-                ppath = self.path.with_name(self.path.stem + "_patients.csv")
-                with open(ppath, "w", newline="") as fh:
-                    cols = [
-                        "patient_id",
-                        "total",
-                        "interval_lo",
-                        "interval_hi",
-                        "severity_class",
-                        "severity_label",
-                        "erosion",
-                        "jsn",
-                        "images",
-                        "note",
-                    ]
-                    wr = csv.DictWriter(fh, fieldnames=cols)
-                    wr.writeheader()
-                    for p in patients:
-                        iv = p.get("interval") or [None, None]
-                        wr.writerow(
-                            {
-                                "patient_id": p["patient_id"],
-                                "total": _r(p["total"]),
-                                "interval_lo": _r(iv[0]),
-                                "interval_hi": _r(iv[1]),
-                                "severity_class": ""
-                                if p["severity_class"] is None
-                                else p["severity_class"],
-                                "severity_label": p["severity_label"] or "",
-                                "erosion": _r(p["erosion"]),
-                                "jsn": _r(p["jsn"]),
-                                "images": " ".join(p["images"]),
-                                "note": p["note"],
-                            }
-                        )
-                written.append(ppath)
-        else:
-            self._fh.write(
-                "\n],\n"
-                + f'"patients": {json.dumps(patients, allow_nan=False)},\n'
-                + f'"summary": {json.dumps(dict(summary), allow_nan=False)}\n'
-                + "}\n"
-            )
-            self._fh.close()
-        return written
-
-
-def run_prediction(
-    predictor: Predictor,
-    paths: Sequence[Path],
-    *,
-    out: str | Path | None = None,
-    cam_dir: str | Path | None = None,
-    patients: Mapping[str, PatientInfo] | None = None,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Score ``paths`` streaming into ``out`` (and Grad-CAM files into ``cam_dir``); returns a
-    summary: ``n_images``, ``n_scored``, ``n_failed``, ``n_warned``, ``patients``, ``outputs``."""
-    from svdh.inference.gradcam import write_cam
-
-    bins = predictor.bins
-    writer = (
-        ResultWriter(out, bins.n_classes, predictor.names, predictor.bundle.summary())
-        if out
-        else None
-    )
-    totals = PatientTotals(bins, predictor.bundle.score_scope)
-    n = n_failed = n_warned = 0
-    stems: dict[str, int] = {}
-    try:
-        for row in predictor.predict_paths(paths, patients=patients, cam=cam_dir is not None):
-            n += 1
-            if row.get("error"):
-                n_failed += 1
-            elif row.get("warnings"):
-                n_warned += 1
-            if cam_dir is not None and row.get("cam") is not None:
-                stem = Path(row["image"]).stem
-                stems[stem] = stems.get(stem, 0) + 1
-                if stems[stem] > 1:  # two files of one name in different folders
-                    stem = f"{stem}_{stems[stem]}"
-                title = f"{Path(row['image']).name}: {row['score']:.1f}"
-                paths_written = write_cam(
-                    cam_dir, stem, row["display"], _as_cam_result(row), 0, title
-                )
-                row["cam_path"] = paths_written["overlay"]
-            totals.add(row)
-            if writer is not None:
-                writer.write(row)
-            if on_row is not None:
-                on_row(row)
-        patient_rows = totals.totals()
-        summary = {
-            "n_images": n,
-            "n_scored": n - n_failed,
-            "n_failed": n_failed,
-            "n_warned": n_warned,
-            "n_patients_with_total": sum(p["total"] is not None for p in patient_rows),
-        }
-        outputs = writer.close(patient_rows, summary) if writer is not None else []
-        writer = None
-    finally:
-        if writer is not None:
-            writer.close([], {"n_images": n, "interrupted": True})
-    summary["patients"] = patient_rows
-    summary["outputs"] = [str(p) for p in outputs]
-    return summary
-
-
-def _as_cam_result(row: Mapping[str, Any]) -> Any:
-    from svdh.inference.gradcam import CamResult
-
-    return CamResult(
-        members=np.asarray(row["cam_members"])[:, None],
-        ensemble=np.asarray(row["cam"])[None],
-        member_names=list(row["cam_member_names"]),
-    )

@@ -32,13 +32,12 @@ import numpy as np
 from svdh import __version__
 from svdh.core import scoring
 from svdh.core.errors import BadConfigError
+from svdh.core.landmarks import LANDMARKS_FILE, LANDMARKS_FORMAT, LANDMARKS_VERSION
+from svdh.core.landmarks import load_landmarks as load_landmarks  # re-exported by svdh.synth
 from svdh.synth.damage import parse_severity
 from svdh.synth.phantom import MODES, Patient, RenderedImage, make_patient, quantize, render_patient
 
 FORMATS = ("png", "dicom")
-LANDMARKS_FILE = "landmarks.json"
-LANDMARKS_FORMAT = "svdh-phantom-landmarks"
-LANDMARKS_VERSION = 1
 #: PNG zlib level: low, because quantum noise barely compresses and encoding dominates time.
 PNG_COMPRESS_LEVEL = 1
 
@@ -480,27 +479,3 @@ def _write_csv(path: Path, cols: list[str], rows: Iterable[dict[str, Any]]) -> N
         for r in rows:
             w.writerow(r)
     tmp.replace(path)
-
-
-def load_landmarks(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a phantom ``landmarks.json`` (a folder or the file), checking its format."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / LANDMARKS_FILE
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadConfigError(
-            f"{p}: no landmarks file; generate the cohort with 'svdh synth'"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise BadConfigError(f"{p}: not a readable landmarks file ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != LANDMARKS_FORMAT:
-        raise BadConfigError(
-            f"{p}: not an svdh phantom landmarks file (format {doc.get('format') if isinstance(doc, dict) else None!r})"
-        )
-    if int(doc.get("version", 0)) > LANDMARKS_VERSION:
-        raise BadConfigError(
-            f"{p}: landmarks version {doc.get('version')} is newer than this svdh understands"
-        )
-    return doc

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from svdh.core.errors import BadConfigError
-from svdh.synth.cohort import load_landmarks
+from svdh.core.landmarks import load_landmarks
 
 
 def _read(path: Path) -> np.ndarray:

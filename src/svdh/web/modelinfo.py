@@ -73,7 +73,7 @@ class ModelInfo:
     def card_sections(self) -> list[tuple[str, str, Any]]:
         """The model card as (key, title, value), most important first, empty ones left out."""
         card = {k: v for k, v in self.card.items() if v not in (None, "", [], {})}
-        out = []
+        out: list[tuple[str, str, Any]] = []
         for key in (*CARD_ORDER, *sorted(card)):
             if key in card and key not in CARD_HIDDEN and key not in (k for k, _, _ in out):
                 out.append(

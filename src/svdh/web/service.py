@@ -30,7 +30,10 @@ from typing import Any
 import numpy as np
 
 from svdh.core.errors import BadRadiographError
-from svdh.web.uploads import FORMATS, UploadedFile, UploadError, sniff_format
+from svdh.core.hands import side_or_none
+from svdh.core.io import sniff_format
+from svdh.inference.prediction import Prediction
+from svdh.web.uploads import UploadedFile, UploadError, not_an_image, too_large
 
 log = logging.getLogger("svdh.web")
 
@@ -60,10 +63,13 @@ class Stats:
 
 @dataclass
 class FileOutcome:
-    """One uploaded file after scoring: a result dict, or an error with its HTTP status."""
+    """One uploaded file after scoring: its :class:`Prediction` and the JSON the API answers
+    for it (``result``: the prediction's :meth:`~Prediction.to_json`, the upload's format and
+    size, the rendered views), or an error with its HTTP status."""
 
     name: str
     result: dict[str, Any] | None = None
+    prediction: Prediction | None = None
     status: int = 200
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -205,20 +211,19 @@ class ScoringService:
         # One model call at a time: Grad-CAM keeps hooks on the networks, and concurrent forward
         # passes would mix their activations. Decoding and rendering still run in parallel.
         with self._model_lock:
-            rows = list(predict_images(self.predictor, items, cam=render))
-        for (i, rad), row in zip(decoded, rows, strict=True):
+            preds = list(self.predictor.predict_images(items, cam=render))
+        for (i, _), pred in zip(decoded, preds, strict=True):
             out = outcomes[i]
-            if row.get("error"):
-                out.status, out.error = 422, f"'{out.name}': {row['error']}"
+            if pred.error:
+                out.status, out.error = 422, f"'{out.name}': {pred.error}"
                 continue
-            result = to_json_result(row)
             # A patient id or side given with the upload wins over DICOM tags and file names.
-            result["patient_id"] = patient_ids[i] or row.get("patient_id") or None
-            result["side"] = _side(sides[i]) or row.get("side") or None
-            result.update({k: v for k, v in out.meta.items() if v is not None})
+            pred.patient_id = patient_ids[i] or pred.patient_id or None
+            pred.side = side_or_none(sides[i]) or pred.side or None
+            out.prediction = pred
+            out.result = {**pred.to_json(), **{k: v for k, v in out.meta.items() if v is not None}}
             if render:
-                result["views"] = render_views(self.predictor, rad, row)
-            out.result = result
+                out.result["views"] = render_views(pred)
 
     def _keep(self, files: list[UploadedFile], outcomes: list[FileOutcome]) -> None:
         """Write the uploads and their results under ``keep_dir`` (only when asked for)."""
@@ -247,21 +252,12 @@ class ScoringService:
 def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
     """Size, content type and decoding of one upload; an :class:`UploadError` says what failed."""
     if f.oversize:
-        raise UploadError(
-            413,
-            f"'{f.filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
-            f.filename,
-        )
+        raise too_large(f.filename, max_file_bytes)
     if f.size == 0:
         raise UploadError(422, f"'{f.filename}' is empty", f.filename)
     fmt = sniff_format(f.data)
     if fmt is None:
-        raise UploadError(
-            415,
-            f"'{f.filename}' is not an image the scorer reads ({FORMATS}); "
-            "the type is judged by the file's content, not its name",
-            f.filename,
-        )
+        raise not_an_image(f.filename)
     from svdh.core.io import read_radiograph_bytes
 
     try:
@@ -280,59 +276,6 @@ def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
     return rad, fmt
 
 
-def _side(s: str | None) -> str | None:
-    """L or R from what a user typed (L, LH, left...); anything else is unknown."""
-    t = (s or "").strip().upper()
-    if t in ("L", "LH", "LEFT"):
-        return "L"
-    if t in ("R", "RH", "RIGHT"):
-        return "R"
-    return None
-
-
-# --------------------------------------------------------------------------- predictor glue
-
-
-def predict_images(predictor: Any, items: list[tuple[str, Any]], cam: bool) -> list[dict]:
-    """Call the predictor (``svdh.inference.predictor.Predictor`` contract), asking for Grad-CAM if wanted."""
-    try:
-        return list(predictor.predict_images(items, cam=cam))
-    except TypeError:  # a predictor without the cam option
-        return list(predictor.predict_images(items))
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None
-
-
-def to_json_result(res: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-safe fields of one prediction (no arrays)."""
-    out: dict[str, Any] = {"image": res.get("image")}
-    out["score"] = _num(res.get("score"))
-    iv = res.get("interval")
-    out["interval"] = [_num(iv[0]), _num(iv[1])] if iv is not None else None
-    out["severity_class"] = (
-        int(res["severity_class"]) if res.get("severity_class") is not None else None
-    )
-    out["severity_label"] = res.get("severity_label")
-    probs = res.get("probs")
-    out["probabilities"] = (
-        [float(p) for p in np.asarray(probs).ravel()] if probs is not None else None
-    )
-    for k in ("erosion", "jsn", "member_spread"):
-        out[k] = _num(res.get(k))
-    ms = res.get("member_scores")
-    out["member_scores"] = {str(k): _num(v) for k, v in ms.items()} if ms else None
-    out["warnings"] = [str(w) for w in (res.get("warnings") or [])]
-    return out
-
-
 # --------------------------------------------------------------------------- rendering
 
 
@@ -345,47 +288,25 @@ def png_data_url(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-#: Side of the rendered views: sharper than a 64-256 px model input, small enough for a page.
-DISPLAY_SIZE = 512
-
-
-def render_views(predictor: Any, rad: Any, res: dict[str, Any]) -> dict[str, str | None]:
+def render_views(pred: Prediction) -> dict[str, str | None]:
     """PNG data URLs of the image the model scored and of its Grad-CAM overlay.
 
     Browsers cannot show DICOM, and the model sees a cropped, normalised image, so both views
-    are rendered server-side: the same preprocessing (same crop, which does not depend on the
-    output size) at :data:`DISPLAY_SIZE` px, so a reader sees the joints sharply, with the heat
-    map (computed at the model's input size) stretched over exactly the same field.
+    are rendered server-side from the prediction's display image (the predictor's own
+    preprocessing at :data:`svdh.core.preprocess.DISPLAY_SIZE` px, so a reader sees the joints
+    sharply), with the heat map (computed at the model's input size) stretched over exactly the
+    same field.
     """
     from svdh.inference.gradcam import overlay  # the CLI's overlay style, so page and files agree
 
-    base = display_image(predictor, rad)
+    base = pred.display if pred.display is not None else pred.preprocessed
+    if base is None:
+        return {"image": None, "overlay": None}
     # alpha=0 gives the plain image through the same resampling as the overlay
     views: dict[str, str | None] = {
         "image": png_data_url(overlay(base, np.zeros(base.shape, np.float32), alpha=0.0)),
         "overlay": None,
     }
-    cam = res.get("cam")
-    if cam is not None:
-        views["overlay"] = png_data_url(overlay(base, np.asarray(cam, dtype=np.float32)))
+    if pred.cam is not None:
+        views["overlay"] = png_data_url(overlay(base, np.asarray(pred.cam, dtype=np.float32)))
     return views
-
-
-def display_image(predictor: Any, rad: Any) -> np.ndarray:
-    """The model's input field (uint8), preprocessed again at display resolution."""
-    import dataclasses
-
-    from svdh.core.preprocess import preprocess
-
-    cfg = preprocess_config(predictor)
-    return preprocess(rad, dataclasses.replace(cfg, size=max(cfg.size, DISPLAY_SIZE)))
-
-
-def preprocess_config(predictor: Any) -> Any:
-    """The predictor's :class:`svdh.core.preprocess.PreprocessConfig` (from its bundle's manifest)."""
-    from svdh.core.preprocess import PreprocessConfig
-
-    cfg = getattr(predictor, "preprocess_config", None)
-    if cfg is None:
-        cfg = predictor.bundle.preprocess
-    return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.from_dict(cfg)

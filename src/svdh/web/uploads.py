@@ -1,4 +1,5 @@
-"""Reading uploads safely: streaming multipart parsing in memory, size limits, content sniffing.
+"""Reading uploads safely: streaming multipart parsing in memory, size limits (the content
+sniffing is :func:`svdh.core.io.sniff_format`, the same as for files).
 
 Why not Starlette's ``request.form()``: it spools every file part over 1 MB to a temporary
 file on disk, and uploaded radiographs are patient data that must not touch the disk unless
@@ -9,12 +10,25 @@ refused the moment it grows past the limit, not after the whole body has been re
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from svdh.core.io import sniff_format
+
+__all__ = [
+    "FORMATS",
+    "ParsedForm",
+    "UploadError",
+    "UploadedFile",
+    "not_an_image",
+    "parse_multipart",
+    "too_large",
+    "sniff_format",  # the one sniffer, svdh.core.io's: uploads are judged by content
+]
 
 #: Formats the scorer reads, named as in messages to users.
 FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
@@ -28,6 +42,25 @@ class UploadError(Exception):
         self.status = status
         self.message = message
         self.filename = filename
+
+
+def too_large(filename: str, max_file_bytes: int) -> UploadError:
+    """The 413 of one file over the per-file limit."""
+    return UploadError(
+        413,
+        f"'{filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
+        filename,
+    )
+
+
+def not_an_image(filename: str) -> UploadError:
+    """The 415 of one file whose content is no image format the scorer reads."""
+    return UploadError(
+        415,
+        f"'{filename}' is not an image the scorer reads ({FORMATS}); "
+        "the type is judged by the file's content, not its name",
+        filename,
+    )
 
 
 @dataclass
@@ -51,6 +84,103 @@ class ParsedForm:
     def field(self, name: str) -> str | None:
         vals = self.fields.get(name)
         return vals[-1] if vals else None
+
+
+class _FormReader:
+    """python-multipart's callbacks, filling a :class:`ParsedForm` within the limits."""
+
+    def __init__(
+        self,
+        file_field: str,
+        max_file_bytes: int,
+        max_files: int,
+        max_field_bytes: int,
+        max_oversize_drain: int,
+    ) -> None:
+        self.form = ParsedForm()
+        self.file_field, self.max_files = file_field, max_files
+        self.max_file_bytes, self.max_field_bytes = max_file_bytes, max_field_bytes
+        self.max_oversize_drain = max_oversize_drain
+        self.headers: dict[bytes, bytes] = {}
+        self.field, self.value = b"", b""
+        self.part: UploadedFile | None = None
+        self.text: tuple[str, bytearray] | None = None
+        self.dropped = 0
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.headers, self.part, self.text = {}, None, None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.field.lower()] = self.value
+        self.field, self.value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, disp = parse_options_header(self.headers.get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        if b"filename" not in disp:
+            self.text = (name, bytearray())
+            return
+        if name != self.file_field:
+            raise UploadError(400, f"file parts must be named '{self.file_field}', got '{name}'")
+        if len(self.form.files) >= self.max_files:
+            raise UploadError(
+                413,
+                f"too many files in one request: at most {self.max_files}; send the rest "
+                "in another request",
+            )
+        # Browsers send only the base name; strip any path a client might add.
+        fname = disp[b"filename"].decode("utf-8", "replace").replace("\\", "/").split("/")[-1]
+        self.part = UploadedFile(
+            filename=fname or f"file{len(self.form.files) + 1}",
+            content_type=self.headers.get(b"content-type", b"").decode("latin-1"),
+        )
+        self.form.files.append(self.part)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.part is not None:
+            self._file_data(self.part, data, start, end)
+        elif self.text is not None:
+            name, buf = self.text
+            if len(buf) + end - start > self.max_field_bytes:
+                raise UploadError(413, f"form field '{name}' is too long")
+            buf += data[start:end]
+
+    def _file_data(self, part: UploadedFile, data: bytes, start: int, end: int) -> None:
+        n = end - start
+        part.size += n
+        if not part.oversize and part.size <= self.max_file_bytes:
+            part.data += data[start:end]
+            return
+        if not part.oversize:
+            part.oversize = True
+            self.dropped += len(part.data)
+            part.data = bytearray()  # free what was held: it will never be scored
+        self.dropped += n
+        if self.dropped > self.max_oversize_drain:
+            raise too_large(part.filename, self.max_file_bytes)
+
+    def on_part_end(self) -> None:
+        if self.text is not None:
+            name, buf = self.text
+            self.form.fields.setdefault(name, []).append(buf.decode("utf-8", "replace").strip())
+        self.part, self.text = None, None
 
 
 async def parse_multipart(
@@ -81,96 +211,8 @@ async def parse_multipart(
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError(400, "the multipart/form-data request has no boundary")
-
-    form = ParsedForm()
-    state: dict = {"headers": {}, "field": b"", "value": b"", "part": None, "text": None}
-    dropped = 0
-
-    def on_part_begin() -> None:
-        state["headers"] = {}
-        state["part"] = None
-        state["text"] = None
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower()] = state["value"]
-        state["field"] = b""
-        state["value"] = b""
-
-    def on_headers_finished() -> None:
-        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        name = disp.get(b"name", b"").decode("utf-8", "replace")
-        if b"filename" in disp:
-            if name != file_field:
-                raise UploadError(400, f"file parts must be named '{file_field}', got '{name}'")
-            if len(form.files) >= max_files:
-                raise UploadError(
-                    413,
-                    f"too many files in one request: at most {max_files}; send the rest "
-                    "in another request",
-                )
-            # Browsers send only the base name; strip any path a client might add.
-            fname = disp[b"filename"].decode("utf-8", "replace").replace("\\", "/").split("/")[-1]
-            part = UploadedFile(
-                filename=fname or f"file{len(form.files) + 1}",
-                content_type=state["headers"].get(b"content-type", b"").decode("latin-1"),
-            )
-            form.files.append(part)
-            state["part"] = part
-        else:
-            state["text"] = (name, bytearray())
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        nonlocal dropped
-        part: UploadedFile | None = state["part"]
-        n = end - start
-        if part is not None:
-            part.size += n
-            if part.oversize or part.size > max_file_bytes:
-                if not part.oversize:
-                    part.oversize = True
-                    dropped += len(part.data)
-                    part.data = bytearray()  # free what was held: it will never be scored
-                dropped += n
-                if dropped > max_oversize_drain:
-                    raise UploadError(
-                        413,
-                        f"'{part.filename}' is larger than the limit of "
-                        f"{max_file_bytes / 1e6:g} MB per file",
-                        part.filename,
-                    )
-                return
-            part.data += data[start:end]
-        elif state["text"] is not None:
-            buf = state["text"][1]
-            if len(buf) + n > max_field_bytes:
-                raise UploadError(413, f"form field '{state['text'][0]}' is too long")
-            buf += data[start:end]
-
-    def on_part_end() -> None:
-        if state["text"] is not None:
-            name, buf = state["text"]
-            form.fields.setdefault(name, []).append(buf.decode("utf-8", "replace").strip())
-        state["part"] = None
-        state["text"] = None
-
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    reader = _FormReader(file_field, max_file_bytes, max_files, max_field_bytes, max_oversize_drain)
+    parser = MultipartParser(boundary, cast(Any, reader.callbacks()))
     try:
         async for chunk in stream:
             if chunk:
@@ -178,51 +220,4 @@ async def parse_multipart(
         parser.finalize()
     except MultipartParseError as exc:
         raise UploadError(400, f"malformed multipart body: {exc}") from None
-    return form
-
-
-# --------------------------------------------------------------------------- content sniffing
-
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"II+\x00", "tiff"),  # BigTIFF
-    (b"MM\x00+", "tiff"),
-    (b"BM", "bmp"),
-)
-
-
-def sniff_format(data: bytes | bytearray) -> str | None:
-    """The image format of ``data`` judged by its content, never by its name.
-
-    Returns ``png``, ``jpeg``, ``bmp``, ``tiff`` or ``dicom``, or None for anything else.
-    DICOM is recognised by ``DICM`` at offset 128 (Part 10 files) and, for files written
-    without the preamble, by pydicom reading a plausible data set from the start.
-    """
-    head = bytes(data[:132])
-    for magic, fmt in _MAGIC:
-        if head.startswith(magic):
-            if fmt == "bmp" and len(head) < 26:  # "BM" alone is too weak a signature
-                return None
-            return fmt
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if _looks_like_raw_dicom(data):
-        return "dicom"
-    return None
-
-
-def _looks_like_raw_dicom(data: bytes | bytearray) -> bool:
-    """DICOM without the 128-byte preamble: a data set starting at a group 0002/0008 tag."""
-    if len(data) < 16 or bytes(data[:2]) not in (b"\x02\x00", b"\x08\x00"):
-        return False
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(io.BytesIO(bytes(data)), force=True, stop_before_pixels=True)
-        # force=True "reads" anything; demand real image attributes before calling it DICOM.
-        return "Rows" in ds and "Columns" in ds
-    except Exception:
-        return False
+    return reader.form
