@@ -21,7 +21,7 @@ from svdh.core.errors import BadRunError
 from svdh.core.scoring import SeverityBins
 from svdh.train import TrainConfig, load_run, train_run
 from svdh.train.data import LazyImages
-from svdh.train.run import RunData
+from svdh.train.loop import RunData
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_class_tasks_write_class_probabilities(tmp_path, task: str) -> None:
 
 def test_head_scheme_trains_only_the_head(tmp_path) -> None:
     from svdh.models import build_model
-    from svdh.train.run import save_weights
+    from svdh.models.weights import save_weights
 
     torch.manual_seed(0)
     start = build_model("mobilenet_v2_050", "regression")

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from svdh.core.errors import BadConfigError, BadDatasetError, SvdhError
+from svdh.core.files import atomic_write_text, write_json
 from svdh.core.preprocess import PreprocessConfig, Transform
 from svdh.data.manifest import COLUMNS, Problem, describe, read_manifest_csv
 
@@ -55,6 +56,11 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    @property
+    def images_path(self) -> Path:
+        """``images.npy``: what training memory-maps (one mapping per loader worker)."""
+        return self.path / "images.npy"
 
     def batch(self, cache_indices: Iterable[int]) -> np.ndarray:
         """Images for the given cache indices (in that order), as one uint8 array B x S x S.
@@ -217,7 +223,7 @@ def prepare(
     text = manifest.to_csv(index=False)
     digest = hashlib.sha256(text.encode()).hexdigest()
     if old is None or old.get("manifest_sha256") != digest or not (out / "manifest.csv").exists():
-        _write_text(out / "manifest.csv", text)
+        atomic_write_text(out / "manifest.csv", text)
     meta.update(status="complete", failed=failed, manifest_sha256=digest, n_images=len(manifest))
     if (
         todo
@@ -453,6 +459,35 @@ def open_cache(path: str | os.PathLike[str]) -> Cache:
     return Cache(root, images, manifest, PreprocessConfig.from_dict(meta["config"]), meta, geometry)
 
 
+def open_prepared_cache(
+    path: str | os.PathLike[str], cfg: PreprocessConfig, source: str = ""
+) -> Cache:
+    """The cache ``svdh prepare --out PATH`` built, checked against the preprocessing (and,
+    when given, the source) a run asks for; a mismatch is one line saying what differs."""
+    cache = open_cache(path)
+    want, have = cfg.to_dict(), cache.config.to_dict()
+    diff = [f"{k} {have.get(k)} (asked {v})" for k, v in want.items() if have.get(k) != v]
+    if diff:
+        raise BadConfigError(
+            f"{cache.path}: prepared with other preprocessing: {', '.join(diff)}; train with "
+            "the options it was prepared with, or prepare a new cache"
+        )
+    if source:
+        from svdh.data.sources import parse_spec
+
+        prepared = str(cache.meta.get("source", ""))
+        try:
+            same = parse_spec(prepared) == parse_spec(source)
+        except BadDatasetError:  # the prepared source moved away: the images are in the cache
+            same = True
+        if not same:
+            raise BadConfigError(
+                f"{cache.path}: prepared from {cache.meta.get('source')!r}, not {source!r}; "
+                "give the same source, or prepare a cache of this one"
+            )
+    return cache
+
+
 def ensure_cache(
     source: str | os.PathLike[str] | pd.DataFrame,
     size: int,
@@ -552,14 +587,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    # Write then rename: a reader (or a kill) never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_json(path, obj, sort_keys=True)
 
 
 def _now() -> str:
