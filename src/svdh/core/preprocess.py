@@ -100,9 +100,10 @@ class PreprocessConfig:
             )
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any], warn: bool = True) -> PreprocessConfig:
-        """The preprocessing stored in a run's ``config.yaml`` or a bundle's manifest.
+    @staticmethod
+    def stored(record: Mapping[str, Any]) -> dict[str, Any]:
+        """The preprocessing settings stored in a run's ``config.yaml`` or a bundle's
+        manifest, as a dict with at least ``size`` (as stored: its algorithm version kept).
 
         The one read-compatibility shim: records written before the preprocessing was stored
         once keep a top-level ``image_size`` beside (or instead of) ``preprocess``; a
@@ -118,6 +119,12 @@ class PreprocessConfig:
                     "retrain or re-export with this svdh"
                 )
             d["size"] = int(record["image_size"])
+        return d
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], warn: bool = True) -> PreprocessConfig:
+        """:meth:`stored` as a config (``warn=False``: no warning for another algorithm version)."""
+        d = cls.stored(record)
         if warn:
             return cls.from_dict(d)
         with warnings.catch_warnings():

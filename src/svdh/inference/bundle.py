@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from svdh import __version__
-from svdh.core.errors import BadBundleError
+from svdh.core.errors import BadBundleError, BadConfigError
+from svdh.core.files import atomic_path, atomic_write_with, plain
+from svdh.core.preprocess import PreprocessConfig
 from svdh.core.scoring import SeverityBins
-from svdh.runs.tables import plain
+from svdh.runs.layout import RunDir
 
 FORMAT = "svdh-bundle"
 #: Bump when a reader of the previous version could misread a new bundle.
@@ -89,11 +91,12 @@ class Bundle:
 
     @property
     def preprocess(self) -> dict[str, Any]:
-        return dict(self.manifest["preprocess"])
+        """The preprocessing settings (``PreprocessConfig.from_dict`` reads them)."""
+        return PreprocessConfig.stored(self.manifest)
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+        return int(self.preprocess["size"])
 
     @property
     def combine(self) -> dict[str, Any]:
@@ -135,25 +138,17 @@ class Bundle:
         :func:`svdh.models.net.model_from_config`, i.e. ``SvdhNet`` from its ``config``); the bundle's weights are then loaded strictly, so an
         architecture that does not match its weights is a :class:`BadBundleError`.
         """
-        if factory is None:
-            from svdh.models.net import model_from_config
+        from svdh.models.weights import WeightsMismatch, rebuild_model
 
-            def factory(**arch: Any) -> Any:
-                return model_from_config(arch)
-
+        build = (lambda arch: factory(**arch)) if factory is not None else None
         out: list[list[Any]] = []
         for i, m in enumerate(self.members):
             models = []
             for k in range(int(m["n_models"])):
                 try:
-                    net = factory(**m["arch"])
-                    net.load_state_dict(self.state_dict(i, k), strict=True)
-                except BadBundleError:
-                    raise
-                except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-                    first = (
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    )
+                    net = rebuild_model(m["arch"], self.state_dict(i, k), build=build)
+                except WeightsMismatch as exc:
+                    first = str(exc)
                     raise BadBundleError(
                         f"{self._where()}: member {m.get('name', i)!r} fold model {k} does not match "
                         f"its architecture {m['arch']} ({first}); re-export it with this svdh version"
@@ -235,7 +230,7 @@ def save_bundle(
     task: str,
     bins: SeverityBins,
     preprocess: Mapping[str, Any],
-    image_size: int,
+    image_size: int | None = None,
     score_scope: str = "hand",
     combine: Mapping[str, Any] | None = None,
     conformal: Mapping[str, Any] | None = None,
@@ -249,11 +244,15 @@ def save_bundle(
     meta-learner (``{"method": "stacking", "meta_learner": {...}}``); ``conformal`` the interval
     quantiles (``{"level": 0.9, "quantile": q, ...}``); ``card`` the model card (training data,
     metrics...; versions and date are added here). ``extra`` adds further manifest keys
-    (e.g. the ONNX companion file's name and hash).
+    (e.g. the ONNX companion file's name and hash). ``preprocess`` holds the input size
+    (``image_size``, when given, must agree with it or fills it in).
     """
     import torch
     from safetensors.torch import save_file
 
+    pp = dict(preprocess)
+    if image_size is not None and pp.setdefault("size", int(image_size)) != int(image_size):
+        raise BadBundleError(f"image_size {image_size} differs from preprocess size {pp['size']}")
     if not members:
         raise BadBundleError("a bundle needs at least one member model")
     tensors: dict[str, torch.Tensor] = {}
@@ -285,8 +284,7 @@ def save_bundle(
         "task": task,
         "score_scope": score_scope,
         "bins": bins.to_dict(),
-        "preprocess": plain(dict(preprocess)),
-        "image_size": int(image_size),
+        "preprocess": plain(pp),
         "members": member_entries,
         "combine": plain(dict(combine or {"method": "mean"})),
         "conformal": plain(dict(conformal)) if conformal else None,
@@ -302,11 +300,12 @@ def save_bundle(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    _default_mode(tmp)
-    tmp.replace(path)  # atomic: a reader never sees a half-written bundle
-    return path
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _default_mode(tmp)
+
+    return atomic_write_with(path, write)  # a reader never sees a half-written bundle
 
 
 def _default_mode(path: Path) -> None:
@@ -404,11 +403,15 @@ def _parse_manifest(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
         raise BadBundleError(
             f"{path}: bundle manifest does not match its header; the file was tampered with"
         )
-    for key in ("members", "task", "bins", "preprocess", "image_size"):
+    for key in ("members", "task", "bins"):
         if key not in manifest:
             raise BadBundleError(
                 f"{path}: bundle manifest lacks {key!r}; re-export the model with svdh export"
             )
+    try:
+        PreprocessConfig.stored(manifest)  # bundles of 0.1 also kept a separate image_size
+    except BadConfigError as exc:
+        raise BadBundleError(f"{path}: bundle manifest: {exc}") from None
     return manifest
 
 
@@ -456,18 +459,16 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # --------------------------------------------------------------------------- export from runs
 def _member_weights(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """State dicts of every fold model of a run (``fold_*/best.safetensors``) and the
+    """State dicts of every fold model of a run (each fold's ``best.safetensors``) and the
     architecture stored with them (``SvdhNet.config``)."""
     from svdh.core.errors import BadRunError
     from svdh.models.net import read_weights_file
 
-    files = sorted(
-        run_dir.glob("fold_*/best.safetensors"), key=lambda p: int(p.parent.name.split("_")[-1])
-    )
+    files = [f.weights for f in RunDir(run_dir).weight_folds()]
     if not files:
         raise BadRunError(
-            f"{run_dir}: no fold_*/best.safetensors; is it a finished `svdh train` run? "
-            "(rerun `svdh train ... --resume` to finish it)"
+            f"{run_dir}: no fold weights (fold_k/best.safetensors); is it a finished `svdh train` "
+            "run? (rerun `svdh train ... --resume` to finish it)"
         )
     states, arch = [], None
     for f in files:
@@ -530,19 +531,21 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
         )
     bins = run.bins
     assert bins is not None
+    rd = RunDir(src)
     if run.is_ensemble:
-        meta_path = src / "meta_learner.json"
-        if not meta_path.is_file():
-            raise BadRunError(f"{src}: ensemble without meta_learner.json; rerun `svdh ensemble`")
-        meta = json.loads(meta_path.read_text())
+        if not rd.meta_learner.is_file():
+            raise BadRunError(
+                f"{src}: ensemble without {rd.meta_learner.name}; rerun `svdh ensemble`"
+            )
+        meta = json.loads(rd.meta_learner.read_text())
         member_dirs = [Path(m["path"]) for m in run.config.get("members", [])]
         names = [str(m.get("name", Path(m["path"]).name)) for m in run.config.get("members", [])]
         if not member_dirs:
-            raise BadRunError(f"{src}/config.yaml lists no members")
+            raise BadRunError(f"{rd.config} lists no members")
         combine = {"method": meta.get("method", "stacking"), "meta_learner": meta}
         conformal = run.conformal
         if not conformal:
-            raise BadRunError(f"{src}: ensemble without conformal.json; rerun `svdh ensemble`")
+            raise BadRunError(f"{src}: ensemble without {rd.conformal.name}; rerun `svdh ensemble`")
     else:
         member_dirs, names = [src], [run.name]
         combine = {"method": "mean"}
@@ -560,11 +563,12 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
             )
         mrun = read_run(d) if d != src else run
         cfg = mrun.config
-        pp = cfg.get("preprocess")
-        if not isinstance(pp, dict):
+        try:
+            pp = PreprocessConfig.stored(cfg)
+        except BadConfigError:
             raise BadRunError(
-                f"{d}/config.yaml has no 'preprocess' settings; retrain with this svdh"
-            )
+                f"{RunDir(d).config} has no 'preprocess' settings; retrain with this svdh"
+            ) from None
         if preprocess is not None and pp != preprocess:
             raise BadRunError(
                 f"{d}: preprocessing differs from the other members ({pp} vs {preprocess}); "
@@ -572,7 +576,8 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
             )
         preprocess = pp
         states, arch = _member_weights(d)
-        info = {k: cfg.get(k) for k in ("backbone", "init", "scheme", "task", "image_size", "seed")}
+        info = {k: cfg.get(k) for k in ("backbone", "init", "scheme", "task", "seed")}
+        info["image_size"] = int(pp["size"])
         if mrun.metrics:
             info["metrics"] = headline(mrun.metrics)
         members.append(Member(name=name, arch=arch, state_dicts=states, info=info))
@@ -592,7 +597,7 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
         task=str(run.config.get("task")),
         bins=bins,
         preprocess=preprocess,
-        image_size=int(preprocess.get("size", run.config.get("image_size", 256))),
+        image_size=int(preprocess["size"]),
         score_scope=run.score_scope,
         combine=combine,
         conformal=conformal,
@@ -619,12 +624,6 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
 
 
 # --------------------------------------------------------------------------- ONNX
-def _build(arch: Mapping[str, Any]) -> Any:
-    from svdh.models.net import model_from_config
-
-    return model_from_config(arch)
-
-
 def export_onnx(
     members: Sequence[Member],
     path: str | Path,
@@ -643,17 +642,14 @@ def export_onnx(
     metadata. With ``check``, onnxruntime re-runs a random batch and the export is refused if any
     output differs from torch by more than 1e-3.
     """
-    import warnings
-
     import torch
 
-    factory = factory or _build
+    from svdh.models.weights import rebuild_model
+
     nets, names = [], []
     for i, m in enumerate(members):
         for k, sd in enumerate(m.state_dicts):
-            net = factory(m.arch)
-            net.load_state_dict(dict(sd), strict=True)
-            nets.append(net.eval())
+            nets.append(rebuild_model(m.arch, sd, build=factory))
             names.append(f"m{i}_f{k}")
 
     class AllModels(torch.nn.Module):
@@ -668,7 +664,25 @@ def export_onnx(
     x = torch.rand(2, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    with atomic_path(path) as tmp:
+        _write_onnx(graph, names, tmp, x, opset, doc, check, image_size)
+    return path
+
+
+def _write_onnx(
+    graph: Any,
+    names: list[str],
+    tmp: Path,
+    x: Any,
+    opset: int,
+    doc: Mapping[str, Any] | None,
+    check: bool,
+    image_size: int,
+) -> None:
+    import warnings
+
+    import torch
+
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with warnings.catch_warnings():
         # torch's TorchScript-based exporter is deprecated in favour of the dynamo one, which
@@ -710,12 +724,9 @@ def export_onnx(
         # float32 rounding grows with the magnitude of the outputs (logits of an untrained model
         # can reach 1e4 on noise): allow 1e-3 absolute plus 1e-5 of the largest output
         if diff > 1e-3 + 1e-5 * scale:
-            tmp.unlink(missing_ok=True)
             raise BadBundleError(
                 f"ONNX export differs from torch by {diff:.2e} (outputs up to {scale:.3g}); not written"
             )
-    tmp.replace(path)
-    return path
 
 
 def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> tuple[float, float]:

@@ -9,7 +9,7 @@ architecture and its weights reads the same everywhere. Nothing here unpickles a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,15 @@ class WeightsMismatch(ValueError):
     reason in the message); callers turn it into the error type of their file kind."""
 
 
-def rebuild_model(arch: Mapping[str, Any], state: Mapping[str, Any]) -> SvdhNet:
-    """``SvdhNet`` of architecture ``arch`` with ``state`` loaded strictly, in eval mode."""
+def rebuild_model(
+    arch: Mapping[str, Any],
+    state: Mapping[str, Any],
+    build: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> Any:
+    """``SvdhNet`` of architecture ``arch`` (or ``build(arch)``'s network) with ``state``
+    loaded strictly, in eval mode; :class:`WeightsMismatch` when they do not fit."""
     try:
-        net = model_from_config(arch)
+        net = (build or model_from_config)(arch)
         net.load_state_dict(dict(state), strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -82,12 +87,9 @@ class RunInfo:
 
     @property
     def preprocess(self) -> dict[str, Any]:
-        pp = dict(self.config.get("preprocess") or {})
-        if "size" not in pp:  # a run from before preprocessing was stored once
-            from svdh.core.preprocess import PreprocessConfig
+        from svdh.core.preprocess import PreprocessConfig
 
-            pp = PreprocessConfig.from_record(self.config, warn=False).to_dict()
-        return pp
+        return PreprocessConfig.stored(self.config)
 
     @property
     def image_size(self) -> int:
