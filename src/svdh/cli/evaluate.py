@@ -276,6 +276,7 @@ def register(app: typer.Typer) -> None:
         matrix), conformal interval coverage, per patient (both hands summed) and a second reader side by side.
         """
         from svdh.evaluate.metrics import evaluate_run
+        from svdh.runs.layout import RunDir
         from svdh.runs.tables import load_predictions, write_json
 
         run = load_predictions(predictions, scope=scope)
@@ -291,7 +292,7 @@ def register(app: typer.Typer) -> None:
             from svdh.evaluate.report.plots import write_plots
 
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "metrics.json", m)
+            write_json(RunDir(out).metrics, m)
             write_plots(run, m, out)
         if fmt is Format.json:
             from svdh.runs.tables import plain

@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         Data, bone-age pretraining, ensemble members, the ensemble, export, Grad-CAM and the
         report, in order. Each finished step is skipped on re-run, so a crashed study continues.
         """
-        from svdh.experiment import Runner, load_experiment
+        from svdh.experiment import Study, load_experiment
 
         exp = load_experiment(experiment, profile=profile, out=out)
         if check:
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
             "strategy": strategy,
             "num_nodes": num_nodes,
         }
-        made = Runner(exp, runtime=runtime).run()
+        made = Study(exp, runtime=runtime).run()
         _print_made(made, quick=False)
 
     @app.command("demo")
@@ -80,8 +80,8 @@ def register(app: typer.Typer) -> None:
         Bone-age pretraining, ResNet and MobileNetV2 members, stacking, evaluation on held-out
         phantom patients, a model bundle, Grad-CAM and the HTML report. GPUs are used when present.
         """
-        from svdh.experiment import CONFIG_DIR, Runner, load_experiment
+        from svdh.experiment import CONFIG_DIR, Study, load_experiment
 
         exp = load_experiment(CONFIG_DIR / "demo.yaml", profile="quick" if quick else None, out=out)
-        made = Runner(exp).run()
+        made = Study(exp).run()
         _print_made(made, quick=quick)
