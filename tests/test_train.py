@@ -394,3 +394,52 @@ def test_pretrain_on_the_rsna_sample_then_transfer(tmp_path, rsna_sample_dir, mo
         seeded.backbone.features[1].conv[0][0].weight, pre.backbone.features[1].conv[0][0].weight
     )
     assert not seeded.init_report["head_transferred"]
+
+
+def test_train_uses_a_prepared_cache_and_refuses_a_mismatched_one(tmp_path):
+    """`svdh train --cache DIR` trains on what `svdh prepare --out DIR` built (preprocessing
+    checked, stored once in the run's config), and refuses a cache prepared otherwise."""
+    from svdh.core.errors import BadConfigError
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data.cache import prepare
+    from svdh.train.loop import load_run_data
+
+    src = make_csv_source(tmp_path / "data", n_patients=6)
+    cache = tmp_path / "cache"
+    prepare(src, cache, PreprocessConfig(size=32, margin=0.1), workers=1, progress=False)
+    data = load_run_data(tiny(source=src, cache=str(cache), margin=0.1))
+    assert len(data.manifest) == 12 and data.images.shape == (12, 32, 32)
+    assert data.preprocess["size"] == 32 and data.preprocess["margin"] == 0.1
+    with pytest.raises(BadConfigError, match="margin 0.1 \\(asked 0.04\\)"):
+        load_run_data(tiny(source=src, cache=str(cache)))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from svdh.cli.main import main; main()",
+            "train",
+            src,
+            "-o",
+            str(tmp_path / "run"),
+            "--cache",
+            str(cache),
+            "--image-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode != 0 and "size 32 (asked 64)" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_run_config_stores_the_preprocessing_once(tmp_path):
+    run = tmp_path / "run"
+    train_run(tiny(folds=2), run, data=memory_data(), quiet=True)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert "image_size" not in cfg and "image_size" not in cfg["train"]
+    assert cfg["preprocess"]["size"] == 32
+    assert TrainConfig.from_run_config(cfg).image_size == 32
+    old = {**cfg, "image_size": 48, "preprocess": None, "train": {**cfg["train"], "image_size": 48}}
+    assert TrainConfig.from_run_config(old).image_size == 48  # a run written before

@@ -85,6 +85,9 @@ class Cache:
 # --------------------------------------------------------------------------- prepare
 
 
+_ARRAYS = ("images.npy", "keys.npy", "geometry.npy")
+
+
 def prepare(
     source: str | os.PathLike[str] | pd.DataFrame,
     out_dir: str | os.PathLike[str],
@@ -104,18 +107,10 @@ def prepare(
     """
     cfg = cfg or PreprocessConfig()
     out = Path(out_dir).expanduser().resolve()
-    if isinstance(source, pd.DataFrame):
-        df = _normalise_frame(source)
-        spec = str(source.attrs.get("source", "dataframe"))
-    else:
-        from svdh.data.sources import load_source
-
-        df = load_source(source, skip_invalid=skip_invalid)
-        spec = str(df.attrs.get("source", source))
-    n, size = len(df), cfg.size
+    df, spec = _source_frame(source, skip_invalid)
+    n = len(df)
     if n == 0:
         raise BadDatasetError(f"{spec}: no images to prepare")
-
     expected, stat_problems = _row_keys(df, cfg, max_pixels)
     meta_path = out / "meta.json"
     old = _read_meta(meta_path) if meta_path.exists() else None
@@ -125,59 +120,20 @@ def prepare(
                 f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
             )
         out.mkdir(parents=True, exist_ok=True)
-    fingerprint = hashlib.sha256(
-        expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()
-    ).hexdigest()
-    compatible = (
-        old is not None
-        and old.get("format") == CACHE_FORMAT
-        and old.get("n") == n
-        and old.get("config") == cfg.to_dict()
-        and all((out / f).exists() for f in ("images.npy", "keys.npy", "geometry.npy"))
-    )
-    if compatible:
-        images = np.load(out / "images.npy", mmap_mode="r+")
-        keys = np.load(out / "keys.npy", mmap_mode="r+")
-        geometry = np.load(out / "geometry.npy", mmap_mode="r+")
-        if (
-            images.shape != (n, size, size)
-            or keys.shape != (n,)
-            or geometry.shape != (n, len(_GEOMETRY_FIELDS))
-        ):
-            compatible = False
-            del images, keys, geometry
-    if not compatible:
-        for f in ("images.npy", "keys.npy", "geometry.npy", "manifest.csv", "meta.json"):
-            (out / f).unlink(missing_ok=True)
-        images = np.lib.format.open_memmap(
-            out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size)
-        )
-        keys = np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.uint64, shape=(n,))
-        geometry = np.lib.format.open_memmap(
-            out / "geometry.npy", mode="w+", dtype=np.int32, shape=(n, len(_GEOMETRY_FIELDS))
-        )
-        old = None
-    failed: dict[str, dict[str, Any]] = dict((old or {}).get("failed", {}))
-    # Failures are remembered with the key of the input that failed: the same unchanged file
-    # is not retried, a replaced one is.
-    failed = {
-        k: v
-        for k, v in failed.items()
-        if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])
-    }
-    for i, msg in stat_problems.items():
-        failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    (images, keys, geometry), old = _open_arrays(out, old, n, cfg)
+    failed = _known_failures(old, expected, stat_problems)
     todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
-
     meta = {
         "format": CACHE_FORMAT,
         "svdh_version": _version(),
         "source": spec,
         "n": n,
-        "size": size,
+        "size": cfg.size,
         "config": cfg.to_dict(),
         "max_pixels": max_pixels,
-        "fingerprint": fingerprint,
+        "fingerprint": hashlib.sha256(
+            expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()
+        ).hexdigest(),
         "status": "building",
         "created": (old or {}).get("created", _now()),
         "updated": _now(),
@@ -189,17 +145,9 @@ def prepare(
         del images  # workers open their own mapping
         try:
             new_failed = _run(
-                out / "images.npy",
-                todo,
-                df["image"].tolist(),
-                cfg,
-                max_pixels,
-                expected,
-                keys,
-                geometry,
-                workers,
-                progress,
-            )
+                out / "images.npy", todo, df["image"].tolist(), cfg, max_pixels, expected,
+                keys, geometry, workers, progress,
+            )  # fmt: skip
         finally:
             keys.flush()
             geometry.flush()
@@ -215,6 +163,78 @@ def prepare(
             f"{spec}: {len(problems)} image(s) could not be prepared: {describe(problems)}; fix or "
             "remove them (rerunning redoes only those), or pass --skip-invalid to leave them out"
         )
+    _finish(out, df, meta, failed, old, bool(todo))
+    return out
+
+
+def _source_frame(
+    source: str | os.PathLike[str] | pd.DataFrame, skip_invalid: bool
+) -> tuple[pd.DataFrame, str]:
+    """The rows to prepare and the source's name."""
+    if isinstance(source, pd.DataFrame):
+        return _normalise_frame(source), str(source.attrs.get("source", "dataframe"))
+    from svdh.data.sources import load_source
+
+    df = load_source(source, skip_invalid=skip_invalid)
+    return df, str(df.attrs.get("source", source))
+
+
+def _open_arrays(
+    out: Path, old: dict[str, Any] | None, n: int, cfg: PreprocessConfig
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, Any] | None]:
+    """The cache's memory-mapped arrays: those of a compatible earlier build (continued), or
+    fresh ones (``old`` then becomes None: nothing of the earlier build counts)."""
+    size = cfg.size
+    shapes = ((n, size, size), (n,), (n, len(_GEOMETRY_FIELDS)))
+    compatible = (
+        old is not None
+        and old.get("format") == CACHE_FORMAT
+        and old.get("n") == n
+        and old.get("config") == cfg.to_dict()
+        and all((out / f).exists() for f in _ARRAYS)
+    )
+    if compatible:
+        arrays = tuple(np.load(out / f, mmap_mode="r+") for f in _ARRAYS)
+        if tuple(a.shape for a in arrays) == shapes:
+            return arrays, old  # type: ignore[return-value]
+        del arrays
+    for f in (*_ARRAYS, "manifest.csv", "meta.json"):
+        (out / f).unlink(missing_ok=True)
+    dtypes = (np.uint8, np.uint64, np.int32)
+    arrays = tuple(
+        np.lib.format.open_memmap(out / f, mode="w+", dtype=dt, shape=shape)
+        for f, dt, shape in zip(_ARRAYS, dtypes, shapes, strict=True)
+    )
+    return arrays, None  # type: ignore[return-value]
+
+
+def _known_failures(
+    old: dict[str, Any] | None, expected: np.ndarray, stat_problems: dict[int, str]
+) -> dict[str, dict[str, Any]]:
+    """Failures are remembered with the key of the input that failed: the same unchanged file
+    is not retried, a replaced one is."""
+    n = len(expected)
+    failed = {
+        k: v
+        for k, v in dict((old or {}).get("failed", {})).items()
+        if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])
+    }
+    for i, msg in stat_problems.items():
+        failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    return failed
+
+
+def _finish(
+    out: Path,
+    df: pd.DataFrame,
+    meta: dict[str, Any],
+    failed: dict[str, dict[str, Any]],
+    old: dict[str, Any] | None,
+    worked: bool,
+) -> None:
+    """Write ``manifest.csv`` (without failed rows) and the completed ``meta.json``, each only
+    when it changed (a rerun on unchanged inputs writes nothing)."""
+    n = len(df)
     manifest = df.copy()
     manifest["cache_index"] = np.arange(n, dtype=np.int64)
     if failed:
@@ -226,14 +246,13 @@ def prepare(
         atomic_write_text(out / "manifest.csv", text)
     meta.update(status="complete", failed=failed, manifest_sha256=digest, n_images=len(manifest))
     if (
-        todo
+        worked
         or old is None
         or {k: v for k, v in old.items() if k != "updated"}
         != {k: v for k, v in meta.items() if k != "updated"}
     ):
         meta["updated"] = _now()
-        _write_json(meta_path, meta)
-    return out
+        _write_json(out / "meta.json", meta)
 
 
 def _normalise_frame(source: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from svdh.core.errors import BadBundleError, BadConfigError
 from svdh.core.files import atomic_path, atomic_write_with, plain
 from svdh.core.preprocess import PreprocessConfig
 from svdh.core.scoring import SeverityBins
+from svdh.core.tasks import Task
 from svdh.runs.layout import RunDir
 
 FORMAT = "svdh-bundle"
@@ -223,6 +224,34 @@ def _versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- save
+def _tensors(members: Sequence[Member]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every fold model's tensors under ``m{i}.f{k}.{name}``, and the members' manifest entries."""
+    import torch
+
+    if not members:
+        raise BadBundleError("a bundle needs at least one member model")
+    tensors: dict[str, torch.Tensor] = {}
+    member_entries = []
+    for i, m in enumerate(members):
+        if not m.state_dicts:
+            raise BadBundleError(f"member {m.name!r} has no fold models to export")
+        for k, sd in enumerate(m.state_dicts):
+            for name, value in sd.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                # clone: safetensors refuses tensors that share storage (tied weights, views)
+                tensors[f"m{i}.f{k}.{name}"] = value.detach().cpu().contiguous().clone()
+        member_entries.append(
+            {
+                "name": m.name,
+                "arch": plain(dict(m.arch)),
+                "n_models": len(m.state_dicts),
+                "info": plain(dict(m.info)),
+            }
+        )
+    return tensors, member_entries
+
+
 def save_bundle(
     path: str | Path,
     members: Sequence[Member],
@@ -247,33 +276,12 @@ def save_bundle(
     (e.g. the ONNX companion file's name and hash). ``preprocess`` holds the input size
     (``image_size``, when given, must agree with it or fills it in).
     """
-    import torch
     from safetensors.torch import save_file
 
     pp = dict(preprocess)
     if image_size is not None and pp.setdefault("size", int(image_size)) != int(image_size):
         raise BadBundleError(f"image_size {image_size} differs from preprocess size {pp['size']}")
-    if not members:
-        raise BadBundleError("a bundle needs at least one member model")
-    tensors: dict[str, torch.Tensor] = {}
-    member_entries = []
-    for i, m in enumerate(members):
-        if not m.state_dicts:
-            raise BadBundleError(f"member {m.name!r} has no fold models to export")
-        for k, sd in enumerate(m.state_dicts):
-            for name, value in sd.items():
-                if not isinstance(value, torch.Tensor):
-                    continue
-                # clone: safetensors refuses tensors that share storage (tied weights, views)
-                tensors[f"m{i}.f{k}.{name}"] = value.detach().cpu().contiguous().clone()
-        member_entries.append(
-            {
-                "name": m.name,
-                "arch": plain(dict(m.arch)),
-                "n_models": len(m.state_dicts),
-                "info": plain(dict(m.info)),
-            }
-        )
+    tensors, member_entries = _tensors(members)
     card_d = dict(card or {})
     card_d.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     card_d.setdefault("versions", _versions())
@@ -511,49 +519,41 @@ def _training_summary(run: Any) -> dict[str, Any]:
     return out
 
 
-def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
-    """Make a bundle from a run directory (``svdh train``) or an ensemble directory
-    (``svdh ensemble``); with ``onnx`` also write the ONNX graph beside it (``out`` with suffix
-    ``.onnx``), recorded with its hash in the manifest.
-
-    A single run becomes a one-member bundle whose prediction is the mean of its fold models, and
-    whose 90% interval is calibrated on its out-of-fold residuals (split conformal).
-    """
+def _combination(src: Path, run: Any) -> tuple[list[Path], list[str], dict, dict]:
+    """Member run directories, their names, how they combine and the conformal quantiles:
+    an ensemble's (its meta-learner and conformal.json), or a run's (the mean of its fold
+    models, calibrated on its out-of-fold residuals)."""
     from svdh.core.errors import BadRunError
-    from svdh.evaluate.metrics import DEFAULT_ALPHA, ConformalModel, headline
-    from svdh.runs.tables import read_run
+    from svdh.evaluate.metrics import DEFAULT_ALPHA, ConformalModel
 
-    src = Path(src)
-    run = read_run(src)
-    if run.task == "boneage":
-        raise BadRunError(
-            f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble"
-        )
-    bins = run.bins
-    assert bins is not None
     rd = RunDir(src)
-    if run.is_ensemble:
-        if not rd.meta_learner.is_file():
-            raise BadRunError(
-                f"{src}: ensemble without {rd.meta_learner.name}; rerun `svdh ensemble`"
-            )
-        meta = json.loads(rd.meta_learner.read_text())
-        member_dirs = [Path(m["path"]) for m in run.config.get("members", [])]
-        names = [str(m.get("name", Path(m["path"]).name)) for m in run.config.get("members", [])]
-        if not member_dirs:
-            raise BadRunError(f"{rd.config} lists no members")
-        combine = {"method": meta.get("method", "stacking"), "meta_learner": meta}
-        conformal = run.conformal
-        if not conformal:
-            raise BadRunError(f"{src}: ensemble without {rd.conformal.name}; rerun `svdh ensemble`")
-    else:
-        member_dirs, names = [src], [run.name]
-        combine = {"method": "mean"}
+    if not run.is_ensemble:
         cm = ConformalModel.fit(
-            run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=bins
+            run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=run.bins
         )
         conformal = cm.to_dict()
-        conformal["calibration"] = "out-of-fold residuals of the run (oof.csv)"
+        conformal["calibration"] = f"out-of-fold residuals of the run ({rd.oof.name})"
+        return [src], [run.name], {"method": "mean"}, conformal
+    if not rd.meta_learner.is_file():
+        raise BadRunError(f"{src}: ensemble without {rd.meta_learner.name}; rerun `svdh ensemble`")
+    meta = json.loads(rd.meta_learner.read_text())
+    member_dirs = [Path(m["path"]) for m in run.config.get("members", [])]
+    names = [str(m.get("name", Path(m["path"]).name)) for m in run.config.get("members", [])]
+    if not member_dirs:
+        raise BadRunError(f"{rd.config} lists no members")
+    if not run.conformal:
+        raise BadRunError(f"{src}: ensemble without {rd.conformal.name}; rerun `svdh ensemble`")
+    combine = {"method": meta.get("method", "stacking"), "meta_learner": meta}
+    return member_dirs, names, combine, run.conformal
+
+
+def _members(
+    src: Path, run: Any, member_dirs: list[Path], names: list[str]
+) -> tuple[list[Member], dict[str, Any]]:
+    """Every member's weights and description, and the preprocessing they all share."""
+    from svdh.core.errors import BadRunError
+    from svdh.evaluate.metrics import headline
+    from svdh.runs.tables import read_run
 
     members, preprocess = [], None
     for d, name in zip(member_dirs, names, strict=True):
@@ -582,8 +582,15 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
             info["metrics"] = headline(mrun.metrics)
         members.append(Member(name=name, arch=arch, state_dicts=states, info=info))
     assert preprocess is not None
+    return members, preprocess
+
+
+def _card(src: Path, out: Path, run: Any) -> dict[str, Any]:
+    """The model card: what the model was trained on, how well it did, what it is for."""
+    from svdh.evaluate.metrics import headline
+
     card: dict[str, Any] = {
-        "name": Path(out).stem,
+        "name": out.stem,
         "source_dir": str(src.resolve()),
         "kind": "ensemble" if run.is_ensemble else "run",
         "training_data": _training_summary(run),
@@ -593,6 +600,30 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
     }
     if run.is_phantom:
         card["warning"] = "trained on phantom (synthetic) radiographs: not a clinical model"
+    return card
+
+
+def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
+    """Make a bundle from a run directory (``svdh train``) or an ensemble directory
+    (``svdh ensemble``); with ``onnx`` also write the ONNX graph beside it (``out`` with suffix
+    ``.onnx``), recorded with its hash in the manifest.
+
+    A single run becomes a one-member bundle whose prediction is the mean of its fold models, and
+    whose 90% interval is calibrated on its out-of-fold residuals (split conformal).
+    """
+    from svdh.core.errors import BadRunError
+    from svdh.runs.tables import read_run
+
+    src, out = Path(src), Path(out)
+    run = read_run(src)
+    if run.task == Task.BONEAGE:
+        raise BadRunError(
+            f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble"
+        )
+    bins = run.bins
+    assert bins is not None
+    member_dirs, names, combine, conformal = _combination(src, run)
+    members, preprocess = _members(src, run, member_dirs, names)
     kwargs: dict[str, Any] = dict(
         task=str(run.config.get("task")),
         bins=bins,
@@ -601,10 +632,9 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
         score_scope=run.score_scope,
         combine=combine,
         conformal=conformal,
-        card=card,
+        card=_card(src, out, run),
         kind="ensemble" if run.is_ensemble else "run",
     )
-    out = Path(out)
     extra: dict[str, Any] = {}
     if onnx:
         onnx_path = out.with_suffix(".onnx")
@@ -688,27 +718,13 @@ def _write_onnx(
         # torch's TorchScript-based exporter is deprecated in favour of the dynamo one, which
         # needs the extra onnxscript package; the legacy path works from torch 2.4 on.
         warnings.simplefilter("ignore")
+        kw: dict[str, Any] = dict(
+            input_names=["image"], output_names=names, dynamic_axes=axes, opset_version=opset
+        )
         try:
-            torch.onnx.export(
-                graph,
-                (x,),
-                str(tmp),
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=axes,
-                opset_version=opset,
-                dynamo=False,
-            )
+            torch.onnx.export(graph, (x,), str(tmp), dynamo=False, **kw)
         except TypeError:  # a torch without the dynamo switch
-            torch.onnx.export(
-                graph,
-                (x,),
-                str(tmp),
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=axes,
-                opset_version=opset,
-            )
+            torch.onnx.export(graph, (x,), str(tmp), **kw)
     import onnx
 
     model = onnx.load(str(tmp))
