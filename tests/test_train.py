@@ -443,3 +443,32 @@ def test_run_config_stores_the_preprocessing_once(tmp_path):
     assert TrainConfig.from_run_config(cfg).image_size == 32
     old = {**cfg, "image_size": 48, "preprocess": None, "train": {**cfg["train"], "image_size": 48}}
     assert TrainConfig.from_run_config(old).image_size == 48  # a run written before
+
+
+def test_train_options_and_the_experiment_schema_are_derived_from_train_config():
+    """One declaration (TrainConfig fields and their help): `svdh train` has exactly one option
+    per command-line field, with its default and help, and the experiment schema takes every
+    field and refuses others."""
+    from dataclasses import fields
+
+    import typer
+
+    from svdh.cli.main import app
+    from svdh.experiment import train_settings_model
+    from svdh.train.config import TrainConfig
+
+    train = typer.main.get_command(app).commands["train"]
+    params = {p.name: p for p in train.params}
+    declared = [f for f in fields(TrainConfig) if f.metadata["cli"]]
+    assert set(params) == {f.name for f in declared} | {"source", "out", "resume"}
+    for f in declared:
+        assert params[f.name].help == f.metadata["help"]
+        if f.name != "bin_edges":  # typed as comma-separated text on the command line
+            assert params[f.name].default == f.default
+    assert (
+        "--bins" in params["bin_edges"].opts and "--no-augment" in params["augment"].secondary_opts
+    )
+    schema = train_settings_model()
+    assert set(schema.model_fields) == {f.name for f in fields(TrainConfig)}
+    with pytest.raises(Exception, match="epochz"):
+        schema.model_validate({"epochz": 3})

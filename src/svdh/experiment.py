@@ -117,12 +117,22 @@ class PretrainSection(_Strict):
         return _check_settings(v)
 
 
+def _default(name: str) -> Any:
+    """The default of TrainConfig field ``name`` (declared there once)."""
+    from svdh.train.config import TrainConfig
+
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
 class MemberSpec(_Strict):
+    """One ensemble member: the settings that name it (its other training settings in
+    ``train``, checked against the schema derived from TrainConfig)."""
+
     name: str
     backbone: str
-    task: Literal["regression", "classification", "ordinal"] = "regression"
-    init: str = "scratch"
-    scheme: str = "full"
+    task: Literal["regression", "classification", "ordinal"] = _default("task")
+    init: str = _default("init")  # or "pretrain": the bone-age run of its backbone
+    scheme: str = _default("scheme")
     train: dict[str, Any] = Field(default_factory=dict)  # further TrainConfig overrides
 
     @field_validator("train")

@@ -48,7 +48,7 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
 PRETRAIN_FLAGS = {"use_sex": ("--use-sex/--no-sex",)}
 
 
-def _config_options(
+def config_options(
     only: dict[str, tuple[Any, str] | None] | None = None,
     flags: dict[str, tuple[str, ...]] | None = None,
 ) -> list[inspect.Parameter]:
@@ -98,31 +98,28 @@ def _options_to_config(**kw: Any) -> Any:
     return TrainConfig(**kw)
 
 
-def _command(
-    body: Callable[..., None], head: list[inspect.Parameter], options: list[inspect.Parameter]
+def build_command(
+    body: Callable[..., None], params: list[inspect.Parameter]
 ) -> Callable[..., None]:
-    """``body(**kw)`` with the signature typer reads: ``head`` (source, out) then ``options``
-    (from TrainConfig) then ``--resume``."""
+    """``body(**kw)`` with the signature typer reads (``params``, in order); for commands
+    whose options come from ``TrainConfig`` (here, and ``svdh run``)."""
 
     def command(**kw: Any) -> None:
         body(**kw)
 
     command.__doc__ = body.__doc__
     command.__name__ = body.__name__
-    resume = inspect.Parameter(
-        "resume",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(False, "--resume", help=RESUME_HELP[body.__name__]),
-        annotation=bool,
-    )
-    command.__signature__ = inspect.Signature([*head, *options, resume])  # type: ignore[attr-defined]
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     return command
 
 
-RESUME_HELP = {
-    "train": "Continue the run in --out: finished folds are kept, an unfinished one resumes from its last epoch.",
-    "pretrain": "Continue an interrupted pretraining run in --out.",
-}
+def _resume(help_: str) -> inspect.Parameter:
+    return inspect.Parameter(
+        "resume",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--resume", help=help_),
+        annotation=bool,
+    )
 
 
 def _head(source_help: str, out_help: str) -> list[inspect.Parameter]:
@@ -166,23 +163,19 @@ def pretrain(source: str, out: Path, resume: bool = False, **options: Any) -> No
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(
-        _command(
-            train,
-            _head(
-                "Data source: ra2-dream:DIR, rsna-boneage:DIR or csv:FILE.",
-                "Run directory to write (config, folds, checkpoints, oof.csv, metrics).",
-            ),
-            _config_options(),
-        )
+    train_head = _head(
+        "Data source: ra2-dream:DIR, rsna-boneage:DIR or csv:FILE.",
+        "Run directory to write (config, folds, checkpoints, oof.csv, metrics).",
     )
-    app.command("pretrain")(
-        _command(
-            pretrain,
-            _head(
-                "Bone-age data: rsna-boneage:DIR (the Kaggle layout or boneage.csv + <id>.png).",
-                "Run directory to write; later use --init checkpoint:OUT.",
-            ),
-            _config_options(PRETRAIN, PRETRAIN_FLAGS),
-        )
+    train_resume = _resume(
+        "Continue the run in --out: finished folds are kept, an unfinished one resumes from "
+        "its last epoch."
     )
+    app.command("train")(build_command(train, [*train_head, *config_options(), train_resume]))
+    pre_head = _head(
+        "Bone-age data: rsna-boneage:DIR (the Kaggle layout or boneage.csv + <id>.png).",
+        "Run directory to write; later use --init checkpoint:OUT.",
+    )
+    pre_options = config_options(PRETRAIN, PRETRAIN_FLAGS)
+    pre_resume = _resume("Continue an interrupted pretraining run in --out.")
+    app.command("pretrain")(build_command(pretrain, [*pre_head, *pre_options, pre_resume]))
