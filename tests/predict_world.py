@@ -84,7 +84,7 @@ def get_world(root: Path) -> World:
     from svdh.inference.bundle import export_bundle
     from svdh.synth import generate_cohort
     from svdh.train.data import LazyImages
-    from svdh.train.run import RunData
+    from svdh.train.loop import RunData
 
     root.mkdir(parents=True, exist_ok=True)
     cohort = root / "cohort"

@@ -232,7 +232,7 @@ def test_imagenet_weights_come_from_the_torch_cache(tmp_path, monkeypatch) -> No
 
 
 def test_checkpoint_init_transfers_backbone_and_fitting_head(tmp_path) -> None:
-    from svdh.train.run import save_weights
+    from svdh.models.weights import save_weights
 
     torch.manual_seed(1)
     src = build_model("mobilenet_v2_050", "boneage", use_sex=True)

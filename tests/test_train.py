@@ -21,7 +21,7 @@ from svdh.core.errors import BadRunError
 from svdh.core.scoring import SeverityBins
 from svdh.train import TrainConfig, load_run, train_run
 from svdh.train.data import LazyImages
-from svdh.train.run import RunData
+from svdh.train.loop import RunData
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_class_tasks_write_class_probabilities(tmp_path, task: str) -> None:
 
 def test_head_scheme_trains_only_the_head(tmp_path) -> None:
     from svdh.models import build_model
-    from svdh.train.run import save_weights
+    from svdh.models.weights import save_weights
 
     torch.manual_seed(0)
     start = build_model("mobilenet_v2_050", "regression")
@@ -394,3 +394,81 @@ def test_pretrain_on_the_rsna_sample_then_transfer(tmp_path, rsna_sample_dir, mo
         seeded.backbone.features[1].conv[0][0].weight, pre.backbone.features[1].conv[0][0].weight
     )
     assert not seeded.init_report["head_transferred"]
+
+
+def test_train_uses_a_prepared_cache_and_refuses_a_mismatched_one(tmp_path):
+    """`svdh train --cache DIR` trains on what `svdh prepare --out DIR` built (preprocessing
+    checked, stored once in the run's config), and refuses a cache prepared otherwise."""
+    from svdh.core.errors import BadConfigError
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data.cache import prepare
+    from svdh.train.loop import load_run_data
+
+    src = make_csv_source(tmp_path / "data", n_patients=6)
+    cache = tmp_path / "cache"
+    prepare(src, cache, PreprocessConfig(size=32, margin=0.1), workers=1, progress=False)
+    data = load_run_data(tiny(source=src, cache=str(cache), margin=0.1))
+    assert len(data.manifest) == 12 and data.images.shape == (12, 32, 32)
+    assert data.preprocess["size"] == 32 and data.preprocess["margin"] == 0.1
+    with pytest.raises(BadConfigError, match="margin 0.1 \\(asked 0.04\\)"):
+        load_run_data(tiny(source=src, cache=str(cache)))
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from svdh.cli.main import main; main()",
+            "train",
+            src,
+            "-o",
+            str(tmp_path / "run"),
+            "--cache",
+            str(cache),
+            "--image-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode != 0 and "size 32 (asked 64)" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_run_config_stores_the_preprocessing_once(tmp_path):
+    run = tmp_path / "run"
+    train_run(tiny(folds=2), run, data=memory_data(), quiet=True)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert "image_size" not in cfg and "image_size" not in cfg["train"]
+    assert cfg["preprocess"]["size"] == 32
+    assert TrainConfig.from_run_config(cfg).image_size == 32
+    old = {**cfg, "image_size": 48, "preprocess": None, "train": {**cfg["train"], "image_size": 48}}
+    assert TrainConfig.from_run_config(old).image_size == 48  # a run written before
+
+
+def test_train_options_and_the_experiment_schema_are_derived_from_train_config():
+    """One declaration (TrainConfig fields and their help): `svdh train` has exactly one option
+    per command-line field, with its default and help, and the experiment schema takes every
+    field and refuses others."""
+    from dataclasses import fields
+
+    import typer
+
+    from svdh.cli.main import app
+    from svdh.experiment import train_settings_model
+    from svdh.train.config import TrainConfig
+
+    train = typer.main.get_command(app).commands["train"]
+    params = {p.name: p for p in train.params}
+    declared = [f for f in fields(TrainConfig) if f.metadata["cli"]]
+    assert set(params) == {f.name for f in declared} | {"source", "out", "resume"}
+    for f in declared:
+        assert params[f.name].help == f.metadata["help"]
+        if f.name != "bin_edges":  # typed as comma-separated text on the command line
+            assert params[f.name].default == f.default
+    assert (
+        "--bins" in params["bin_edges"].opts and "--no-augment" in params["augment"].secondary_opts
+    )
+    schema = train_settings_model()
+    assert set(schema.model_fields) == {f.name for f in fields(TrainConfig)}
+    with pytest.raises(Exception, match="epochz"):
+        schema.model_validate({"epochz": 3})

@@ -25,14 +25,27 @@ from __future__ import annotations
 
 import copy
 import time
+import typing
 from collections.abc import Callable
+from dataclasses import fields
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from svdh.core.errors import BadConfigError
+from svdh.core.files import write_yaml
+from svdh.runs.layout import RunDir, StudyDir
 
 #: The experiments shipped with the package (``configs/`` at the repository root links here).
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -74,19 +87,58 @@ class DataSection(_Strict):
     explain: DataSpec | None = None  # a phantom cohort with landmarks.json for measured Grad-CAM
 
 
+@cache
+def train_settings_model() -> type[BaseModel]:
+    """The schema of a block of training settings, derived from ``TrainConfig``: every field
+    optional, with its type and help; unknown keys are refused with their path."""
+    from svdh.train.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    spec: dict[str, Any] = {
+        f.name: (hints[f.name] | None, Field(None, description=f.metadata.get("help")))
+        for f in fields(TrainConfig)
+    }
+    return create_model("TrainSettings", __config__=ConfigDict(extra="forbid"), **spec)
+
+
+def _check_settings(v: dict[str, Any]) -> dict[str, Any]:
+    """A dict of training settings validated against :func:`train_settings_model`."""
+    return train_settings_model().model_validate(v).model_dump(exclude_unset=True)
+
+
 class PretrainSection(_Strict):
     """Bone-age pretraining; ``train`` holds TrainConfig overrides (task is boneage)."""
 
     train: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("train")
+    @classmethod
+    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(v)
+
+
+def _default(name: str) -> Any:
+    """The default of TrainConfig field ``name`` (declared there once)."""
+    from svdh.train.config import TrainConfig
+
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
 
 class MemberSpec(_Strict):
+    """One ensemble member: the settings that name it (its other training settings in
+    ``train``, checked against the schema derived from TrainConfig)."""
+
     name: str
     backbone: str
-    task: Literal["regression", "classification", "ordinal"] = "regression"
-    init: str = "scratch"
-    scheme: str = "full"
+    task: Literal["regression", "classification", "ordinal"] = _default("task")
+    init: str = _default("init")  # or "pretrain": the bone-age run of its backbone
+    scheme: str = _default("scheme")
     train: dict[str, Any] = Field(default_factory=dict)  # further TrainConfig overrides
+
+    @field_validator("train")
+    @classmethod
+    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(v)
 
     @field_validator("name")
     @classmethod
@@ -123,6 +175,11 @@ class Experiment(_Strict):
     explain: ExplainSection | None = ExplainSection()
     report: bool = True
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("defaults")
+    @classmethod
+    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_settings(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -206,8 +263,8 @@ def _train_config(exp: Experiment, overrides: dict[str, Any], where: str):
     from svdh.train import TrainConfig
 
     d = _merge(exp.defaults, overrides)
-    unknown = sorted(set(d) - set(TrainConfig().to_dict()))
-    if unknown:
+    unknown = sorted(set(d) - {f.name for f in fields(TrainConfig)})
+    if unknown:  # the schema refuses these already; kept for configs built in Python
         raise BadConfigError(f"{where}: unknown training setting(s): {', '.join(unknown)}")
     return TrainConfig.from_dict(d)
 
@@ -244,8 +301,9 @@ def _member_config(exp: Experiment, m: MemberSpec, source: str, pretrain_init: s
 # --------------------------------------------------------------------------- running
 
 
-class Runner:
-    """Carries out an :class:`Experiment` step by step, skipping finished steps."""
+class Study:
+    """Carries out an :class:`Experiment` step by step into its :class:`StudyDir`, skipping
+    finished steps."""
 
     def __init__(
         self,
@@ -255,6 +313,7 @@ class Runner:
     ) -> None:
         self.exp = exp
         self.out = Path(exp.out)
+        self.dir = StudyDir(self.out)
         self.log = log
         self.runtime = runtime or {}  # accelerator/devices/strategy... from the command line
         self.made: dict[str, Path] = {}
@@ -278,8 +337,8 @@ class Runner:
             return spec.source
         assert spec.synth is not None
         s = spec.synth
-        folder = self.out / "data" / key
-        marker = folder / ".complete"
+        folder = self.dir.data(key)
+        marker = StudyDir.data_complete(folder)
 
         def make() -> None:
             from svdh.synth import generate_cohort
@@ -302,71 +361,62 @@ class Runner:
         )
         return f"{'ra2-dream' if s.mode == 'ra' else 'rsna-boneage'}:{folder}"
 
-    def _train(self, cfg, run_dir: Path, title: str) -> Path:
+    def _train(self, cfg: Any, rd: RunDir, title: str) -> Path:
         from svdh.train import train_run
 
         for k, v in self.runtime.items():
             setattr(cfg, k, v)
-        done = (run_dir / "metrics.json").exists() and (run_dir / "oof.csv").exists()
-        resume = (run_dir / "config.yaml").exists()
-        self._step(title, done, lambda: train_run(cfg, run_dir, resume=resume))
-        return run_dir
+        self._step(title, rd.is_trained, lambda: train_run(cfg, rd.path, resume=rd.is_started))
+        return rd.path
 
-    def run(self) -> dict[str, Path]:
-        exp = self.exp
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "experiment.yaml").write_text(
-            yaml.safe_dump(exp.model_dump(exclude={"profiles"}), sort_keys=False)
-        )
-
-        train_src = self.data_source("train")
-        pre_src = self.data_source("pretrain")
-        explain_src = self.data_source("explain") if exp.explain is not None else None
-
-        pretrained: dict[str, Path] = {}
+    def _pretrain(self, pre_src: str | None) -> dict[str, Path]:
+        exp, pretrained = self.exp, {}
         if exp.pretrain is not None and pre_src is not None:
             for backbone in dict.fromkeys(
                 m.backbone for m in exp.members if m.init == PRETRAIN_INIT
             ):
                 cfg = _pretrain_config(exp, backbone, pre_src)
                 pretrained[backbone] = self._train(
-                    cfg, self.out / "pretrain" / backbone, f"bone-age pretraining of {backbone}"
+                    cfg, self.dir.pretrain(backbone), f"bone-age pretraining of {backbone}"
                 )
+        return pretrained
 
+    def _members(self, train_src: str | None, pretrained: dict[str, Path]) -> list[Path]:
         members = []
-        for m in exp.members:
+        for m in self.exp.members:
             init = f"checkpoint:{pretrained[m.backbone]}" if m.init == PRETRAIN_INIT else m.init
-            cfg = _member_config(exp, m, train_src, init)
+            cfg = _member_config(self.exp, m, train_src, init)
             members.append(
                 self._train(
                     cfg,
-                    self.out / "members" / m.name,
+                    self.dir.member(m.name),
                     f"member {m.name} ({m.backbone}, {m.task}, {m.init}, {m.scheme})",
                 )
             )
-        self.made["members"] = self.out / "members"
+        self.made["members"] = self.dir.members
+        return members
 
-        final = members[0]
-        if exp.ensemble is not None:
-            ens = self.out / "ensemble"
+    def _ensemble(self, members: list[Path]) -> Path:
+        ens_cfg = self.exp.ensemble
+        if ens_cfg is None:
+            return members[0]
+        ens = self.dir.ensemble
 
-            def make_ensemble() -> None:
-                from svdh.evaluate.ensemble import build_ensemble
+        def make_ensemble() -> None:
+            from svdh.evaluate.ensemble import build_ensemble
 
-                build_ensemble(
-                    members, ens, method=exp.ensemble.method, alpha=1 - exp.ensemble.level
-                )
+            build_ensemble(members, ens.path, method=ens_cfg.method, alpha=1 - ens_cfg.level)
 
-            self._step(
-                f"{exp.ensemble.method} ensemble of {len(members)} members",
-                (ens / "meta_learner.json").exists() and (ens / "metrics.json").exists(),
-                make_ensemble,
-            )
-            final = ens
-        self.made["final"] = final
+        self._step(
+            f"{ens_cfg.method} ensemble of {len(members)} members",
+            ens.is_ensembled,
+            make_ensemble,
+        )
+        return ens.path
 
-        bundle = self.out / "model.svdh"
-        if exp.export:
+    def _export(self, final: Path) -> Path:
+        bundle = self.dir.bundle
+        if self.exp.export:
 
             def make_bundle() -> None:
                 from svdh.inference.bundle import export_bundle
@@ -375,50 +425,58 @@ class Runner:
 
             self._step("model bundle", bundle.exists(), make_bundle)
             self.made["bundle"] = bundle
+        return bundle
 
-        if exp.explain is not None and explain_src is not None and bundle.exists():
-            folder = Path(explain_src.split(":", 1)[1])
+    def _explain(self, final: Path, bundle: Path, explain_src: str | None) -> None:
+        explain = self.exp.explain
+        if explain is None or explain_src is None or not bundle.exists():
+            return
+        folder = Path(explain_src.split(":", 1)[1])
 
-            def make_explain() -> None:
-                from svdh.inference.bundle import load_bundle
-                from svdh.inference.localisation import explain_cohort
-                from svdh.inference.predictor import Predictor
+        def make_explain() -> None:
+            from svdh.inference.bundle import load_bundle
+            from svdh.inference.localisation import explain_cohort
+            from svdh.inference.predictor import Predictor
 
-                explain_cohort(
-                    Predictor(load_bundle(bundle)),
-                    folder,
-                    final,
-                    gallery=exp.explain.gallery,
-                    max_images=exp.explain.max_images,
-                )
-
-            self._step(
-                "Grad-CAM and its measured localisation",
-                (final / "localisation.json").exists(),
-                make_explain,
+            explain_cohort(
+                Predictor(load_bundle(bundle)),
+                folder,
+                final,
+                gallery=explain.gallery,
+                max_images=explain.max_images,
             )
 
-        if exp.report:
-            report = self.out / "report.html"
+        self._step(
+            "Grad-CAM and its measured localisation",
+            RunDir(final).localisation.exists(),
+            make_explain,
+        )
 
-            def make_report() -> None:
-                from svdh.evaluate.report.html import build_report
+    def _report(self, final: Path, members: list[Path]) -> None:
+        if not self.exp.report:
+            return
+        report = self.dir.report
 
-                runs = [final, *members] if final not in members else members
-                build_report(runs, report, title=f"svdh: {exp.name}")
+        def make_report() -> None:
+            from svdh.evaluate.report.html import build_report
 
-            self._step("HTML report", report.exists(), make_report)
-            self.made["report"] = report
+            runs = [final, *members] if final not in members else members
+            build_report(runs, report, title=f"svdh: {self.exp.name}")
+
+        self._step("HTML report", report.exists(), make_report)
+        self.made["report"] = report
+
+    def run(self) -> dict[str, Path]:
+        exp = self.exp
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_yaml(self.dir.experiment, exp.model_dump(exclude={"profiles"}))
+        train_src = self.data_source("train")
+        pre_src = self.data_source("pretrain")
+        explain_src = self.data_source("explain") if exp.explain is not None else None
+        members = self._members(train_src, self._pretrain(pre_src))
+        final = self._ensemble(members)
+        self.made["final"] = final
+        bundle = self._export(final)
+        self._explain(final, bundle, explain_src)
+        self._report(final, members)
         return self.made
-
-
-def run_experiment(
-    path: str | Path,
-    profile: str | None = None,
-    out: str | Path | None = None,
-    log: Callable[[str], None] = print,
-    runtime: dict[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Validate then run an experiment file; returns the paths of what it made."""
-    exp = load_experiment(path, profile=profile, out=out)
-    return Runner(exp, log=log, runtime=runtime).run()

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import typer
 
+from svdh.core.preprocess import PreprocessConfig
+
+_PP = PreprocessConfig()  # option defaults: the preprocessing defaults, declared once
 _SOURCE_HELP = (
     "Data source: ra2-dream:DIR, rsna-boneage:DIR or csv:FILE (a bare path is recognised)."
 )
@@ -19,138 +22,139 @@ def _quiet_data_log() -> None:
     logging.getLogger("svdh.data").setLevel(logging.ERROR)
 
 
+def inspect(
+    source: str = typer.Argument(..., help=_SOURCE_HELP),
+    format: str = typer.Option(
+        "table", "--format", "-f", help="table (for people) or json (one object on stdout)."
+    ),
+    sheet: Path | None = typer.Option(
+        None, "--sheet", help="Also write a contact sheet PNG of raw and preprocessed images."
+    ),
+    sheet_max: int = typer.Option(
+        48, help="Most images on the contact sheet (spread over the score or age range)."
+    ),
+    tile: int = typer.Option(192, help="Pixel size of each image on the contact sheet."),
+    skip_invalid: bool = typer.Option(
+        False,
+        "--skip-invalid",
+        help="Rows with problems are reported and left out, without failing.",
+    ),
+    check_images: bool = typer.Option(
+        False,
+        "--check-images",
+        help="Also decode every image and report those that cannot be read.",
+    ),
+) -> None:
+    """Count images and patients, show the score or age distribution and every problem.
+
+    Problems (missing images, duplicate ids, NaN or out-of-range labels) are all listed;
+    the command then fails unless --skip-invalid. --format json prints one JSON object
+    with n_images, n_patients and rows (image, patient_id, side and the targets).
+    """
+    from svdh.core.errors import BadConfigError, BadDatasetError
+    from svdh.data import load_source
+    from svdh.data.inspect import contact_sheet, summarize
+
+    if format not in ("table", "json"):
+        raise BadConfigError(f"--format must be table or json, got {format!r}")
+    _quiet_data_log()
+    df = load_source(source, skip_invalid=True)
+    unreadable = _check_images(df["image"].tolist()) if check_images else []
+    summary = summarize(df)
+    if check_images:
+        summary["problems"] += unreadable
+        summary["n_unreadable_images"] = len(unreadable)
+    if sheet is not None:
+        path = contact_sheet(df, sheet, tile=tile, max_images=sheet_max)
+        summary["sheet"] = str(path)
+    if format == "json":
+        typer.echo(json.dumps(summary, indent=1))
+    else:
+        _print_table(summary)
+    if summary["problems"] and not skip_invalid:
+        raise BadDatasetError(
+            f"{summary['source']}: {len(summary['problems'])} problem(s) found (listed above); "
+            "fix them or pass --skip-invalid to leave those rows out"
+        )
+
+
+def prepare(
+    source: str = typer.Argument(..., help=_SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create, finish or reuse."),
+    size: int = typer.Option(
+        _PP.size, "--size", help="Side of the square preprocessed images, in pixels."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", help="Worker processes (default: CPU cores, at most 8)."
+    ),
+    clahe: bool = typer.Option(
+        False,
+        "--clahe",
+        help="Contrast-limited adaptive histogram equalisation after resizing.",
+    ),
+    margin: float = typer.Option(
+        _PP.margin, help="Margin around the detected hand, as a fraction of its longer side."
+    ),
+    no_crop: bool = typer.Option(
+        False, "--no-crop", help="Keep the whole film (pad and resize only)."
+    ),
+    skip_invalid: bool = typer.Option(
+        False,
+        "--skip-invalid",
+        help="Leave out rows and images with problems (warned and counted) instead of failing.",
+    ),
+    max_pixels: int | None = typer.Option(
+        None, help="Refuse images with more pixels than this (default 64 million)."
+    ),
+) -> None:
+    """Decode and preprocess every image once into a memory-mapped cache for training.
+
+    Runs in parallel worker processes with a progress bar. Rerunning with the same
+    inputs and options does nothing; after an interruption it continues where it
+    stopped; changed options rebuild the cache.
+    """
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data import load_source
+    from svdh.data.cache import prepare as build
+
+    _quiet_data_log()
+    cfg = PreprocessConfig(size=size, crop=not no_crop, margin=margin, clahe=clahe)
+    df = load_source(source, skip_invalid=skip_invalid)
+    if df.attrs.get("n_skipped"):
+        _warn(
+            f"skipped {df.attrs['n_skipped']} row(s) with problems: "
+            + "; ".join(df.attrs["problems"][:5])
+            + (
+                f"; and {len(df.attrs['problems']) - 5} more"
+                if len(df.attrs["problems"]) > 5
+                else ""
+            )
+        )
+    meta_path = Path(out) / "meta.json"
+    before = meta_path.read_text() if meta_path.is_file() else None
+    t0 = time.perf_counter()
+    path = build(df, out, cfg, workers, skip_invalid=skip_invalid, max_pixels=max_pixels)
+    dt = time.perf_counter() - t0
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("failed"):
+        _warn(
+            f"left out {len(meta['failed'])} image(s) that could not be read: "
+            + "; ".join(v["error"] for v in list(meta["failed"].values())[:5])
+        )
+    if before is not None and (path / "meta.json").read_text() == before:
+        typer.echo(f"cache up to date: {meta['n_images']} images at {size} px in {path}")
+    else:
+        typer.echo(f"prepared {meta['n_images']} images at {size} px in {path} ({dt:.1f} s)")
+
+
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(
         help="Look at data sources before training on them.", no_args_is_help=True
     )
     app.add_typer(data_app, name="data")
 
-    @data_app.command("inspect")
-    def inspect(
-        source: str = typer.Argument(..., help=_SOURCE_HELP),
-        format: str = typer.Option(
-            "table", "--format", "-f", help="table (for people) or json (one object on stdout)."
-        ),
-        sheet: Path | None = typer.Option(
-            None, "--sheet", help="Also write a contact sheet PNG of raw and preprocessed images."
-        ),
-        sheet_max: int = typer.Option(
-            48, help="Most images on the contact sheet (spread over the score or age range)."
-        ),
-        tile: int = typer.Option(192, help="Pixel size of each image on the contact sheet."),
-        skip_invalid: bool = typer.Option(
-            False,
-            "--skip-invalid",
-            help="Rows with problems are reported and left out, without failing.",
-        ),
-        check_images: bool = typer.Option(
-            False,
-            "--check-images",
-            help="Also decode every image and report those that cannot be read.",
-        ),
-    ) -> None:
-        """Count images and patients, show the score or age distribution and every problem.
-
-        Problems (missing images, duplicate ids, NaN or out-of-range labels) are all listed;
-        the command then fails unless --skip-invalid. --format json prints one JSON object
-        with n_images, n_patients and rows (image, patient_id, side and the targets).
-        """
-        from svdh.core.errors import BadConfigError, BadDatasetError
-        from svdh.data import load_source
-        from svdh.data.inspect import contact_sheet, summarize
-
-        if format not in ("table", "json"):
-            raise BadConfigError(f"--format must be table or json, got {format!r}")
-        _quiet_data_log()
-        df = load_source(source, skip_invalid=True)
-        unreadable = _check_images(df["image"].tolist()) if check_images else []
-        summary = summarize(df)
-        if check_images:
-            summary["problems"] += unreadable
-            summary["n_unreadable_images"] = len(unreadable)
-        if sheet is not None:
-            path = contact_sheet(df, sheet, tile=tile, max_images=sheet_max)
-            summary["sheet"] = str(path)
-        if format == "json":
-            typer.echo(json.dumps(summary, indent=1))
-        else:
-            _print_table(summary)
-        if summary["problems"] and not skip_invalid:
-            raise BadDatasetError(
-                f"{summary['source']}: {len(summary['problems'])} problem(s) found (listed above); "
-                "fix them or pass --skip-invalid to leave those rows out"
-            )
-
-    @app.command("prepare")
-    def prepare(
-        source: str = typer.Argument(..., help=_SOURCE_HELP),
-        out: Path = typer.Option(
-            ..., "--out", "-o", help="Cache folder to create, finish or reuse."
-        ),
-        size: int = typer.Option(
-            256, "--size", help="Side of the square preprocessed images, in pixels."
-        ),
-        workers: int | None = typer.Option(
-            None, "--workers", help="Worker processes (default: CPU cores, at most 8)."
-        ),
-        clahe: bool = typer.Option(
-            False,
-            "--clahe",
-            help="Contrast-limited adaptive histogram equalisation after resizing.",
-        ),
-        margin: float = typer.Option(
-            0.04, help="Margin around the detected hand, as a fraction of its longer side."
-        ),
-        no_crop: bool = typer.Option(
-            False, "--no-crop", help="Keep the whole film (pad and resize only)."
-        ),
-        skip_invalid: bool = typer.Option(
-            False,
-            "--skip-invalid",
-            help="Leave out rows and images with problems (warned and counted) instead of failing.",
-        ),
-        max_pixels: int | None = typer.Option(
-            None, help="Refuse images with more pixels than this (default 64 million)."
-        ),
-    ) -> None:
-        """Decode and preprocess every image once into a memory-mapped cache for training.
-
-        Runs in parallel worker processes with a progress bar. Rerunning with the same
-        inputs and options does nothing; after an interruption it continues where it
-        stopped; changed options rebuild the cache.
-        """
-        from svdh.core.preprocess import PreprocessConfig
-        from svdh.data import load_source
-        from svdh.data.cache import prepare as build
-
-        _quiet_data_log()
-        cfg = PreprocessConfig(size=size, crop=not no_crop, margin=margin, clahe=clahe)
-        df = load_source(source, skip_invalid=skip_invalid)
-        if df.attrs.get("n_skipped"):
-            _warn(
-                f"skipped {df.attrs['n_skipped']} row(s) with problems: "
-                + "; ".join(df.attrs["problems"][:5])
-                + (
-                    f"; and {len(df.attrs['problems']) - 5} more"
-                    if len(df.attrs["problems"]) > 5
-                    else ""
-                )
-            )
-        meta_path = Path(out) / "meta.json"
-        before = meta_path.read_text() if meta_path.is_file() else None
-        t0 = time.perf_counter()
-        path = build(df, out, cfg, workers, skip_invalid=skip_invalid, max_pixels=max_pixels)
-        dt = time.perf_counter() - t0
-        meta = json.loads((path / "meta.json").read_text())
-        if meta.get("failed"):
-            _warn(
-                f"left out {len(meta['failed'])} image(s) that could not be read: "
-                + "; ".join(v["error"] for v in list(meta["failed"].values())[:5])
-            )
-        if before is not None and (path / "meta.json").read_text() == before:
-            typer.echo(f"cache up to date: {meta['n_images']} images at {size} px in {path}")
-        else:
-            typer.echo(f"prepared {meta['n_images']} images at {size} px in {path} ({dt:.1f} s)")
+    data_app.command("inspect")(inspect)
+    app.command("prepare")(prepare)
 
 
 def _check_images(paths: list[str]) -> list[str]:

@@ -231,193 +231,195 @@ def print_comparison(rows: list[dict[str, Any]], title: str) -> None:
         con.print("† accuracy of the predicted score binned into severity classes")
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
-    def evaluate(
-        predictions: Path = typer.Argument(
-            ..., help="A run directory, an ensemble directory, or a CSV with y_true,y_pred."
-        ),
-        fmt: Format = typer.Option(
-            Format.table, "--format", help="table (terminal) or json (one object)."
-        ),
-        out: Path | None = typer.Option(
-            None, "--out", help="Write metrics.json and the PNG plots into this folder."
-        ),
-        sdc: float = typer.Option(5.0, "--sdc", help="Smallest detectable change, in score units."),
-        level: float | None = typer.Option(
-            None,
-            "--level",
-            help="Coverage the conformal intervals aim at "
-            "(default: the ensemble's conformal.json, else 0.9).",
-        ),
-        conformal: Conformal | None = typer.Option(
-            None,
-            "--conformal",
-            help="mondrian: widths per predicted score "
-            "range; absolute: one width (default: conformal.json, else mondrian).",
-        ),
-        boot: int = typer.Option(
-            1000, "--boot", help="Bootstrap resamples for the PCC confidence interval."
-        ),
-        seed: int = typer.Option(
-            0, "--seed", help="Seed of the bootstrap and of pseudo-folds for a bare CSV."
-        ),
-        scope: str | None = typer.Option(
-            None,
-            "--scope",
-            help="hand or patient: the score range of a bare CSV "
-            "(default: from a score_scope or side column, else patient).",
-        ),
-    ) -> None:
-        """Evaluate predictions of a run, an ensemble or a CSV against the reader's scores.
+def evaluate(
+    predictions: Path = typer.Argument(
+        ..., help="A run directory, an ensemble directory, or a CSV with y_true,y_pred."
+    ),
+    fmt: Format = typer.Option(
+        Format.table, "--format", help="table (terminal) or json (one object)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write metrics.json and the PNG plots into this folder."
+    ),
+    sdc: float = typer.Option(5.0, "--sdc", help="Smallest detectable change, in score units."),
+    level: float | None = typer.Option(
+        None,
+        "--level",
+        help="Coverage the conformal intervals aim at "
+        "(default: the ensemble's conformal.json, else 0.9).",
+    ),
+    conformal: Conformal | None = typer.Option(
+        None,
+        "--conformal",
+        help="mondrian: widths per predicted score "
+        "range; absolute: one width (default: conformal.json, else mondrian).",
+    ),
+    boot: int = typer.Option(
+        1000, "--boot", help="Bootstrap resamples for the PCC confidence interval."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the bootstrap and of pseudo-folds for a bare CSV."
+    ),
+    scope: str | None = typer.Option(
+        None,
+        "--scope",
+        help="hand or patient: the score range of a bare CSV "
+        "(default: from a score_scope or side column, else patient).",
+    ),
+) -> None:
+    """Evaluate predictions of a run, an ensemble or a CSV against the reader's scores.
 
-        Agreement (PCC with a patient-bootstrap 95% CI, RMSE, MAE, R², Lin's CCC, ICC(2,1), Bland-Altman, share
-        within the SDC, errors by score range), severity classes (accuracy, balanced accuracy, QWK, confusion
-        matrix), conformal interval coverage, per patient (both hands summed) and a second reader side by side.
-        """
-        from svdh.evaluate.metrics import evaluate_run
-        from svdh.runs.tables import load_predictions, write_json
+    Agreement (PCC with a patient-bootstrap 95% CI, RMSE, MAE, R², Lin's CCC, ICC(2,1), Bland-Altman, share
+    within the SDC, errors by score range), severity classes (accuracy, balanced accuracy, QWK, confusion
+    matrix), conformal interval coverage, per patient (both hands summed) and a second reader side by side.
+    """
+    from svdh.evaluate.metrics import evaluate_run
+    from svdh.runs.layout import RunDir
+    from svdh.runs.tables import load_predictions, write_json
 
-        run = load_predictions(predictions, scope=scope)
-        m = evaluate_run(
-            run,
-            sdc=sdc,
-            alpha=None if level is None else _alpha(level),
-            conformal_method=conformal.value if conformal else None,
-            n_boot=boot,
-            seed=seed,
-        )
+    run = load_predictions(predictions, scope=scope)
+    m = evaluate_run(
+        run,
+        sdc=sdc,
+        alpha=None if level is None else _alpha(level),
+        conformal_method=conformal.value if conformal else None,
+        n_boot=boot,
+        seed=seed,
+    )
+    if out is not None:
+        from svdh.evaluate.report.plots import write_plots
+
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(RunDir(out).metrics, m)
+        write_plots(run, m, out)
+    if fmt is Format.json:
+        from svdh.runs.tables import plain
+
+        typer.echo(json.dumps(plain(m), allow_nan=False))
+    else:
+        print_evaluation(m)
         if out is not None:
-            from svdh.evaluate.report.plots import write_plots
+            typer.echo(f"wrote {out / 'metrics.json'} and plots to {out}")
 
-            out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "metrics.json", m)
-            write_plots(run, m, out)
-        if fmt is Format.json:
-            from svdh.runs.tables import plain
 
-            typer.echo(json.dumps(plain(m), allow_nan=False))
-        else:
-            print_evaluation(m)
-            if out is not None:
-                typer.echo(f"wrote {out / 'metrics.json'} and plots to {out}")
+def ensemble(
+    runs: list[Path] = typer.Argument(
+        ..., help="Member run directories (same images, same folds)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Ensemble directory to write."),
+    method: Method = typer.Option(
+        Method.stacking,
+        "--method",
+        help="stacking (meta-learner, nested CV), mean, weighted (inverse OOF MSE), nnls.",
+    ),
+    class_meta: ClassMeta = typer.Option(
+        ClassMeta.multinomial,
+        "--class-meta",
+        help="Meta-learner for class probabilities when every member is a class task.",
+    ),
+    level: float = typer.Option(0.9, "--level", help="Coverage of the conformal intervals."),
+    conformal: Conformal = typer.Option(
+        Conformal.mondrian, "--conformal", help="Conformal interval variant."
+    ),
+    ridge_alpha: float = typer.Option(
+        1.0, "--ridge-alpha", help="L2 penalty of the stacking ridge."
+    ),
+    boot: int = typer.Option(1000, "--boot", help="Bootstrap resamples for confidence intervals."),
+) -> None:
+    """Combine runs into an ensemble: stacking, mean, inverse-MSE weights or NNLS.
 
-    @app.command("ensemble")
-    def ensemble(
-        runs: list[Path] = typer.Argument(
-            ..., help="Member run directories (same images, same folds)."
-        ),
-        out: Path = typer.Option(..., "--out", "-o", help="Ensemble directory to write."),
-        method: Method = typer.Option(
-            Method.stacking,
-            "--method",
-            help="stacking (meta-learner, nested CV), mean, weighted (inverse OOF MSE), nnls.",
-        ),
-        class_meta: ClassMeta = typer.Option(
-            ClassMeta.multinomial,
-            "--class-meta",
-            help="Meta-learner for class probabilities when every member is a class task.",
-        ),
-        level: float = typer.Option(0.9, "--level", help="Coverage of the conformal intervals."),
-        conformal: Conformal = typer.Option(
-            Conformal.mondrian, "--conformal", help="Conformal interval variant."
-        ),
-        ridge_alpha: float = typer.Option(
-            1.0, "--ridge-alpha", help="L2 penalty of the stacking ridge."
-        ),
-        boot: int = typer.Option(
-            1000, "--boot", help="Bootstrap resamples for confidence intervals."
-        ),
-    ) -> None:
-        """Combine runs into an ensemble: stacking, mean, inverse-MSE weights or NNLS.
+    Stacking is evaluated by nested cross-validation over the members' folds, so its oof.csv is honest.
+    Writes config.yaml, oof.csv (test.csv), metrics.json, meta_learner.json and conformal.json.
+    """
+    from svdh.evaluate.ensemble import build_ensemble
+    from svdh.runs.tables import read_run
 
-        Stacking is evaluated by nested cross-validation over the members' folds, so its oof.csv is honest.
-        Writes config.yaml, oof.csv (test.csv), metrics.json, meta_learner.json and conformal.json.
-        """
-        from svdh.evaluate.ensemble import build_ensemble
-        from svdh.runs.tables import read_run
+    d = build_ensemble(
+        runs,
+        out,
+        method=method.value,
+        class_meta=class_meta.value,
+        alpha=_alpha(level),
+        conformal_method=conformal.value,
+        ridge_alpha=ridge_alpha,
+        n_boot=boot,
+    )
+    m = read_run(d).metrics or {}
+    rows = [{"name": f"ensemble ({method.value})", **m}]
+    rows += [{"name": k, **v} for k, v in m.get("members", {}).items()]
+    if m.get("baseline_mean"):
+        rows.append({"name": "plain mean", **m["baseline_mean"]})
+    from rich.table import Table
 
-        d = build_ensemble(
-            runs,
-            out,
-            method=method.value,
-            class_meta=class_meta.value,
-            alpha=_alpha(level),
-            conformal_method=conformal.value,
-            ridge_alpha=ridge_alpha,
-            n_boot=boot,
+    t = Table(title=f"{d}: out-of-fold figures", title_justify="left")
+    for c in ("", "PCC", "RMSE", "MAE", "accuracy", "QWK"):
+        t.add_column(c, justify="right" if c else "left")
+    for r in rows:
+        t.add_row(
+            r["name"],
+            _n(r.get("pcc")),
+            _n(r.get("rmse"), 2),
+            _n(r.get("mae"), 2),
+            _n(r.get("accuracy")),
+            _n(r.get("qwk")),
         )
-        m = read_run(d).metrics or {}
-        rows = [{"name": f"ensemble ({method.value})", **m}]
-        rows += [{"name": k, **v} for k, v in m.get("members", {}).items()]
-        if m.get("baseline_mean"):
-            rows.append({"name": "plain mean", **m["baseline_mean"]})
-        from rich.table import Table
+    _console().print(t)
+    iv = m.get("interval") or {}
+    if iv:
+        typer.echo(
+            f"{_n(100 * iv['level'], 0)}% {iv['method']} conformal intervals: coverage "
+            f"{_n(100 * iv['coverage'], 1)}% out-of-fold (cross-fit), mean width {_n(iv['mean_width'], 1)}"
+        )
 
-        t = Table(title=f"{d}: out-of-fold figures", title_justify="left")
-        for c in ("", "PCC", "RMSE", "MAE", "accuracy", "QWK"):
-            t.add_column(c, justify="right" if c else "left")
-        for r in rows:
-            t.add_row(
-                r["name"],
-                _n(r.get("pcc")),
-                _n(r.get("rmse"), 2),
-                _n(r.get("mae"), 2),
-                _n(r.get("accuracy")),
-                _n(r.get("qwk")),
-            )
-        _console().print(t)
-        iv = m.get("interval") or {}
-        if iv:
-            typer.echo(
-                f"{_n(100 * iv['level'], 0)}% {iv['method']} conformal intervals: coverage "
-                f"{_n(100 * iv['coverage'], 1)}% out-of-fold (cross-fit), mean width {_n(iv['mean_width'], 1)}"
-            )
 
-    @app.command("report")
-    def report(
-        runs: list[Path] = typer.Argument(..., help="Run and ensemble directories to report on."),
-        out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
-        title: str | None = typer.Option(None, "--title", help="Title of the report."),
-        sdc: float = typer.Option(5.0, "--sdc", help="Smallest detectable change, in score units."),
-        worst: int = typer.Option(8, "--worst", help="Images in the gallery of largest errors."),
-        boot: int = typer.Option(
-            1000, "--boot", help="Bootstrap resamples for confidence intervals."
-        ),
-    ) -> None:
-        """Write one self-contained HTML report of runs and ensembles for a clinician.
+def report(
+    runs: list[Path] = typer.Argument(..., help="Run and ensemble directories to report on."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    title: str | None = typer.Option(None, "--title", help="Title of the report."),
+    sdc: float = typer.Option(5.0, "--sdc", help="Smallest detectable change, in score units."),
+    worst: int = typer.Option(8, "--worst", help="Images in the gallery of largest errors."),
+    boot: int = typer.Option(1000, "--boot", help="Bootstrap resamples for confidence intervals."),
+) -> None:
+    """Write one self-contained HTML report of runs and ensembles for a clinician.
 
-        Data summary, comparison table, plots, Grad-CAM localisation, worst cases; images embedded, works offline.
-        """
-        from svdh.evaluate.report.html import build_report
+    Data summary, comparison table, plots, Grad-CAM localisation, worst cases; images embedded, works offline.
+    """
+    from svdh.evaluate.report.html import build_report
 
-        p = build_report(runs, out, title=title, sdc=sdc, n_boot=boot, n_worst=worst)
-        typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    p = build_report(runs, out, title=title, sdc=sdc, n_boot=boot, n_worst=worst)
+    typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
-    @app.command("compare")
-    def compare(
-        runs: list[Path] = typer.Argument(..., help="Run and ensemble directories."),
-        fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
-        split: Split = typer.Option(
-            Split.oof, "--split", help="oof (cross-validation) or test (held-out split)."
-        ),
-        boot: int = typer.Option(
-            1000, "--boot", help="Bootstrap resamples for the PCC confidence interval."
-        ),
-    ) -> None:
-        """Print the comparison table of runs: backbone, initialisation, scheme, task, PCC, RMSE, MAE, accuracy."""
-        from svdh.evaluate.metrics import evaluate_run
-        from svdh.evaluate.report.html import comparison_rows
-        from svdh.runs.tables import read_run
 
-        rs = [read_run(r) for r in runs]
-        ms = [evaluate_run(r, n_boot=boot) for r in rs]
-        rows = comparison_rows(rs, ms, split.value)
-        if split is Split.test and not rows:
-            raise BadConfigError("none of these runs has a test.csv (a held-out test split)")
-        if fmt is Format.json:
-            typer.echo(json.dumps(rows))
-        else:
-            print_comparison(
-                rows, "out-of-fold (cross-validation)" if split is Split.oof else "held-out test"
-            )
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run and ensemble directories."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+    split: Split = typer.Option(
+        Split.oof, "--split", help="oof (cross-validation) or test (held-out split)."
+    ),
+    boot: int = typer.Option(
+        1000, "--boot", help="Bootstrap resamples for the PCC confidence interval."
+    ),
+) -> None:
+    """Print the comparison table of runs: backbone, initialisation, scheme, task, PCC, RMSE, MAE, accuracy."""
+    from svdh.evaluate.metrics import evaluate_run
+    from svdh.evaluate.report.html import comparison_rows
+    from svdh.runs.tables import read_run
+
+    rs = [read_run(r) for r in runs]
+    ms = [evaluate_run(r, n_boot=boot) for r in rs]
+    rows = comparison_rows(rs, ms, split.value)
+    if split is Split.test and not rows:
+        raise BadConfigError("none of these runs has a test.csv (a held-out test split)")
+    if fmt is Format.json:
+        typer.echo(json.dumps(rows))
+    else:
+        print_comparison(
+            rows, "out-of-fold (cross-validation)" if split is Split.oof else "held-out test"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+    app.command("ensemble")(ensemble)
+    app.command("report")(report)
+    app.command("compare")(compare)

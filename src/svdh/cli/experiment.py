@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -30,41 +32,68 @@ def _print_made(made: dict[str, Path], quick: bool) -> None:
     c.print("\nPhantom results show that the pipeline works; they are not a clinical validation.")
 
 
+#: ``svdh run``: the runtime settings of TrainConfig it passes to every training step.
+RUNTIME: dict[str, tuple[Any, str]] = {
+    "accelerator": ("auto", "cpu, gpu or auto."),
+    "devices": ("auto", "Devices per node (e.g. 1, 4 or auto)."),
+    "strategy": ("auto", "auto or ddp."),
+    "num_nodes": (1, "Machines for DDP."),
+}
+
+
+def run(
+    experiment: Path, profile: str | None, out: Path | None, check: bool, **runtime: Any
+) -> None:
+    """Run a whole study declared in one YAML file.
+
+    Data, bone-age pretraining, ensemble members, the ensemble, export, Grad-CAM and the
+    report, in order. Each finished step is skipped on re-run, so a crashed study continues.
+    """
+    from svdh.experiment import Study, load_experiment
+
+    exp = load_experiment(experiment, profile=profile, out=out)
+    if check:
+        typer.echo(f"{experiment}: valid ({len(exp.members)} members, output {exp.out})")
+        return
+    made = Study(exp, runtime=runtime).run()
+    _print_made(made, quick=False)
+
+
+def _run_params() -> list[inspect.Parameter]:
+    from svdh.cli.train import config_options
+
+    def p(name: str, default: Any, kind: Any) -> inspect.Parameter:
+        return inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind
+        )
+
+    return [
+        p("experiment", typer.Argument(..., help="Experiment YAML file (see configs/)."), Path),
+        p(
+            "profile",
+            typer.Option(
+                None, "--profile", help="Apply a profile of the file's 'profiles' section."
+            ),
+            str,
+        ),
+        p(
+            "out",
+            typer.Option(None, "--out", help="Output directory (default: the file's 'out')."),
+            Path,
+        ),
+        p(
+            "check",
+            typer.Option(False, "--check", help="Only validate the file, train nothing."),
+            bool,
+        ),
+        *config_options(RUNTIME),
+    ]
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("run")
-    def run(
-        experiment: Path = typer.Argument(..., help="Experiment YAML file (see configs/)."),
-        profile: str = typer.Option(
-            None, "--profile", help="Apply a profile of the file's 'profiles' section."
-        ),
-        out: Path = typer.Option(
-            None, "--out", help="Output directory (default: the file's 'out')."
-        ),
-        check: bool = typer.Option(False, "--check", help="Only validate the file, train nothing."),
-        accelerator: str = typer.Option("auto", help="cpu, gpu or auto."),
-        devices: str = typer.Option("auto", help="Devices per node (e.g. 1, 4 or auto)."),
-        strategy: str = typer.Option("auto", help="auto or ddp."),
-        num_nodes: int = typer.Option(1, help="Machines for DDP."),
-    ) -> None:
-        """Run a whole study declared in one YAML file.
+    from svdh.cli.train import build_command
 
-        Data, bone-age pretraining, ensemble members, the ensemble, export, Grad-CAM and the
-        report, in order. Each finished step is skipped on re-run, so a crashed study continues.
-        """
-        from svdh.experiment import Runner, load_experiment
-
-        exp = load_experiment(experiment, profile=profile, out=out)
-        if check:
-            typer.echo(f"{experiment}: valid ({len(exp.members)} members, output {exp.out})")
-            return
-        runtime = {
-            "accelerator": accelerator,
-            "devices": devices,
-            "strategy": strategy,
-            "num_nodes": num_nodes,
-        }
-        made = Runner(exp, runtime=runtime).run()
-        _print_made(made, quick=False)
+    app.command("run")(build_command(run, _run_params()))
 
     @app.command("demo")
     def demo(
@@ -80,8 +109,8 @@ def register(app: typer.Typer) -> None:
         Bone-age pretraining, ResNet and MobileNetV2 members, stacking, evaluation on held-out
         phantom patients, a model bundle, Grad-CAM and the HTML report. GPUs are used when present.
         """
-        from svdh.experiment import CONFIG_DIR, Runner, load_experiment
+        from svdh.experiment import CONFIG_DIR, Study, load_experiment
 
         exp = load_experiment(CONFIG_DIR / "demo.yaml", profile="quick" if quick else None, out=out)
-        made = Runner(exp).run()
+        made = Study(exp).run()
         _print_made(made, quick=quick)

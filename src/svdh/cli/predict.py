@@ -272,7 +272,9 @@ def _print_localisation(s: dict[str, Any], out: Path) -> None:
         f"pointing game: {pct(s['pointing_game'])} "
         f"(random map {pct(s['random_pointing'])}, random within the hand {pct(s['random_hand_pointing'])})"
     )
-    typer.echo(f"wrote {out / 'localisation.json'} and {out / 'cam_gallery'}/")
+    from svdh.runs.layout import RunDir
+
+    typer.echo(f"wrote {RunDir(out).localisation} and {RunDir(out).cam_gallery}/")
 
 
 def register(app: typer.Typer) -> None:

@@ -100,6 +100,37 @@ class PreprocessConfig:
             )
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    @staticmethod
+    def stored(record: Mapping[str, Any]) -> dict[str, Any]:
+        """The preprocessing settings stored in a run's ``config.yaml`` or a bundle's
+        manifest, as a dict with at least ``size`` (as stored: its algorithm version kept).
+
+        The one read-compatibility shim: records written before the preprocessing was stored
+        once keep a top-level ``image_size`` beside (or instead of) ``preprocess``; a
+        ``preprocess`` section wins, ``image_size`` fills in a missing size. A record with
+        neither is a :class:`BadConfigError` (there is no default size to guess).
+        """
+        pp = record.get("preprocess")
+        d = dict(pp) if isinstance(pp, Mapping) else {}
+        if "size" not in d:
+            if record.get("image_size") is None:
+                raise BadConfigError(
+                    "no preprocessing settings (neither 'preprocess' nor 'image_size'); "
+                    "retrain or re-export with this svdh"
+                )
+            d["size"] = int(record["image_size"])
+        return d
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], warn: bool = True) -> PreprocessConfig:
+        """:meth:`stored` as a config (``warn=False``: no warning for another algorithm version)."""
+        d = cls.stored(record)
+        if warn:
+            return cls.from_dict(d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.from_dict(d)
+
 
 @dataclass(frozen=True)
 class Transform:

@@ -169,20 +169,6 @@ def patient_score(row: Mapping[str, object], row_id: str = "?") -> HandScore:
     return HandScore(left.erosion + right.erosion, left.jsn + right.jsn)
 
 
-def check_total(value: float, scope: str = "patient", where: str = "?") -> float:
-    """Validate a total score (``scope`` 'patient' 0-280 or 'hand' 0-140)."""
-    hi = MAX_PATIENT if scope == "patient" else MAX_HAND
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise BadDatasetError(f"{where}: SvdH total {value!r} is not a number") from None
-    if not np.isfinite(v):
-        raise BadDatasetError(f"{where}: SvdH total is missing (NaN)")
-    if v < 0 or v > hi:
-        raise BadDatasetError(f"{where}: SvdH total {value} is out of range 0-{hi} ({scope})")
-    return v
-
-
 # --------------------------------------------------------------------------- severity classes
 
 #: Lower bounds of classes 1..6 for a hands-and-wrists total (both hands, 0-280):

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from svdh.core.errors import BadConfigError, BadDatasetError, SvdhError
+from svdh.core.files import atomic_write_text, write_json
 from svdh.core.preprocess import PreprocessConfig, Transform
 from svdh.data.manifest import COLUMNS, Problem, describe, read_manifest_csv
 
@@ -55,6 +56,11 @@ class Cache:
 
     def __len__(self) -> int:
         return len(self.manifest)
+
+    @property
+    def images_path(self) -> Path:
+        """``images.npy``: what training memory-maps (one mapping per loader worker)."""
+        return self.path / "images.npy"
 
     def batch(self, cache_indices: Iterable[int]) -> np.ndarray:
         """Images for the given cache indices (in that order), as one uint8 array B x S x S.
@@ -79,6 +85,9 @@ class Cache:
 # --------------------------------------------------------------------------- prepare
 
 
+_ARRAYS = ("images.npy", "keys.npy", "geometry.npy")
+
+
 def prepare(
     source: str | os.PathLike[str] | pd.DataFrame,
     out_dir: str | os.PathLike[str],
@@ -98,18 +107,10 @@ def prepare(
     """
     cfg = cfg or PreprocessConfig()
     out = Path(out_dir).expanduser().resolve()
-    if isinstance(source, pd.DataFrame):
-        df = _normalise_frame(source)
-        spec = str(source.attrs.get("source", "dataframe"))
-    else:
-        from svdh.data.sources import load_source
-
-        df = load_source(source, skip_invalid=skip_invalid)
-        spec = str(df.attrs.get("source", source))
-    n, size = len(df), cfg.size
+    df, spec = _source_frame(source, skip_invalid)
+    n = len(df)
     if n == 0:
         raise BadDatasetError(f"{spec}: no images to prepare")
-
     expected, stat_problems = _row_keys(df, cfg, max_pixels)
     meta_path = out / "meta.json"
     old = _read_meta(meta_path) if meta_path.exists() else None
@@ -119,59 +120,20 @@ def prepare(
                 f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
             )
         out.mkdir(parents=True, exist_ok=True)
-    fingerprint = hashlib.sha256(
-        expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()
-    ).hexdigest()
-    compatible = (
-        old is not None
-        and old.get("format") == CACHE_FORMAT
-        and old.get("n") == n
-        and old.get("config") == cfg.to_dict()
-        and all((out / f).exists() for f in ("images.npy", "keys.npy", "geometry.npy"))
-    )
-    if compatible:
-        images = np.load(out / "images.npy", mmap_mode="r+")
-        keys = np.load(out / "keys.npy", mmap_mode="r+")
-        geometry = np.load(out / "geometry.npy", mmap_mode="r+")
-        if (
-            images.shape != (n, size, size)
-            or keys.shape != (n,)
-            or geometry.shape != (n, len(_GEOMETRY_FIELDS))
-        ):
-            compatible = False
-            del images, keys, geometry
-    if not compatible:
-        for f in ("images.npy", "keys.npy", "geometry.npy", "manifest.csv", "meta.json"):
-            (out / f).unlink(missing_ok=True)
-        images = np.lib.format.open_memmap(
-            out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size)
-        )
-        keys = np.lib.format.open_memmap(out / "keys.npy", mode="w+", dtype=np.uint64, shape=(n,))
-        geometry = np.lib.format.open_memmap(
-            out / "geometry.npy", mode="w+", dtype=np.int32, shape=(n, len(_GEOMETRY_FIELDS))
-        )
-        old = None
-    failed: dict[str, dict[str, Any]] = dict((old or {}).get("failed", {}))
-    # Failures are remembered with the key of the input that failed: the same unchanged file
-    # is not retried, a replaced one is.
-    failed = {
-        k: v
-        for k, v in failed.items()
-        if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])
-    }
-    for i, msg in stat_problems.items():
-        failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    (images, keys, geometry), old = _open_arrays(out, old, n, cfg)
+    failed = _known_failures(old, expected, stat_problems)
     todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
-
     meta = {
         "format": CACHE_FORMAT,
         "svdh_version": _version(),
         "source": spec,
         "n": n,
-        "size": size,
+        "size": cfg.size,
         "config": cfg.to_dict(),
         "max_pixels": max_pixels,
-        "fingerprint": fingerprint,
+        "fingerprint": hashlib.sha256(
+            expected.tobytes() + json.dumps(cfg.to_dict(), sort_keys=True).encode()
+        ).hexdigest(),
         "status": "building",
         "created": (old or {}).get("created", _now()),
         "updated": _now(),
@@ -183,17 +145,9 @@ def prepare(
         del images  # workers open their own mapping
         try:
             new_failed = _run(
-                out / "images.npy",
-                todo,
-                df["image"].tolist(),
-                cfg,
-                max_pixels,
-                expected,
-                keys,
-                geometry,
-                workers,
-                progress,
-            )
+                out / "images.npy", todo, df["image"].tolist(), cfg, max_pixels, expected,
+                keys, geometry, workers, progress,
+            )  # fmt: skip
         finally:
             keys.flush()
             geometry.flush()
@@ -209,6 +163,78 @@ def prepare(
             f"{spec}: {len(problems)} image(s) could not be prepared: {describe(problems)}; fix or "
             "remove them (rerunning redoes only those), or pass --skip-invalid to leave them out"
         )
+    _finish(out, df, meta, failed, old, bool(todo))
+    return out
+
+
+def _source_frame(
+    source: str | os.PathLike[str] | pd.DataFrame, skip_invalid: bool
+) -> tuple[pd.DataFrame, str]:
+    """The rows to prepare and the source's name."""
+    if isinstance(source, pd.DataFrame):
+        return _normalise_frame(source), str(source.attrs.get("source", "dataframe"))
+    from svdh.data.sources import load_source
+
+    df = load_source(source, skip_invalid=skip_invalid)
+    return df, str(df.attrs.get("source", source))
+
+
+def _open_arrays(
+    out: Path, old: dict[str, Any] | None, n: int, cfg: PreprocessConfig
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], dict[str, Any] | None]:
+    """The cache's memory-mapped arrays: those of a compatible earlier build (continued), or
+    fresh ones (``old`` then becomes None: nothing of the earlier build counts)."""
+    size = cfg.size
+    shapes = ((n, size, size), (n,), (n, len(_GEOMETRY_FIELDS)))
+    compatible = (
+        old is not None
+        and old.get("format") == CACHE_FORMAT
+        and old.get("n") == n
+        and old.get("config") == cfg.to_dict()
+        and all((out / f).exists() for f in _ARRAYS)
+    )
+    if compatible:
+        arrays = tuple(np.load(out / f, mmap_mode="r+") for f in _ARRAYS)
+        if tuple(a.shape for a in arrays) == shapes:
+            return arrays, old  # type: ignore[return-value]
+        del arrays
+    for f in (*_ARRAYS, "manifest.csv", "meta.json"):
+        (out / f).unlink(missing_ok=True)
+    dtypes = (np.uint8, np.uint64, np.int32)
+    arrays = tuple(
+        np.lib.format.open_memmap(out / f, mode="w+", dtype=dt, shape=shape)
+        for f, dt, shape in zip(_ARRAYS, dtypes, shapes, strict=True)
+    )
+    return arrays, None  # type: ignore[return-value]
+
+
+def _known_failures(
+    old: dict[str, Any] | None, expected: np.ndarray, stat_problems: dict[int, str]
+) -> dict[str, dict[str, Any]]:
+    """Failures are remembered with the key of the input that failed: the same unchanged file
+    is not retried, a replaced one is."""
+    n = len(expected)
+    failed = {
+        k: v
+        for k, v in dict((old or {}).get("failed", {})).items()
+        if int(k) < n and int(v.get("key", 0)) == int(expected[int(k)])
+    }
+    for i, msg in stat_problems.items():
+        failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    return failed
+
+
+def _finish(
+    out: Path,
+    df: pd.DataFrame,
+    meta: dict[str, Any],
+    failed: dict[str, dict[str, Any]],
+    old: dict[str, Any] | None,
+    worked: bool,
+) -> None:
+    """Write ``manifest.csv`` (without failed rows) and the completed ``meta.json``, each only
+    when it changed (a rerun on unchanged inputs writes nothing)."""
+    n = len(df)
     manifest = df.copy()
     manifest["cache_index"] = np.arange(n, dtype=np.int64)
     if failed:
@@ -217,17 +243,16 @@ def prepare(
     text = manifest.to_csv(index=False)
     digest = hashlib.sha256(text.encode()).hexdigest()
     if old is None or old.get("manifest_sha256") != digest or not (out / "manifest.csv").exists():
-        _write_text(out / "manifest.csv", text)
+        atomic_write_text(out / "manifest.csv", text)
     meta.update(status="complete", failed=failed, manifest_sha256=digest, n_images=len(manifest))
     if (
-        todo
+        worked
         or old is None
         or {k: v for k, v in old.items() if k != "updated"}
         != {k: v for k, v in meta.items() if k != "updated"}
     ):
         meta["updated"] = _now()
-        _write_json(meta_path, meta)
-    return out
+        _write_json(out / "meta.json", meta)
 
 
 def _normalise_frame(source: pd.DataFrame) -> pd.DataFrame:
@@ -453,6 +478,35 @@ def open_cache(path: str | os.PathLike[str]) -> Cache:
     return Cache(root, images, manifest, PreprocessConfig.from_dict(meta["config"]), meta, geometry)
 
 
+def open_prepared_cache(
+    path: str | os.PathLike[str], cfg: PreprocessConfig, source: str = ""
+) -> Cache:
+    """The cache ``svdh prepare --out PATH`` built, checked against the preprocessing (and,
+    when given, the source) a run asks for; a mismatch is one line saying what differs."""
+    cache = open_cache(path)
+    want, have = cfg.to_dict(), cache.config.to_dict()
+    diff = [f"{k} {have.get(k)} (asked {v})" for k, v in want.items() if have.get(k) != v]
+    if diff:
+        raise BadConfigError(
+            f"{cache.path}: prepared with other preprocessing: {', '.join(diff)}; train with "
+            "the options it was prepared with, or prepare a new cache"
+        )
+    if source:
+        from svdh.data.sources import parse_spec
+
+        prepared = str(cache.meta.get("source", ""))
+        try:
+            same = parse_spec(prepared) == parse_spec(source)
+        except BadDatasetError:  # the prepared source moved away: the images are in the cache
+            same = True
+        if not same:
+            raise BadConfigError(
+                f"{cache.path}: prepared from {cache.meta.get('source')!r}, not {source!r}; "
+                "give the same source, or prepare a cache of this one"
+            )
+    return cache
+
+
 def ensure_cache(
     source: str | os.PathLike[str] | pd.DataFrame,
     size: int,
@@ -552,14 +606,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    # Write then rename: a reader (or a kill) never sees half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_json(path, obj, sort_keys=True)
 
 
 def _now() -> str:

@@ -157,8 +157,3 @@ def source_kind(df: pd.DataFrame) -> str:
     """``ra2-dream``, ``rsna-boneage``, ``csv`` or ``""`` from ``df.attrs['source']``."""
     spec = str(df.attrs.get("source", ""))
     return spec.split(":", 1)[0] if ":" in spec else ""
-
-
-def target_columns(df: pd.DataFrame) -> list[str]:
-    """The target columns this manifest carries (any non-NaN value), in manifest order."""
-    return [c for c in FLOAT_COLUMNS if c in df and df[c].notna().any()]

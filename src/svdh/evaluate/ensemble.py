@@ -29,7 +29,10 @@ import pandas as pd
 from scipy import optimize, special
 
 from svdh.core.errors import BadConfigError, BadRunError
+from svdh.core.preprocess import PreprocessConfig
 from svdh.core.scoring import SeverityBins
+from svdh.core.tasks import Task
+from svdh.runs.layout import RunDir
 from svdh.runs.tables import CLASS_TASKS, Run, read_run, write_json, write_run
 
 T = TypeVar("T")
@@ -339,91 +342,49 @@ def _one_blas_thread(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 @_one_blas_thread
-def build_ensemble(
-    run_dirs: list[str | Path],
-    out_dir: str | Path,
-    *,
-    method: str = "stacking",
-    class_meta: str = "multinomial",
-    alpha: float = 0.1,
-    conformal_method: str = "mondrian",
-    ridge_alpha: float = 1.0,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> Path:
-    """Combine member runs into an ensemble directory (see module docstring); returns it."""
-    from svdh.evaluate.metrics import ConformalModel, crossfit_intervals, evaluate_run, headline
+def _stored_preprocess(config: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return PreprocessConfig.stored(config)
+    except BadConfigError:  # a run without preprocessing settings (e.g. from a bare CSV)
+        return None
 
-    if method not in METHODS:
-        raise BadConfigError(f"ensemble method {method!r} is not one of {', '.join(METHODS)}")
-    if class_meta not in CLASS_META:
-        raise BadConfigError(
-            f"class meta-learner {class_meta!r} is not one of {', '.join(CLASS_META)}"
+
+def _class_columns(
+    oof: pd.DataFrame, mem: Members, meta: dict[str, Any], method: str, class_meta: str
+) -> None:
+    """Class probabilities (nested out-of-fold) and the final class meta-learner, in place."""
+    bins, X, y, folds, n = mem.bins, mem.scores, mem.y_true, mem.folds, len(mem.y_true)
+    assert mem.probs is not None
+    P, c = mem.probs, oof["class_true"].to_numpy(int)
+
+    def weights(tr: np.ndarray) -> list[float] | None:
+        return (
+            fit_score_meta(X[tr], y[tr], method)["coef"] if method in ("weighted", "nnls") else None
         )
-    runs = [read_run(d) for d in run_dirs]
-    mem = align_members(runs)
-    bins, X, y, folds = mem.bins, mem.scores, mem.y_true, mem.folds
-    n, m = X.shape
-    maxs = bins.max_score
 
-    y_pred = _nested_oof(
-        lambda tr: fit_score_meta(X[tr], y[tr], method, ridge_alpha),
-        lambda meta, te: predict_score_meta(meta, X[te], maxs),
+    probs = _nested_oof(
+        lambda tr: fit_class_meta(P[tr], c[tr], method, class_meta, weights(tr)),
+        lambda cm, te: predict_class_meta(cm, P[te]),
         n,
         folds,
-        (),
+        (bins.n_classes,),
     )
-    final_score = fit_score_meta(X, y, method, ridge_alpha)
-    meta: dict[str, Any] = {
-        "method": method,
-        "members": mem.names,
-        "member_paths": [str(r.path.resolve()) for r in runs],
-        "max_score": maxs,
-        "bins": bins.to_dict(),
-        "score": final_score,
-        "class": None,
-    }
-    oof = mem.base.copy()
-    oof["y_pred"] = y_pred
-    oof["class_true"] = np.asarray(bins.to_class(y)).reshape(-1)
-    task = "regression"
-    if mem.probs is not None:
-        task = "classification"
-        P, c = mem.probs, oof["class_true"].to_numpy(int)
+    meta["class"] = fit_class_meta(P, c, method, class_meta, weights(np.ones(n, bool)))
+    oof["class_pred"] = probs.argmax(axis=1)
+    for k in range(bins.n_classes):
+        oof[f"p_{k}"] = probs[:, k]
 
-        def weights(tr: np.ndarray) -> list[float] | None:
-            return (
-                fit_score_meta(X[tr], y[tr], method)["coef"]
-                if method in ("weighted", "nnls")
-                else None
-            )
 
-        probs = _nested_oof(
-            lambda tr: fit_class_meta(P[tr], c[tr], method, class_meta, weights(tr)),
-            lambda cm, te: predict_class_meta(cm, P[te]),
-            n,
-            folds,
-            (bins.n_classes,),
-        )
-        meta["class"] = fit_class_meta(P, c, method, class_meta, weights(np.ones(n, bool)))
-        oof["class_pred"] = probs.argmax(axis=1)
-        for k in range(bins.n_classes):
-            oof[f"p_{k}"] = probs[:, k]
-    else:
-        oof["class_pred"] = np.asarray(bins.to_class(y_pred)).reshape(-1)
-    for j, name in enumerate(mem.names):
-        oof[f"member_{name}"] = X[:, j]
-    lo, hi = crossfit_intervals(y, y_pred, folds, alpha=alpha, bins=bins, method=conformal_method)
-    oof["interval_lo"], oof["interval_hi"] = lo, hi
-    conformal = ConformalModel.fit(y, y_pred, alpha=alpha, bins=bins, method=conformal_method)
-
-    test = _ensemble_test(runs, mem, meta)
-    if test is not None:
-        test["interval_lo"], test["interval_hi"] = conformal.interval(
-            test["y_pred"].to_numpy(float)
-        )
-
-    first = runs[0].config
+def _ensemble_config(
+    runs: list[Run],
+    mem: Members,
+    task: str,
+    method: str,
+    class_meta: str,
+    alpha: float,
+    conformal_method: str,
+) -> dict[str, Any]:
+    """``config.yaml`` of the ensemble directory."""
     cfg = {
         "kind": "ensemble",
         "task": task,
@@ -438,42 +399,120 @@ def build_ensemble(
                 "name": nm,
                 "path": str(r.path.resolve()),
                 "task": r.task,
-                **{k: r.config.get(k) for k in ("backbone", "init", "scheme", "image_size")},
+                **{k: r.config.get(k) for k in ("backbone", "init", "scheme")},
+                "image_size": (_stored_preprocess(r.config) or {}).get("size"),
             }
             for nm, r in zip(mem.names, runs, strict=True)
         ],
         "score_scope": runs[0].score_scope,
-        "bins": bins.to_dict(),
-        "n_folds": int(len(np.unique(folds))),
-        "image_size": first.get("image_size"),
+        "bins": mem.bins.to_dict(),
+        "n_folds": int(len(np.unique(mem.folds))),
+        "preprocess": _stored_preprocess(runs[0].config),
         "prediction_kind": "oof",
         "conformal": {"alpha": alpha, "method": conformal_method},
     }
     if any(r.is_phantom for r in runs):
         cfg["data_kind"] = "phantom"
-    out = Path(out_dir)
-    write_run(out, cfg, oof, test)
-    write_json(out / "meta_learner.json", meta)
-    write_json(out / "conformal.json", conformal.to_dict())
+    return cfg
 
-    # Metrics of the ensemble, of each member and of the plain mean on the same rows, so
-    # the gain of the combination is visible rather than assumed.
-    result = evaluate_run(read_run(out), n_boot=n_boot, seed=seed)
+
+def _ensemble_metrics(
+    rd: RunDir,
+    runs: list[Run],
+    mem: Members,
+    cfg: dict[str, Any],
+    oof: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Metrics of the ensemble, of each member and of the plain mean on the same rows, so
+    the gain of the combination is visible rather than assumed."""
+    from svdh.evaluate.metrics import evaluate_run, headline
+
+    result = evaluate_run(read_run(rd.path), n_boot=n_boot, seed=seed)
     result["members"] = {
         nm: headline(evaluate_run(r, n_boot=0)) for nm, r in zip(mem.names, runs, strict=True)
     }
-    mean_pred = np.clip(X.mean(axis=1), 0, maxs)
+    mean_pred = np.clip(mem.scores.mean(axis=1), 0, mem.bins.max_score)
     mean_run = Run(
-        out,
+        rd.path,
         "mean",
         {**cfg, "task": "regression"},
         oof.assign(y_pred=mean_pred).drop(
-            columns=["class_pred", *[f"p_{k}" for k in range(bins.n_classes)]], errors="ignore"
+            columns=["class_pred", *[f"p_{k}" for k in range(mem.bins.n_classes)]], errors="ignore"
         ),
     )
     result["baseline_mean"] = headline(evaluate_run(mean_run, n_boot=0))
-    write_json(out / "metrics.json", result)
-    return out
+    return result
+
+
+def build_ensemble(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    method: str = "stacking",
+    class_meta: str = "multinomial",
+    alpha: float = 0.1,
+    conformal_method: str = "mondrian",
+    ridge_alpha: float = 1.0,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Combine member runs into an ensemble directory (see module docstring); returns it."""
+    from svdh.evaluate.metrics import ConformalModel, crossfit_intervals
+
+    if method not in METHODS:
+        raise BadConfigError(f"ensemble method {method!r} is not one of {', '.join(METHODS)}")
+    if class_meta not in CLASS_META:
+        raise BadConfigError(
+            f"class meta-learner {class_meta!r} is not one of {', '.join(CLASS_META)}"
+        )
+    runs = [read_run(d) for d in run_dirs]
+    mem = align_members(runs)
+    bins, X, y, folds = mem.bins, mem.scores, mem.y_true, mem.folds
+    n, maxs = X.shape[0], bins.max_score
+    y_pred = _nested_oof(
+        lambda tr: fit_score_meta(X[tr], y[tr], method, ridge_alpha),
+        lambda meta, te: predict_score_meta(meta, X[te], maxs),
+        n,
+        folds,
+        (),
+    )
+    meta: dict[str, Any] = {
+        "method": method,
+        "members": mem.names,
+        "member_paths": [str(r.path.resolve()) for r in runs],
+        "max_score": maxs,
+        "bins": bins.to_dict(),
+        "score": fit_score_meta(X, y, method, ridge_alpha),
+        "class": None,
+    }
+    oof = mem.base.copy()
+    oof["y_pred"] = y_pred
+    oof["class_true"] = np.asarray(bins.to_class(y)).reshape(-1)
+    task = Task.REGRESSION
+    if mem.probs is not None:
+        task = Task.CLASSIFICATION
+        _class_columns(oof, mem, meta, method, class_meta)
+    else:
+        oof["class_pred"] = np.asarray(bins.to_class(y_pred)).reshape(-1)
+    for j, name in enumerate(mem.names):
+        oof[f"member_{name}"] = X[:, j]
+    lo, hi = crossfit_intervals(y, y_pred, folds, alpha=alpha, bins=bins, method=conformal_method)
+    oof["interval_lo"], oof["interval_hi"] = lo, hi
+    conformal = ConformalModel.fit(y, y_pred, alpha=alpha, bins=bins, method=conformal_method)
+    test = _ensemble_test(runs, mem, meta)
+    if test is not None:
+        test["interval_lo"], test["interval_hi"] = conformal.interval(
+            test["y_pred"].to_numpy(float)
+        )
+    cfg = _ensemble_config(runs, mem, task.value, method, class_meta, alpha, conformal_method)
+    rd = RunDir(out_dir)
+    write_run(rd.path, cfg, oof, test)
+    write_json(rd.meta_learner, meta)
+    write_json(rd.conformal, conformal.to_dict())
+    write_json(rd.metrics, _ensemble_metrics(rd, runs, mem, cfg, oof, n_boot, seed))
+    return rd.path
 
 
 def _ensemble_test(runs: list[Run], mem: Members, meta: dict[str, Any]) -> pd.DataFrame | None:
@@ -486,7 +525,9 @@ def _ensemble_test(runs: list[Run], mem: Members, meta: dict[str, Any]) -> pd.Da
     for r in runs:
         t = r.test.set_index("image_id")
         if set(t.index) != set(ids):
-            raise BadRunError(f"{r.path}: test.csv holds other images than {runs[0].path}/test.csv")
+            raise BadRunError(
+                f"{RunDir(r.path).test}: holds other images than {RunDir(runs[0].path).test}"
+            )
         t = t.loc[ids]
         scores.append(t["y_pred"].to_numpy(float))
         if mem.probs is not None:

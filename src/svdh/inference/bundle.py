@@ -30,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from svdh import __version__
-from svdh.core.errors import BadBundleError
+from svdh.core.errors import BadBundleError, BadConfigError
+from svdh.core.files import atomic_path, atomic_write_with, plain
+from svdh.core.preprocess import PreprocessConfig
 from svdh.core.scoring import SeverityBins
-from svdh.runs.tables import plain
+from svdh.core.tasks import Task
+from svdh.runs.layout import RunDir
 
 FORMAT = "svdh-bundle"
 #: Bump when a reader of the previous version could misread a new bundle.
@@ -89,11 +92,12 @@ class Bundle:
 
     @property
     def preprocess(self) -> dict[str, Any]:
-        return dict(self.manifest["preprocess"])
+        """The preprocessing settings (``PreprocessConfig.from_dict`` reads them)."""
+        return PreprocessConfig.stored(self.manifest)
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+        return int(self.preprocess["size"])
 
     @property
     def combine(self) -> dict[str, Any]:
@@ -135,25 +139,17 @@ class Bundle:
         :func:`svdh.models.net.model_from_config`, i.e. ``SvdhNet`` from its ``config``); the bundle's weights are then loaded strictly, so an
         architecture that does not match its weights is a :class:`BadBundleError`.
         """
-        if factory is None:
-            from svdh.models.net import model_from_config
+        from svdh.models.weights import WeightsMismatch, rebuild_model
 
-            def factory(**arch: Any) -> Any:
-                return model_from_config(arch)
-
+        build = (lambda arch: factory(**arch)) if factory is not None else None
         out: list[list[Any]] = []
         for i, m in enumerate(self.members):
             models = []
             for k in range(int(m["n_models"])):
                 try:
-                    net = factory(**m["arch"])
-                    net.load_state_dict(self.state_dict(i, k), strict=True)
-                except BadBundleError:
-                    raise
-                except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-                    first = (
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    )
+                    net = rebuild_model(m["arch"], self.state_dict(i, k), build=build)
+                except WeightsMismatch as exc:
+                    first = str(exc)
                     raise BadBundleError(
                         f"{self._where()}: member {m.get('name', i)!r} fold model {k} does not match "
                         f"its architecture {m['arch']} ({first}); re-export it with this svdh version"
@@ -228,31 +224,9 @@ def _versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- save
-def save_bundle(
-    path: str | Path,
-    members: Sequence[Member],
-    *,
-    task: str,
-    bins: SeverityBins,
-    preprocess: Mapping[str, Any],
-    image_size: int,
-    score_scope: str = "hand",
-    combine: Mapping[str, Any] | None = None,
-    conformal: Mapping[str, Any] | None = None,
-    card: Mapping[str, Any] | None = None,
-    kind: str = "run",
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a bundle file and return its path.
-
-    ``combine`` says how member predictions become one: ``{"method": "mean"}`` or the ensemble's
-    meta-learner (``{"method": "stacking", "meta_learner": {...}}``); ``conformal`` the interval
-    quantiles (``{"level": 0.9, "quantile": q, ...}``); ``card`` the model card (training data,
-    metrics...; versions and date are added here). ``extra`` adds further manifest keys
-    (e.g. the ONNX companion file's name and hash).
-    """
+def _tensors(members: Sequence[Member]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every fold model's tensors under ``m{i}.f{k}.{name}``, and the members' manifest entries."""
     import torch
-    from safetensors.torch import save_file
 
     if not members:
         raise BadBundleError("a bundle needs at least one member model")
@@ -275,6 +249,39 @@ def save_bundle(
                 "info": plain(dict(m.info)),
             }
         )
+    return tensors, member_entries
+
+
+def save_bundle(
+    path: str | Path,
+    members: Sequence[Member],
+    *,
+    task: str,
+    bins: SeverityBins,
+    preprocess: Mapping[str, Any],
+    image_size: int | None = None,
+    score_scope: str = "hand",
+    combine: Mapping[str, Any] | None = None,
+    conformal: Mapping[str, Any] | None = None,
+    card: Mapping[str, Any] | None = None,
+    kind: str = "run",
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a bundle file and return its path.
+
+    ``combine`` says how member predictions become one: ``{"method": "mean"}`` or the ensemble's
+    meta-learner (``{"method": "stacking", "meta_learner": {...}}``); ``conformal`` the interval
+    quantiles (``{"level": 0.9, "quantile": q, ...}``); ``card`` the model card (training data,
+    metrics...; versions and date are added here). ``extra`` adds further manifest keys
+    (e.g. the ONNX companion file's name and hash). ``preprocess`` holds the input size
+    (``image_size``, when given, must agree with it or fills it in).
+    """
+    from safetensors.torch import save_file
+
+    pp = dict(preprocess)
+    if image_size is not None and pp.setdefault("size", int(image_size)) != int(image_size):
+        raise BadBundleError(f"image_size {image_size} differs from preprocess size {pp['size']}")
+    tensors, member_entries = _tensors(members)
     card_d = dict(card or {})
     card_d.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     card_d.setdefault("versions", _versions())
@@ -285,8 +292,7 @@ def save_bundle(
         "task": task,
         "score_scope": score_scope,
         "bins": bins.to_dict(),
-        "preprocess": plain(dict(preprocess)),
-        "image_size": int(image_size),
+        "preprocess": plain(pp),
         "members": member_entries,
         "combine": plain(dict(combine or {"method": "mean"})),
         "conformal": plain(dict(conformal)) if conformal else None,
@@ -302,11 +308,12 @@ def save_bundle(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    _default_mode(tmp)
-    tmp.replace(path)  # atomic: a reader never sees a half-written bundle
-    return path
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _default_mode(tmp)
+
+    return atomic_write_with(path, write)  # a reader never sees a half-written bundle
 
 
 def _default_mode(path: Path) -> None:
@@ -404,11 +411,15 @@ def _parse_manifest(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
         raise BadBundleError(
             f"{path}: bundle manifest does not match its header; the file was tampered with"
         )
-    for key in ("members", "task", "bins", "preprocess", "image_size"):
+    for key in ("members", "task", "bins"):
         if key not in manifest:
             raise BadBundleError(
                 f"{path}: bundle manifest lacks {key!r}; re-export the model with svdh export"
             )
+    try:
+        PreprocessConfig.stored(manifest)  # bundles of 0.1 also kept a separate image_size
+    except BadConfigError as exc:
+        raise BadBundleError(f"{path}: bundle manifest: {exc}") from None
     return manifest
 
 
@@ -456,18 +467,16 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # --------------------------------------------------------------------------- export from runs
 def _member_weights(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """State dicts of every fold model of a run (``fold_*/best.safetensors``) and the
+    """State dicts of every fold model of a run (each fold's ``best.safetensors``) and the
     architecture stored with them (``SvdhNet.config``)."""
     from svdh.core.errors import BadRunError
     from svdh.models.net import read_weights_file
 
-    files = sorted(
-        run_dir.glob("fold_*/best.safetensors"), key=lambda p: int(p.parent.name.split("_")[-1])
-    )
+    files = [f.weights for f in RunDir(run_dir).weight_folds()]
     if not files:
         raise BadRunError(
-            f"{run_dir}: no fold_*/best.safetensors; is it a finished `svdh train` run? "
-            "(rerun `svdh train ... --resume` to finish it)"
+            f"{run_dir}: no fold weights (fold_k/best.safetensors); is it a finished `svdh train` "
+            "run? (rerun `svdh train ... --resume` to finish it)"
         )
     states, arch = [], None
     for f in files:
@@ -510,47 +519,41 @@ def _training_summary(run: Any) -> dict[str, Any]:
     return out
 
 
-def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
-    """Make a bundle from a run directory (``svdh train``) or an ensemble directory
-    (``svdh ensemble``); with ``onnx`` also write the ONNX graph beside it (``out`` with suffix
-    ``.onnx``), recorded with its hash in the manifest.
-
-    A single run becomes a one-member bundle whose prediction is the mean of its fold models, and
-    whose 90% interval is calibrated on its out-of-fold residuals (split conformal).
-    """
+def _combination(src: Path, run: Any) -> tuple[list[Path], list[str], dict, dict]:
+    """Member run directories, their names, how they combine and the conformal quantiles:
+    an ensemble's (its meta-learner and conformal.json), or a run's (the mean of its fold
+    models, calibrated on its out-of-fold residuals)."""
     from svdh.core.errors import BadRunError
-    from svdh.evaluate.metrics import DEFAULT_ALPHA, ConformalModel, headline
-    from svdh.runs.tables import read_run
+    from svdh.evaluate.metrics import DEFAULT_ALPHA, ConformalModel
 
-    src = Path(src)
-    run = read_run(src)
-    if run.task == "boneage":
-        raise BadRunError(
-            f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble"
-        )
-    bins = run.bins
-    assert bins is not None
-    if run.is_ensemble:
-        meta_path = src / "meta_learner.json"
-        if not meta_path.is_file():
-            raise BadRunError(f"{src}: ensemble without meta_learner.json; rerun `svdh ensemble`")
-        meta = json.loads(meta_path.read_text())
-        member_dirs = [Path(m["path"]) for m in run.config.get("members", [])]
-        names = [str(m.get("name", Path(m["path"]).name)) for m in run.config.get("members", [])]
-        if not member_dirs:
-            raise BadRunError(f"{src}/config.yaml lists no members")
-        combine = {"method": meta.get("method", "stacking"), "meta_learner": meta}
-        conformal = run.conformal
-        if not conformal:
-            raise BadRunError(f"{src}: ensemble without conformal.json; rerun `svdh ensemble`")
-    else:
-        member_dirs, names = [src], [run.name]
-        combine = {"method": "mean"}
+    rd = RunDir(src)
+    if not run.is_ensemble:
         cm = ConformalModel.fit(
-            run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=bins
+            run.oof["y_true"], run.oof["y_pred"], alpha=DEFAULT_ALPHA, bins=run.bins
         )
         conformal = cm.to_dict()
-        conformal["calibration"] = "out-of-fold residuals of the run (oof.csv)"
+        conformal["calibration"] = f"out-of-fold residuals of the run ({rd.oof.name})"
+        return [src], [run.name], {"method": "mean"}, conformal
+    if not rd.meta_learner.is_file():
+        raise BadRunError(f"{src}: ensemble without {rd.meta_learner.name}; rerun `svdh ensemble`")
+    meta = json.loads(rd.meta_learner.read_text())
+    member_dirs = [Path(m["path"]) for m in run.config.get("members", [])]
+    names = [str(m.get("name", Path(m["path"]).name)) for m in run.config.get("members", [])]
+    if not member_dirs:
+        raise BadRunError(f"{rd.config} lists no members")
+    if not run.conformal:
+        raise BadRunError(f"{src}: ensemble without {rd.conformal.name}; rerun `svdh ensemble`")
+    combine = {"method": meta.get("method", "stacking"), "meta_learner": meta}
+    return member_dirs, names, combine, run.conformal
+
+
+def _members(
+    src: Path, run: Any, member_dirs: list[Path], names: list[str]
+) -> tuple[list[Member], dict[str, Any]]:
+    """Every member's weights and description, and the preprocessing they all share."""
+    from svdh.core.errors import BadRunError
+    from svdh.evaluate.metrics import headline
+    from svdh.runs.tables import read_run
 
     members, preprocess = [], None
     for d, name in zip(member_dirs, names, strict=True):
@@ -560,11 +563,12 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
             )
         mrun = read_run(d) if d != src else run
         cfg = mrun.config
-        pp = cfg.get("preprocess")
-        if not isinstance(pp, dict):
+        try:
+            pp = PreprocessConfig.stored(cfg)
+        except BadConfigError:
             raise BadRunError(
-                f"{d}/config.yaml has no 'preprocess' settings; retrain with this svdh"
-            )
+                f"{RunDir(d).config} has no 'preprocess' settings; retrain with this svdh"
+            ) from None
         if preprocess is not None and pp != preprocess:
             raise BadRunError(
                 f"{d}: preprocessing differs from the other members ({pp} vs {preprocess}); "
@@ -572,13 +576,21 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
             )
         preprocess = pp
         states, arch = _member_weights(d)
-        info = {k: cfg.get(k) for k in ("backbone", "init", "scheme", "task", "image_size", "seed")}
+        info = {k: cfg.get(k) for k in ("backbone", "init", "scheme", "task", "seed")}
+        info["image_size"] = int(pp["size"])
         if mrun.metrics:
             info["metrics"] = headline(mrun.metrics)
         members.append(Member(name=name, arch=arch, state_dicts=states, info=info))
     assert preprocess is not None
+    return members, preprocess
+
+
+def _card(src: Path, out: Path, run: Any) -> dict[str, Any]:
+    """The model card: what the model was trained on, how well it did, what it is for."""
+    from svdh.evaluate.metrics import headline
+
     card: dict[str, Any] = {
-        "name": Path(out).stem,
+        "name": out.stem,
         "source_dir": str(src.resolve()),
         "kind": "ensemble" if run.is_ensemble else "run",
         "training_data": _training_summary(run),
@@ -588,18 +600,41 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
     }
     if run.is_phantom:
         card["warning"] = "trained on phantom (synthetic) radiographs: not a clinical model"
+    return card
+
+
+def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
+    """Make a bundle from a run directory (``svdh train``) or an ensemble directory
+    (``svdh ensemble``); with ``onnx`` also write the ONNX graph beside it (``out`` with suffix
+    ``.onnx``), recorded with its hash in the manifest.
+
+    A single run becomes a one-member bundle whose prediction is the mean of its fold models, and
+    whose 90% interval is calibrated on its out-of-fold residuals (split conformal).
+    """
+    from svdh.core.errors import BadRunError
+    from svdh.runs.tables import read_run
+
+    src, out = Path(src), Path(out)
+    run = read_run(src)
+    if run.task == Task.BONEAGE:
+        raise BadRunError(
+            f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble"
+        )
+    bins = run.bins
+    assert bins is not None
+    member_dirs, names, combine, conformal = _combination(src, run)
+    members, preprocess = _members(src, run, member_dirs, names)
     kwargs: dict[str, Any] = dict(
         task=str(run.config.get("task")),
         bins=bins,
         preprocess=preprocess,
-        image_size=int(preprocess.get("size", run.config.get("image_size", 256))),
+        image_size=int(preprocess["size"]),
         score_scope=run.score_scope,
         combine=combine,
         conformal=conformal,
-        card=card,
+        card=_card(src, out, run),
         kind="ensemble" if run.is_ensemble else "run",
     )
-    out = Path(out)
     extra: dict[str, Any] = {}
     if onnx:
         onnx_path = out.with_suffix(".onnx")
@@ -619,12 +654,6 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
 
 
 # --------------------------------------------------------------------------- ONNX
-def _build(arch: Mapping[str, Any]) -> Any:
-    from svdh.models.net import model_from_config
-
-    return model_from_config(arch)
-
-
 def export_onnx(
     members: Sequence[Member],
     path: str | Path,
@@ -643,17 +672,14 @@ def export_onnx(
     metadata. With ``check``, onnxruntime re-runs a random batch and the export is refused if any
     output differs from torch by more than 1e-3.
     """
-    import warnings
-
     import torch
 
-    factory = factory or _build
+    from svdh.models.weights import rebuild_model
+
     nets, names = [], []
     for i, m in enumerate(members):
         for k, sd in enumerate(m.state_dicts):
-            net = factory(m.arch)
-            net.load_state_dict(dict(sd), strict=True)
-            nets.append(net.eval())
+            nets.append(rebuild_model(m.arch, sd, build=factory))
             names.append(f"m{i}_f{k}")
 
     class AllModels(torch.nn.Module):
@@ -668,33 +694,37 @@ def export_onnx(
     x = torch.rand(2, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    with atomic_path(path) as tmp:
+        _write_onnx(graph, names, tmp, x, opset, doc, check, image_size)
+    return path
+
+
+def _write_onnx(
+    graph: Any,
+    names: list[str],
+    tmp: Path,
+    x: Any,
+    opset: int,
+    doc: Mapping[str, Any] | None,
+    check: bool,
+    image_size: int,
+) -> None:
+    import warnings
+
+    import torch
+
     axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
     with warnings.catch_warnings():
         # torch's TorchScript-based exporter is deprecated in favour of the dynamo one, which
         # needs the extra onnxscript package; the legacy path works from torch 2.4 on.
         warnings.simplefilter("ignore")
+        kw: dict[str, Any] = dict(
+            input_names=["image"], output_names=names, dynamic_axes=axes, opset_version=opset
+        )
         try:
-            torch.onnx.export(
-                graph,
-                (x,),
-                str(tmp),
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=axes,
-                opset_version=opset,
-                dynamo=False,
-            )
+            torch.onnx.export(graph, (x,), str(tmp), dynamo=False, **kw)
         except TypeError:  # a torch without the dynamo switch
-            torch.onnx.export(
-                graph,
-                (x,),
-                str(tmp),
-                input_names=["image"],
-                output_names=names,
-                dynamic_axes=axes,
-                opset_version=opset,
-            )
+            torch.onnx.export(graph, (x,), str(tmp), **kw)
     import onnx
 
     model = onnx.load(str(tmp))
@@ -710,12 +740,9 @@ def export_onnx(
         # float32 rounding grows with the magnitude of the outputs (logits of an untrained model
         # can reach 1e4 on noise): allow 1e-3 absolute plus 1e-5 of the largest output
         if diff > 1e-3 + 1e-5 * scale:
-            tmp.unlink(missing_ok=True)
             raise BadBundleError(
                 f"ONNX export differs from torch by {diff:.2e} (outputs up to {scale:.3g}); not written"
             )
-    tmp.replace(path)
-    return path
 
 
 def onnx_parity(module: Any, onnx_path: str | Path, x: Any) -> tuple[float, float]:

@@ -36,6 +36,7 @@ from svdh.core.errors import BadConfigError, BadDatasetError
 from svdh.core.landmarks import load_landmarks
 from svdh.core.preprocess import hand_mask
 from svdh.inference.gradcam import label, overlay
+from svdh.runs.layout import RunDir
 
 #: Fraction of the hand size (diagonal of the landmarks' bounding box) used as the radius of the
 #: disc around a damaged joint. 0.06 of a ~150 mm diagonal is ~9 mm: one joint and its bone ends.
@@ -245,7 +246,7 @@ def explain_cohort(
         names = names[:max_images]
     n_damaged = {n: sum(len(b) for _, b in per_image[n]) for n in names}
     chosen = set(sorted(names, key=lambda n: (-n_damaged[n], n))[:gallery])
-    gdir = out_dir / "cam_gallery"
+    gdir = RunDir(out_dir).cam_gallery
     if chosen:
         gdir.mkdir(parents=True, exist_ok=True)
     ens_scores: list[LocalisationScore] = []
@@ -277,7 +278,7 @@ def explain_cohort(
         if progress is not None:
             progress(len(chunk))
     summary = _summary(predictor, cohort, ens_scores, member_scores, n_no_damage, radius_frac)
-    write_localisation(out_dir / "localisation.json", summary)
+    write_localisation(RunDir(out_dir).localisation, summary)
     return summary
 
 

@@ -270,7 +270,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A weights file from ``checkpoint:PATH``: a file, or a run directory (fold 0's best)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        cands = sorted(p.glob("fold_*/best.safetensors"), key=lambda q: q.parent.name)
+        from svdh.runs.layout import RunDir
+
+        cands = [f.weights for f in RunDir(p).weight_folds()]
         if not cands:
             raise BadRunError(
                 f"{p}: no fold_*/best.safetensors in this directory; is it a finished "

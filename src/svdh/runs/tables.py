@@ -8,14 +8,12 @@ explain stage wrote them, ``localisation.json`` and ``cam_gallery/*.png``.
 :func:`read_run` loads and validates them; every problem is a :class:`BadRunError` that
 names the file (and row) and what to do. :func:`read_predictions_csv` wraps a bare CSV
 with ``y_true, y_pred`` so ``svdh evaluate`` takes it too. The fold models themselves are
-the training stage's business (``svdh.train.load_run``).
+rebuilt by ``svdh.models.weights.load_run``.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +23,22 @@ import pandas as pd
 import yaml
 
 from svdh.core.errors import BadRunError
+from svdh.core.files import atomic_write_text, plain, write_json, write_yaml
 from svdh.core.scoring import SeverityBins
+from svdh.core.tasks import CLASS_TASKS, TASKS
+from svdh.runs.layout import RunDir
 
-TASKS = ("regression", "classification", "ordinal", "boneage")
-CLASS_TASKS = ("classification", "ordinal")
+__all__ = [
+    "CLASS_TASKS",
+    "TASKS",
+    "Run",
+    "load_predictions",
+    "plain",
+    "read_predictions_csv",
+    "read_run",
+    "write_json",
+    "write_run",
+]
 REQUIRED_COLUMNS = ("image", "patient_id", "fold", "y_true", "y_pred")
 #: Words in a config value or image path that mark phantom (synthetic) data.
 PHANTOM_MARKERS = ("synth", "phantom")
@@ -241,40 +251,39 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def read_run(run_dir: str | Path) -> Run:
     """Load and validate a run or ensemble directory's config and prediction tables."""
     d = Path(run_dir)
+    rd = RunDir(d)
     if not d.is_dir():
         raise BadRunError(
             f"{d}: not a directory; give a run directory written by `svdh train` or `svdh ensemble`"
         )
-    cfg_path = d / "config.yaml"
-    if not cfg_path.is_file():
-        raise BadRunError(
-            f"{d}: no config.yaml; is this a run directory written by `svdh train` or `svdh ensemble`?"
-        )
+    cfg_path = rd.require_config(
+        "is this a run directory written by `svdh train` or `svdh ensemble`?"
+    )
     config = _read_yaml(cfg_path)
     task = config.get("task")
     if task not in TASKS:
         raise BadRunError(f"{cfg_path}: task {task!r} is not one of {', '.join(TASKS)}")
-    oof_path = d / "oof.csv"
+    oof_path = rd.oof
     if not oof_path.is_file():
         raise BadRunError(
-            f"{d}: no oof.csv; the run did not finish (rerun `svdh train` to complete it)"
+            f"{d}: no {oof_path.name}; the run did not finish (rerun `svdh train` to complete it)"
         )
     k = bins_from_config(config, cfg_path).n_classes if task in CLASS_TASKS else None
     oof = _read_table(oof_path, class_k=k, allow_test_fold=False)
     test = None
-    if (d / "test.csv").is_file():
-        test = _read_table(d / "test.csv", class_k=k, allow_test_fold=True)
-    cams = sorted((d / "cam_gallery").glob("*.png")) if (d / "cam_gallery").is_dir() else []
+    if rd.test.is_file():
+        test = _read_table(rd.test, class_k=k, allow_test_fold=True)
+    cams = sorted(rd.cam_gallery.glob("*.png")) if rd.cam_gallery.is_dir() else []
     return Run(
         path=d,
         name=d.name or str(d),
         config=config,
         oof=oof,
         test=test,
-        metrics=_read_json(d / "metrics.json"),
-        localisation=_read_json(d / "localisation.json"),
+        metrics=_read_json(rd.metrics),
+        localisation=_read_json(rd.localisation),
         cam_images=cams,
-        conformal=_read_json(d / "conformal.json"),
+        conformal=_read_json(rd.conformal),
     )
 
 
@@ -339,35 +348,14 @@ def write_run(
     test: pd.DataFrame | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``config.yaml``, ``oof.csv`` (and ``test.csv``, ``metrics.json``) in the run layout."""
-    d = Path(out_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.yaml").write_text(yaml.safe_dump(plain(config), sort_keys=False))
-    oof.to_csv(d / "oof.csv", index=False)
+    """Write ``config.yaml``, ``oof.csv`` (and ``test.csv``, ``metrics.json``) in the run
+    layout, each file atomically."""
+    rd = RunDir(out_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    write_yaml(rd.config, config)
+    atomic_write_text(rd.oof, oof.to_csv(index=False))
     if test is not None:
-        test.to_csv(d / "test.csv", index=False)
+        atomic_write_text(rd.test, test.to_csv(index=False))
     if metrics is not None:
-        write_json(d / "metrics.json", metrics)
-    return d
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON with NaN/inf turned into null (strict JSON readers reject NaN)."""
-    path.write_text(json.dumps(plain(data), indent=2, allow_nan=False) + "\n")
-
-
-def plain(obj: Any) -> Any:
-    """numpy scalars/arrays -> Python, non-finite floats -> None, paths -> str: safe for YAML/JSON."""
-    if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+        write_json(rd.metrics, metrics)
+    return rd.path

@@ -276,7 +276,3 @@ def quantize(img: np.ndarray, bits: int = 8) -> np.ndarray:
     if bits == 16:
         return np.rint(np.clip(img, 0, 1).astype(np.float64) * 65535.0).astype(np.uint16)
     raise BadConfigError(f"bits must be 8 or 16, got {bits}")
-
-
-def field_mm(image: RenderedImage) -> float:
-    return image.image.shape[0] / image.px_per_mm

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from svdh.core.errors import BadConfigError
+from svdh.core.preprocess import PreprocessConfig
+from svdh.core.tasks import Task
 from svdh.models.backbones import get_backbone
 from svdh.models.heads import check_task, check_transform
 from svdh.models.losses import DEFAULT_LOSS, LOSSES
@@ -35,49 +37,144 @@ TARGET_COLUMN = {
 }
 
 
+def opt(default: Any, help: str, *flags: str, cli: bool = True, **kw: Any) -> Any:
+    """A ``TrainConfig`` field with its command-line help: the one declaration from which
+    ``svdh train``/``svdh pretrain`` options (``svdh.cli.train``) and the experiment schema
+    (``svdh.experiment``) are derived. ``flags``: the option names when not ``--field-name``;
+    ``cli=False``: settable in config files only."""
+    meta = {"help": help, "flags": flags, "cli": cli}
+    if isinstance(default, (list, dict)) or default is None and kw.get("factory"):
+        return field(default_factory=kw.pop("factory"), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_PP = PreprocessConfig()
+#: TrainConfig fields that are preprocessing settings, and their PreprocessConfig names: the
+#: run stores them once, in its ``preprocess`` section (the cache's PreprocessConfig).
+PREPROCESS_FIELDS = {"image_size": "size", "margin": "margin", "clahe": "clahe", "crop": "crop"}
+
+_TASK_HELP = (
+    "regression (SvdH total), classification or ordinal (severity classes), boneage (months)."
+)
+_BACKBONE_HELP = (
+    "resnet18/34/50/101/152, mobilenet_v2, densenet121, efficientnet_b0, convnext_tiny, "
+    "vgg16_bn, mobilenet_v2_050."
+)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a run; written resolved to ``RUN/config.yaml``."""
+    """Everything that defines a run; written resolved to ``RUN/config.yaml``.
 
-    source: str = ""
-    task: str = "regression"
-    backbone: str = "resnet18"
-    init: str = "scratch"
-    scheme: str = "full"
-    folds: int = 5
-    val_fraction: float = 0.2  # only with folds == 1 (a single train/validation split)
-    test_fraction: float = 0.0
-    epochs: int = 30
-    batch_size: int = 32
-    image_size: int = 256
-    lr: float = 1e-3
-    lr_decay: float = 0.5  # discriminative: per-stage learning-rate factor
-    unfreeze_every: int = 0  # gradual: epochs between unfreezing stages (0: spread evenly)
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    dropout: float = 0.0
-    loss: str = ""  # default per task
-    huber_delta: float = 1.0
-    target_transform: str = "none"
-    extra_heads: bool = False
-    label_smoothing: float = 0.0
-    class_weights: bool = True
-    use_sex: bool = False
-    bin_edges: list[float] | None = None  # severity class lower edges; default by score scope
-    augment: bool = True
-    monitor: str = ""  # default per task
-    patience: int = 10  # early-stopping patience in epochs (0: off)
-    max_minutes: float = 0.0  # wall-clock limit per fold (0: none)
-    max_cpu_minutes: float = 0.0  # CPU-time limit of this process per fold (0: none)
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"
-    num_workers: int = 2
-    cache_dir: str = ""  # where the preprocessed image cache goes ("" = the foundation default)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried to config.yaml
+    Each field's ``help`` is the help text of its ``svdh train`` option."""
+
+    source: str = opt("", "Data source: ra2-dream:DIR, rsna-boneage:DIR or csv:FILE.", cli=False)
+    task: str = opt("regression", _TASK_HELP)
+    backbone: str = opt("resnet18", _BACKBONE_HELP)
+    init: str = opt(
+        "scratch",
+        "scratch, imagenet (torchvision weights from the torch cache) or checkpoint:PATH "
+        "(a run directory, .safetensors or .ckpt).",
+    )
+    scheme: str = opt("full", "Fine-tuning scheme: full, head, partial:K, gradual, discriminative.")
+    folds: int = opt(
+        5, "Patient-grouped cross-validation folds (1: a single train/validation split)."
+    )
+    epochs: int = opt(30, "Maximum epochs per fold.")
+    batch_size: int = opt(32, "Images per batch (per device).")
+    image_size: int = opt(_PP.size, "Side of the square preprocessed image, in pixels.")
+    margin: float = opt(
+        _PP.margin, "Margin around the detected hand, as a fraction of its longer side."
+    )
+    clahe: bool = opt(
+        _PP.clahe,
+        "Contrast-limited adaptive histogram equalisation after resizing.",
+        "--clahe",
+    )
+    crop: bool = opt(
+        _PP.crop,
+        "Crop to the detected hand (--no-crop: pad and resize the whole film).",
+        "--crop/--no-crop",
+    )
+    lr: float = opt(1e-3, "Base learning rate (AdamW, warm-up then cosine decay).")
+    seed: int = opt(0, "Seed of the folds, the initialisation and the augmentation.")
+    test_fraction: float = opt(
+        0.0, "Fraction of patients held out as a test split (predicted by every fold model)."
+    )
+    val_fraction: float = opt(0.2, "Validation fraction when --folds 1.")
+    patience: int = opt(10, "Early stopping after this many epochs without improvement (0: off).")
+    monitor: str = opt(
+        "",
+        "Validation metric for early stopping and the best checkpoint (default: val_rmse, "
+        "val_mae for boneage, val_loss for classes).",
+    )
+    loss: str = opt(
+        "",
+        "mse or huber (regression, boneage), ce (classification), coral (ordinal); default per task.",
+    )
+    huber_delta: float = opt(1.0, "Huber loss threshold (standardised units).", cli=False)
+    target_transform: str = opt(
+        "none",
+        "none or log1p: learn the skewed score on a log scale (outputs stay on the score scale).",
+    )
+    extra_heads: bool = opt(
+        False,
+        "Regression: predict erosion and JSN as well; the total is their sum.",
+        "--extra-heads",
+    )
+    label_smoothing: float = opt(0.0, "Cross-entropy label smoothing.")
+    class_weights: bool = opt(
+        True,
+        "Inverse-frequency class weights in cross-entropy.",
+        "--class-weights/--no-class-weights",
+    )
+    use_sex: bool = opt(
+        False, "Boneage: give the model the sex of the child as an input.", "--use-sex"
+    )
+    bin_edges: list[float] | None = opt(
+        None,
+        "Severity class lower edges, comma-separated (default: 1,5,10,20,40,80 for patient "
+        "totals, halved per hand).",
+        "--bins",
+    )
+    lr_decay: float = opt(
+        0.5, "Discriminative scheme: learning-rate factor per stage down from the top."
+    )
+    unfreeze_every: int = opt(
+        0, "Gradual scheme: epochs between unfreezing stages (0: spread over the run)."
+    )
+    weight_decay: float = opt(1e-4, "AdamW weight decay.")
+    warmup_fraction: float = opt(0.05, "Fraction of the steps spent warming up.", cli=False)
+    dropout: float = opt(0.0, "Dropout before the head.")
+    augment: bool = opt(
+        True,
+        "Training augmentation (rotation, scale, shift, flip, brightness, contrast, gamma, noise).",
+        "--augment/--no-augment",
+    )
+    max_minutes: float = opt(0.0, "Wall-clock limit per fold in minutes (0: none).")
+    max_cpu_minutes: float = opt(
+        0.0,
+        "CPU-time limit per fold in minutes, for budgeted runs on shared machines (0: none).",
+    )
+    accelerator: str = opt("auto", "cpu, gpu, mps or auto.")
+    devices: str = opt("auto", "Devices per node: a count, a list like 0,1, or auto.")
+    strategy: str = opt("auto", "auto or ddp (distributed data parallel).")
+    num_nodes: int = opt(1, "Machines taking part in distributed training.")
+    precision: str = opt(
+        "auto", "auto (mixed bf16/fp16 on GPUs, 32 on CPUs), 32-true, 16-mixed, bf16-mixed."
+    )
+    num_workers: int = opt(2, "Data-loader worker processes.")
+    cache_dir: str = opt(
+        "", "Where the preprocessed-image cache lives (default: the data stage's)."
+    )
+    cache: str = opt(
+        "",
+        "A cache folder built by `svdh prepare --out DIR`: train on it (its preprocessing must "
+        "match --image-size/--margin/--clahe/--crop).",
+    )
+    extra: dict[str, Any] = opt(
+        {}, "Free-form notes carried to config.yaml.", cli=False, factory=dict
+    )
 
     # -- derived ------------------------------------------------------------------------
     @property
@@ -100,7 +197,12 @@ class TrainConfig:
 
     @property
     def is_class_task(self) -> bool:
-        return self.task in ("classification", "ordinal")
+        return Task(self.task).is_class
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """The preprocessing these settings ask for (the rest at PreprocessConfig defaults)."""
+        return PreprocessConfig(**{pp: getattr(self, f) for f, pp in PREPROCESS_FIELDS.items()})
 
     def validate(self) -> TrainConfig:
         """Check every setting; raise ``BadConfigError`` naming the option at fault."""
@@ -147,3 +249,18 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_run_dict(self) -> dict[str, Any]:
+        """The ``train`` section of ``config.yaml``: every setting except the preprocessing
+        ones, which the run stores once, in its ``preprocess`` section."""
+        return {k: v for k, v in self.to_dict().items() if k not in PREPROCESS_FIELDS}
+
+    @classmethod
+    def from_run_config(cls, config: dict[str, Any]) -> TrainConfig:
+        """The settings of a saved run (``config.yaml``): its ``train`` section plus its
+        preprocessing (older runs kept ``image_size`` in ``train`` too; both read)."""
+        d = dict(config.get("train") or {})
+        pp = PreprocessConfig.from_record(config, warn=False).to_dict()
+        for f, name in PREPROCESS_FIELDS.items():
+            d.setdefault(f, pp[name])
+        return cls.from_dict(d)

@@ -56,12 +56,7 @@ def thumbnail(image_path: str, config: dict[str, Any]) -> str | None:
         p = Path(image_path)
         if not p.is_file():
             return None
-        pre = config.get("preprocess")
-        cfg = (
-            PreprocessConfig.from_dict(pre)
-            if isinstance(pre, dict)
-            else PreprocessConfig(size=int(config.get("image_size") or 256))
-        )
+        cfg = PreprocessConfig.from_record(config)
         arr = preprocess(read_radiograph(p), cfg)
         if arr.shape[0] > 2 * THUMB_PX:  # keep the file small; the browser scales the rest
             from PIL import Image
@@ -72,6 +67,17 @@ def thumbnail(image_path: str, config: dict[str, Any]) -> str | None:
         return _array_png_b64(arr)
     except Exception:  # noqa: BLE001 - a thumbnail is optional; the row stays without it
         return None
+
+
+def _image_size(config: dict[str, Any]) -> dict[str, int]:
+    """``{"image_size": S}`` from the run's preprocessing, or nothing where it has none."""
+    from svdh.core.errors import BadConfigError
+    from svdh.core.preprocess import PreprocessConfig
+
+    try:
+        return {"image_size": int(PreprocessConfig.stored(config)["size"])}
+    except BadConfigError:
+        return {}
 
 
 def _num(x: Any, nd: int = 2) -> str:
@@ -238,9 +244,10 @@ def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[
         "is_ensemble": run.is_ensemble,
         "config": {
             k: run.config.get(k)
-            for k in ("task", "backbone", "init", "scheme", "image_size", "method")
+            for k in ("task", "backbone", "init", "scheme", "method")
             if run.config.get(k) is not None
-        },
+        }
+        | _image_size(run.config),
         "m": m,
         "fmt": _num,
         "plots": [{"title": titles.get(k, k), "b64": _png_b64(p)} for k, p in plots.items()],

@@ -1,9 +1,6 @@
-"""Training runs: patient-grouped folds, one Lightning fit per fold, run-directory outputs.
+"""The training loop: patient-grouped folds, one Lightning fit per fold, run-directory outputs.
 
-Layout written (see ``docs/architecture.md``, Runs)::
-
-    RUN/config.yaml  folds.csv  oof.csv  test.csv  metrics.json  logs/{csv,tensorboard}/fold_k/
-    RUN/fold_k/best.ckpt  last.ckpt  best.safetensors  predictions.npz  done.json
+The files written are those of :class:`svdh.runs.layout.RunDir` (see ``docs/architecture.md``).
 
 Resuming: ``last.ckpt`` is saved at the end of every epoch; a fold is finished when its
 ``done.json`` exists (written last, after its weights and predictions, each written to a
@@ -19,6 +16,7 @@ duplicates from distributed-sampler padding); the other ranks wait at a barrier.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -34,12 +32,16 @@ import pandas as pd
 import torch
 import yaml
 
-from svdh.core.errors import BadConfigError, BadDatasetError, BadRunError
+from svdh.core.errors import BadDatasetError, BadRunError
+from svdh.core.files import atomic_write_bytes, atomic_write_text, write_json, write_yaml
 from svdh.core.scoring import SeverityBins
+from svdh.core.tasks import Task
+from svdh.data.cache import ensure_cache, open_prepared_cache
 from svdh.models.losses import class_weights_from_labels
 from svdh.models.net import SvdhNet, average_raw, build_model, predict_outputs
 from svdh.models.schemes import default_unfreeze_every
-from svdh.runs.tables import plain
+from svdh.models.weights import save_weights
+from svdh.runs.layout import FoldDir, RunDir, fold_name
 from svdh.train.config import TrainConfig
 from svdh.train.data import CacheDataset, LazyImages, Targets, radiograph_augmentation
 
@@ -86,16 +88,6 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def resolve_precision(cfg: TrainConfig) -> str:
     """``auto``: bf16 (or fp16) mixed precision on CUDA GPUs, full precision elsewhere."""
     if cfg.precision != "auto":
@@ -118,21 +110,23 @@ def _devices(value: str | int) -> Any:
 
 
 def load_run_data(cfg: TrainConfig) -> RunData:
-    """Read ``cfg.source`` and its preprocessed-image cache at ``cfg.image_size``."""
-    try:
-        from svdh.data.cache import ensure_cache
-    except ImportError as exc:  # the foundation stage is not installed
-        raise BadConfigError(f"the data stage (svdh.data.cache) is unavailable: {exc}") from None
-    cache = ensure_cache(
-        cfg.source,
-        int(cfg.image_size),
-        cfg.cache_dir or None,
-        progress=sys.stderr.isatty() and _is_main(),
-    )
+    """The images of ``cfg.source`` preprocessed as ``cfg.preprocess`` asks: from the cache
+    ``svdh prepare --out DIR`` built (``cfg.cache``, which must match), or from the cache
+    kept under ``cfg.cache_dir`` (built on first use)."""
+    if cfg.cache:
+        cache = open_prepared_cache(cfg.cache, cfg.preprocess, cfg.source)
+    else:
+        cache = ensure_cache(
+            cfg.source,
+            cfg.image_size,
+            cfg.cache_dir or None,
+            cfg=cfg.preprocess,
+            progress=sys.stderr.isatty() and _is_main(),
+        )
     manifest = cache.manifest.copy()
-    manifest.attrs["source"] = cfg.source
-    images = LazyImages(Path(cache.path) / "images.npy")
-    return RunData(manifest, images, cache.config.to_dict(), cfg.source)
+    manifest.attrs["source"] = cfg.source or str(cache.meta.get("source", ""))
+    images = LazyImages(cache.images_path)
+    return RunData(manifest, images, cache.config.to_dict(), manifest.attrs["source"])
 
 
 def assign_run_folds(cfg: TrainConfig, manifest: pd.DataFrame) -> pd.DataFrame:
@@ -157,7 +151,7 @@ def resolve_bins(cfg: TrainConfig, manifest: pd.DataFrame) -> tuple[SeverityBins
                 "train hand scores and patient totals separately"
             )
         scope = scopes[0]
-    if cfg.task == "boneage":
+    if cfg.task == Task.BONEAGE:
         return None, scope
     return SeverityBins.for_scope(scope, cfg.bin_edges), scope
 
@@ -189,7 +183,7 @@ def build_targets(cfg: TrainConfig, df: pd.DataFrame, bins: SeverityBins | None)
         return v
 
     t = Targets()
-    if cfg.task == "boneage":
+    if cfg.task == Task.BONEAGE:
         t.y = col("boneage")[:, None]
         if cfg.use_sex:
             m = (
@@ -231,36 +225,6 @@ def make_dataset(data: RunData, targets: Targets, rows: np.ndarray, augment: boo
         _subset(targets, rows),
         radiograph_augmentation() if augment else None,
     )
-
-
-def _loader(
-    ds: CacheDataset, cfg: TrainConfig, shuffle: bool, drop_last: bool = False
-) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        ds,
-        batch_size=cfg.batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-def FoldData(train_ds: CacheDataset, val_ds: CacheDataset, cfg: TrainConfig) -> Any:  # noqa: N802
-    """A ``LightningDataModule`` of one fold's training and validation sets (built lazily so
-    that importing this module does not import Lightning)."""
-    import lightning as L
-
-    class _FoldData(L.LightningDataModule):
-        def train_dataloader(self) -> torch.utils.data.DataLoader:
-            # drop a last partial batch (BatchNorm cannot train on a batch of one image)
-            return _loader(train_ds, cfg, shuffle=True, drop_last=len(train_ds) > cfg.batch_size)
-
-        def val_dataloader(self) -> torch.utils.data.DataLoader:
-            return _loader(val_ds, cfg, shuffle=False)
-
-    return _FoldData()
 
 
 @torch.no_grad()
@@ -305,73 +269,6 @@ def _target_stats(model: SvdhNet, y: np.ndarray) -> tuple[list[float], list[floa
     return t.mean(axis=0).tolist(), np.maximum(t.std(axis=0), floor).tolist()
 
 
-class _EpochLine:
-    """A Lightning callback printing one line per epoch (when there is no progress bar)."""
-
-    def __new__(cls, fold: int, n_folds: int, monitor: str, epochs: int):
-        from lightning.pytorch.callbacks import Callback
-
-        class EpochLine(Callback):
-            def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001
-                self.t0 = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
-                if not trainer.is_global_zero:
-                    return
-                m = {
-                    k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")
-                }
-                if getattr(pl_module, "_train_n", 0):
-                    m["train_loss"] = float(pl_module._train_sum) / pl_module._train_n
-                shown = " ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
-                dt = time.perf_counter() - getattr(self, "t0", time.perf_counter())
-                print(
-                    f"fold {fold + 1}/{n_folds} epoch {trainer.current_epoch + 1}/{epochs}: {shown} ({dt:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        return EpochLine()
-
-
-class _EpochTimer:
-    """A Lightning callback recording each epoch's wall time (training + validation)."""
-
-    def __new__(cls):
-        from lightning.pytorch.callbacks import Callback
-
-        class EpochTimer(Callback):
-            def __init__(self) -> None:
-                self.seconds: list[float] = []
-
-            def on_train_epoch_start(self, trainer, pl_module):  # noqa: ANN001
-                self.t0 = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, pl_module):  # noqa: ANN001
-                self.seconds.append(round(time.perf_counter() - self.t0, 3))
-
-        return EpochTimer()
-
-
-class _CpuBudget:
-    """A Lightning callback stopping training once this process has used ``minutes`` of CPU
-    time in the fold (all its threads; loader worker processes not included). Unlike a
-    wall-clock limit it does not cut a run short because other work shares the machine."""
-
-    def __new__(cls, minutes: float):
-        from lightning.pytorch.callbacks import Callback
-
-        class CpuBudget(Callback):
-            def on_train_start(self, trainer, pl_module):  # noqa: ANN001
-                self.start = time.process_time()
-
-            def on_train_batch_end(self, trainer, pl_module, *args):  # noqa: ANN001, ANN002
-                if time.process_time() - self.start > minutes * 60:
-                    trainer.should_stop = True
-
-        return CpuBudget()
-
-
 def _quiet_lightning() -> None:
     import logging
 
@@ -400,6 +297,120 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pat)
 
 
+def _fold_model(
+    cfg: TrainConfig, targets: Targets, bins: SeverityBins | None, train_rows: np.ndarray
+):  # noqa: ANN202
+    """The fold's network and its LightningModule (target standardisation, class weights)."""
+    from svdh.train.module import SvdhModule
+
+    model = build_model(
+        cfg.backbone,
+        cfg.task,
+        cfg.init,
+        n_classes=bins.n_classes if bins else 7,
+        extra_heads=cfg.extra_heads,
+        target_transform=cfg.target_transform,
+        use_sex=cfg.use_sex,
+        max_score=bins.max_score if (bins and cfg.task == Task.REGRESSION) else None,
+        dropout=cfg.dropout,
+    )
+    head_kept = bool(getattr(model, "init_report", {}).get("head_transferred"))
+    if model.is_regression and not head_kept:
+        # a transferred head keeps the standardisation it was trained with
+        model.set_target_stats(*_target_stats(model, targets.y[train_rows]))
+    cw = None
+    if cfg.task == Task.CLASSIFICATION and cfg.class_weights:
+        assert bins is not None and targets.label is not None
+        cw = class_weights_from_labels(targets.label[train_rows], bins.n_classes).tolist()
+    module = SvdhModule(model, cfg.to_dict(), bins.to_dict() if bins else None, cw)
+    return model, module
+
+
+def _fold_callbacks(
+    cfg: TrainConfig, fd: FoldDir, model: SvdhNet, n_trained: int
+) -> tuple[Any, Any, list[Any], int]:
+    """Checkpointing, timing, early stopping, budgets and progress output of one fold;
+    returns (checkpoint callback, epoch timer, all callbacks, minimum epochs)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from svdh.train.callbacks import CpuBudget, EpochLine, EpochTimer
+
+    monitor, mode = cfg.monitor_mode
+    ckpt_cb = ModelCheckpoint(
+        dirpath=fd.path,
+        filename=fd.ckpt_stem,
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        # "link": when the last epoch is also the best, last.ckpt links to best.ckpt instead of
+        # writing the same weights and optimizer state twice
+        save_last="link",
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    timer = EpochTimer()
+    callbacks: list[Any] = [ckpt_cb, timer]
+    min_epochs = 1
+    if cfg.patience > 0:
+        callbacks.append(
+            EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, check_finite=False)
+        )
+    if cfg.scheme_obj.dynamic:
+        n_stages = len(model.spec.stages)
+        every = cfg.unfreeze_every or default_unfreeze_every(cfg.epochs, n_stages)
+        min_epochs = min(cfg.epochs, every * n_stages + 1)  # no stop before all stages train
+    if cfg.max_cpu_minutes > 0:
+        callbacks.append(CpuBudget(cfg.max_cpu_minutes))
+    if sys.stderr.isatty():
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        callbacks.append(RichProgressBar(leave=False))
+    else:
+        callbacks.append(EpochLine(fd.k, n_trained, cfg.epochs))
+    return ckpt_cb, timer, callbacks, min_epochs
+
+
+def _trainer(
+    cfg: TrainConfig, rd: RunDir, fd: FoldDir, callbacks: list[Any], min_epochs: int
+) -> Any:
+    """The Lightning ``Trainer`` of one fold."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    strategy: Any = cfg.strategy
+    if cfg.strategy == "ddp" and cfg.scheme_obj.dynamic:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # gradual unfreezing changes which parameters get gradients during training
+        strategy = DDPStrategy(find_unused_parameters=True)
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=_devices(cfg.devices),
+        strategy=strategy,
+        num_nodes=cfg.num_nodes,
+        precision=resolve_precision(cfg),
+        max_epochs=cfg.epochs,
+        min_epochs=min_epochs,
+        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes > 0 else None,
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(rd.logs / "csv", name=fold_name(fd.k)),
+            TensorBoardLogger(rd.logs / "tensorboard", name=fold_name(fd.k)),
+        ],
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=50,
+        default_root_dir=str(fd.path),
+        benchmark=False,
+        # checkpoints are cloned on the training thread and written in the background, so
+        # the per-epoch last.ckpt (needed for --resume) does not stall a fast GPU; each
+        # file is still written to a temporary name and renamed, and fit waits for it
+        plugins=[AsyncCheckpointIO()],
+    )
+
+
 def fit_fold(
     cfg: TrainConfig,
     data: RunData,
@@ -411,16 +422,14 @@ def fit_fold(
 ) -> dict[str, Any] | None:
     """Train fold ``k`` (or continue it from ``last.ckpt``) and write its outputs."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from svdh.train.module import SvdhModule
+    from svdh.train.callbacks import FoldData
 
-    fold_dir = run_dir / f"fold_{k}"
-    done = fold_dir / "done.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(run_dir)
+    fd = rd.fold(k)
+    if fd.done.exists():
+        return json.loads(fd.done.read_text())
+    fd.path.mkdir(parents=True, exist_ok=True)
     fold = data.manifest["fold"].to_numpy(dtype=np.int64)
     train_rows, val_rows = _train_rows(fold, k), np.flatnonzero(fold == k)
     if len(train_rows) == 0 or len(val_rows) == 0:
@@ -429,141 +438,41 @@ def fit_fold(
             "use fewer --folds or more patients"
         )
     L.seed_everything(cfg.seed + k, workers=True, verbose=False)
-    model = build_model(
-        cfg.backbone,
-        cfg.task,
-        cfg.init,
-        n_classes=bins.n_classes if bins else 7,
-        extra_heads=cfg.extra_heads,
-        target_transform=cfg.target_transform,
-        use_sex=cfg.use_sex,
-        max_score=bins.max_score if (bins and cfg.task == "regression") else None,
-        dropout=cfg.dropout,
-    )
-    head_kept = bool(getattr(model, "init_report", {}).get("head_transferred"))
-    if model.is_regression and not head_kept:
-        # a transferred head keeps the standardisation it was trained with
-        model.set_target_stats(*_target_stats(model, targets.y[train_rows]))
-    cw = None
-    if cfg.task == "classification" and cfg.class_weights:
-        cw = class_weights_from_labels(targets.label[train_rows], bins.n_classes).tolist()
-    module = SvdhModule(model, cfg.to_dict(), bins.to_dict() if bins else None, cw)
-
-    monitor, mode = cfg.monitor_mode
-    ckpt_cb = ModelCheckpoint(
-        dirpath=fold_dir,
-        filename="best",
-        monitor=monitor,
-        mode=mode,
-        save_top_k=1,
-        # "link": when the last epoch is also the best, last.ckpt links to best.ckpt instead of
-        # writing the same weights and optimizer state twice
-        save_last="link",
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-    )
-    timer = _EpochTimer()
-    callbacks: list[Any] = [ckpt_cb, timer]
-    min_epochs = 1
-    if cfg.patience > 0:
-        callbacks.append(
-            EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience, check_finite=False)
+    model, module = _fold_model(cfg, targets, bins, train_rows)
+    ckpt_cb, timer, callbacks, min_epochs = _fold_callbacks(cfg, fd, model, n_trained)
+    if sys.stderr.isatty() and _is_main():
+        print(
+            f"fold {k + 1}/{n_trained}: {len(train_rows)} training and {len(val_rows)} validation images",
+            file=sys.stderr,
+            flush=True,
         )
-    if cfg.scheme_obj.dynamic:
-        every = cfg.unfreeze_every or default_unfreeze_every(cfg.epochs, len(model.spec.stages))
-        min_epochs = min(
-            cfg.epochs, every * len(model.spec.stages) + 1
-        )  # no stop before all stages train
-    if cfg.max_cpu_minutes > 0:
-        callbacks.append(_CpuBudget(cfg.max_cpu_minutes))
-    tty = sys.stderr.isatty()
-    if tty:
-        from lightning.pytorch.callbacks import RichProgressBar
-
-        if _is_main():
-            print(
-                f"fold {k + 1}/{n_trained}: {len(train_rows)} training and {len(val_rows)} validation images",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        callbacks.append(RichProgressBar(leave=False))
-    else:
-        callbacks.append(_EpochLine(k, n_trained, monitor, cfg.epochs))
-
-    strategy: Any = cfg.strategy
-    if cfg.strategy == "ddp" and cfg.scheme_obj.dynamic:
-        from lightning.pytorch.strategies import DDPStrategy
-
-        # gradual unfreezing changes which parameters get gradients during training
-        strategy = DDPStrategy(find_unused_parameters=True)
-    precision = resolve_precision(cfg)
-    logs = run_dir / "logs"
-    from lightning.pytorch.plugins.io import AsyncCheckpointIO
-
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=_devices(cfg.devices),
-        strategy=strategy,
-        num_nodes=cfg.num_nodes,
-        precision=precision,
-        max_epochs=cfg.epochs,
-        min_epochs=min_epochs,
-        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes > 0 else None,
-        callbacks=callbacks,
-        logger=[
-            CSVLogger(logs / "csv", name=f"fold_{k}"),
-            TensorBoardLogger(logs / "tensorboard", name=f"fold_{k}"),
-        ],
-        enable_progress_bar=tty,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=50,
-        default_root_dir=str(fold_dir),
-        benchmark=False,
-        # checkpoints are cloned on the training thread and written in the background, so
-        # the per-epoch last.ckpt (needed for --resume) does not stall a fast GPU; each
-        # file is still written to a temporary name and renamed, and fit waits for it
-        plugins=[AsyncCheckpointIO()],
-    )
+    trainer = _trainer(cfg, rd, fd, callbacks, min_epochs)
     datamodule = FoldData(
         make_dataset(data, targets, train_rows, cfg.augment),
         make_dataset(data, targets, val_rows, False),
         cfg,
     )
-    last = _resume_point(fold_dir)
+    last = _resume_point(fd)
     t0 = time.perf_counter()
-    trainer.fit(
-        module,
-        datamodule=datamodule,
-        ckpt_path=str(last) if last else None,
-    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last else None)
     seconds = time.perf_counter() - t0
     info = None
     if trainer.is_global_zero:
-        info = _finish_fold(
-            cfg,
-            data,
-            targets,
-            model.config,
-            k,
-            fold_dir,
-            ckpt_cb,
-            trainer,
-            precision,
-            seconds,
-            timer.seconds,
-        )
+        fit = _FoldFit(ckpt_cb, trainer, resolve_precision(cfg), seconds, timer.seconds)
+        info = _finish_fold(cfg, data, targets, model.config, fd, fit)
     _barrier()
-    return info if info is not None else (json.loads(done.read_text()) if done.exists() else None)
+    return (
+        info
+        if info is not None
+        else (json.loads(fd.done.read_text()) if fd.done.exists() else None)
+    )
 
 
-def _resume_point(fold_dir: Path) -> Path | None:
+def _resume_point(fd: FoldDir) -> Path | None:
     """The checkpoint an unfinished fold continues from: ``last.ckpt`` or, should the process
     have died between writing the best checkpoint and re-linking ``last.ckpt`` to it,
     ``best.ckpt``; None (start the fold afresh) when neither can be read."""
-    for name in ("last.ckpt", "best.ckpt"):
-        p = fold_dir / name
+    for p in fd.resume_candidates:
         if p.exists():  # follows the link; a dangling one does not count
             try:
                 torch.load(p, map_location="cpu", weights_only=True, mmap=True)
@@ -580,21 +489,22 @@ def _state_from_ckpt(path: Path) -> dict[str, torch.Tensor]:
     }
 
 
-def save_weights(
-    path: Path,
-    state: dict[str, torch.Tensor],
-    arch: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """``best.safetensors``: the model's state dict plus its architecture as metadata."""
-    from safetensors.torch import save
+@dataclass
+class _FoldFit:
+    """What a finished ``trainer.fit`` of one fold leaves for its outputs."""
 
-    meta = {
-        "svdh_model": json.dumps(plain(arch)),
-        **{k: json.dumps(plain(v)) for k, v in (extra or {}).items()},
-    }
-    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()}, metadata=meta)
-    atomic_write_bytes(path, data)
+    ckpt_cb: Any
+    trainer: Any
+    precision: str
+    seconds: float
+    epoch_seconds: list[float]
+
+
+def _best_epoch(best: Path) -> int | None:
+    try:
+        return int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1  # 1-based
+    except Exception:  # the epoch is informative only
+        return None
 
 
 def _finish_fold(
@@ -602,60 +512,43 @@ def _finish_fold(
     data: RunData,
     targets: Targets,
     arch: dict[str, Any],
-    k: int,
-    fold_dir: Path,
-    ckpt_cb: Any,
-    trainer: Any,
-    precision: str,
-    seconds: float,
-    epoch_seconds: list[float],
+    fd: FoldDir,
+    fit: _FoldFit,
 ) -> dict[str, Any]:
-    best = Path(ckpt_cb.best_model_path) if ckpt_cb.best_model_path else fold_dir / "last.ckpt"
-    state = _state_from_ckpt(best)
-    model = SvdhNet(**{k2: v for k2, v in arch.items()})
-    model.load_state_dict(state)
-    score = ckpt_cb.best_model_score
-    best_epoch = None
-    try:
-        best_epoch = (
-            int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
-        )  # 1-based
-    except Exception:  # the epoch is informative only
-        pass
-    save_weights(
-        fold_dir / "best.safetensors",
-        model.state_dict(),
-        arch,
-        {"fold": k, "best_epoch": best_epoch},
-    )
+    """Write the fold's best weights, its predictions and, last, ``done.json``."""
+    k = fd.k
+    best = Path(fit.ckpt_cb.best_model_path) if fit.ckpt_cb.best_model_path else fd.last_ckpt
+    model = SvdhNet(**dict(arch))
+    model.load_state_dict(_state_from_ckpt(best))
+    score = fit.ckpt_cb.best_model_score
+    best_epoch = _best_epoch(best)
+    save_weights(fd.weights, model.state_dict(), arch, {"fold": k, "best_epoch": best_epoch})
     fold = data.manifest["fold"].to_numpy(dtype=np.int64)
     val_rows, test_rows = np.flatnonzero(fold == k), np.flatnonzero(fold < 0)
-    device = trainer.strategy.root_device
-    val_raw = predict_raw(
-        model, make_dataset(data, targets, val_rows, False), cfg, device, precision
-    )
-    test_raw = predict_raw(
-        model, make_dataset(data, targets, test_rows, False), cfg, device, precision
-    )
-    import io
+    device = fit.trainer.strategy.root_device
 
+    def raw(rows: np.ndarray) -> np.ndarray:
+        ds = make_dataset(data, targets, rows, False)
+        return predict_raw(model, ds, cfg, device, fit.precision)
+
+    val_raw, test_raw = raw(val_rows), raw(test_rows)
     buf = io.BytesIO()
     np.savez(buf, val_rows=val_rows, val_raw=val_raw, test_rows=test_rows, test_raw=test_raw)
-    atomic_write_bytes(fold_dir / "predictions.npz", buf.getvalue())
+    atomic_write_bytes(fd.predictions, buf.getvalue())
     info = {
         "fold": k,
         "monitor": cfg.monitor_mode[0],
         "best_score": None if score is None else float(score),
         "best_epoch": best_epoch,
-        "epochs_run": int(trainer.current_epoch),
-        "seconds": round(seconds, 1),
-        "epoch_seconds": epoch_seconds,  # of this process's epochs (a resumed fit: the new ones)
+        "epochs_run": int(fit.trainer.current_epoch),
+        "seconds": round(fit.seconds, 1),
+        "epoch_seconds": fit.epoch_seconds,  # of this process's epochs (a resumed fit: the new ones)
         "n_train": int(((fold != k) & (fold >= 0)).sum()),
         "n_val": int(len(val_rows)),
-        "world_size": int(trainer.world_size),
-        "precision": precision,
+        "world_size": int(fit.trainer.world_size),
+        "precision": fit.precision,
     }
-    atomic_write_text(fold_dir / "done.json", json.dumps(plain(info), indent=2))
+    write_json(fd.done, info)
     return info
 
 
@@ -795,10 +688,11 @@ def assemble_outputs(
     infos: dict[int, dict],
 ) -> dict[str, Any]:
     """Write ``oof.csv``, ``test.csv`` and ``metrics.json`` from the finished folds."""
+    rd = RunDir(run_dir)
     fold = data.manifest["fold"].to_numpy(dtype=np.int64)
     parts, test_raws, test_rows = [], [], None
     for k in folds_trained:
-        z = np.load(run_dir / f"fold_{k}" / "predictions.npz")
+        z = np.load(rd.fold(k).predictions)
         parts.append(prediction_table(cfg, data, targets, bins, z["val_rows"], z["val_raw"], k))
         if len(z["test_rows"]):
             test_rows = z["test_rows"]
@@ -809,13 +703,13 @@ def assemble_outputs(
     if len(oof) != len(expected) or (counts > 1).any():
         raise BadRunError(
             f"{run_dir}: out-of-fold predictions cover {len(oof)} rows for {len(expected)} images; "
-            "delete the fold_* directories and train again"
+            f"delete the {fold_name(0).rstrip('0')}* directories and train again"
         )
     order = {iid: i for i, iid in enumerate(data.manifest["image_id"].astype(str))}
     oof = oof.iloc[np.argsort([order[i] for i in oof["image_id"]], kind="stable")].reset_index(
         drop=True
     )
-    atomic_write_text(run_dir / "oof.csv", oof.to_csv(index=False))
+    atomic_write_text(rd.oof, oof.to_csv(index=False))
     metrics: dict[str, Any] = {"task": cfg.task, "monitor": cfg.monitor_mode[0], "folds": []}
     for k in folds_trained:
         fm = _summary(table_metrics(cfg.task, oof[oof["fold"] == k], bins, n_boot=0))
@@ -834,34 +728,68 @@ def assemble_outputs(
         test = prediction_table(
             cfg, data, targets, bins, test_rows, average_raw(cfg.task, test_raws), -1
         )
-        atomic_write_text(run_dir / "test.csv", test.to_csv(index=False))
+        atomic_write_text(rd.test, test.to_csv(index=False))
         metrics["test"] = table_metrics(cfg.task, test, bins, n_boot=1000)
-    atomic_write_text(
-        run_dir / "metrics.json", json.dumps(plain(metrics), indent=2, allow_nan=False) + "\n"
-    )
+    write_json(rd.metrics, metrics)
     return metrics
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> dict[str, Any] | None:
-    cfg_path = run_dir / "config.yaml"
+def _check_run_dir(rd: RunDir, resume: bool) -> dict[str, Any] | None:
+    cfg_path = rd.config
     if cfg_path.exists():
         if not resume:
             raise BadRunError(
-                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+                f"{rd.path} already holds a run; add --resume to continue it, or choose another --out"
             )
         saved = yaml.safe_load(cfg_path.read_text())
         if not isinstance(saved, dict) or "train" not in saved:
             raise BadRunError(f"{cfg_path}: not a training run's config; choose another --out")
         return saved
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise BadRunError(f"{run_dir} exists and is not empty; choose another --out")
+    if rd.path.exists() and any(rd.path.iterdir()) and not resume:
+        raise BadRunError(f"{rd.path} exists and is not empty; choose another --out")
     return None
 
 
 RUNTIME_FIELDS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "num_workers")
+
+
+def _settings(cfg: TrainConfig, rd: RunDir, resume: bool, main: bool) -> tuple[TrainConfig, bool]:
+    """The run's settings: ``cfg``, or on resume the saved ones with this call's runtime
+    settings; and whether a config was saved before."""
+    if main:
+        saved = _check_run_dir(rd, resume)
+    else:
+        saved = yaml.safe_load(rd.config.read_text()) if rd.config.exists() else None
+    if saved is not None:
+        runtime = {f: getattr(cfg, f) for f in RUNTIME_FIELDS}
+        cfg = TrainConfig.from_run_config(saved)
+        for f, v in runtime.items():
+            setattr(cfg, f, v)
+    return cfg.validate(), saved is not None
+
+
+def _with_folds(cfg: TrainConfig, rd: RunDir, data: RunData) -> RunData:
+    """``data`` with its manifest's ``fold`` column: from ``folds.csv`` of a started run, the
+    source's own, or freshly assigned."""
+    manifest = data.manifest.reset_index(drop=True)
+    manifest.attrs.update(data.manifest.attrs)
+    if "image_id" not in manifest.columns:
+        raise BadDatasetError("the manifest has no image_id column")
+    if rd.folds_csv.exists():
+        f = pd.read_csv(rd.folds_csv, dtype={"image_id": str, "patient_id": str})
+        if set(f["image_id"]) != set(manifest["image_id"].astype(str)):
+            raise BadRunError(
+                f"{rd.folds_csv}: the images of the source changed since the run started; "
+                "start a new run with another --out"
+            )
+        fmap = dict(zip(f["image_id"], f["fold"], strict=True))
+        manifest["fold"] = [int(fmap[i]) for i in manifest["image_id"].astype(str)]
+    elif "fold" not in manifest.columns:
+        manifest = assign_run_folds(cfg, manifest)
+    return RunData(manifest, data.images, data.preprocess, data.source or cfg.source)
 
 
 def train_run(
@@ -880,70 +808,35 @@ def train_run(
     ``devices``, ``strategy``, ``num_nodes``, ``precision`` and ``num_workers`` may change).
     """
     _quiet_lightning()
-    run_dir = Path(out)
+    rd = RunDir(out)
     main = _is_main()
-    saved = (
-        _check_run_dir(run_dir, resume)
-        if main
-        else (
-            yaml.safe_load((run_dir / "config.yaml").read_text())
-            if (run_dir / "config.yaml").exists()
-            else None
-        )
-    )
-    if saved is not None:
-        runtime = {f: getattr(cfg, f) for f in RUNTIME_FIELDS}
-        cfg = TrainConfig.from_dict(saved["train"])
-        for f, v in runtime.items():
-            setattr(cfg, f, v)
-    cfg.validate()
-    if data is None:
-        data = load_run_data(cfg)
-    manifest = data.manifest.reset_index(drop=True)
-    manifest.attrs.update(data.manifest.attrs)
-    if "image_id" not in manifest.columns:
-        raise BadDatasetError("the manifest has no image_id column")
-    folds_csv = run_dir / "folds.csv"
-    if folds_csv.exists():
-        f = pd.read_csv(folds_csv, dtype={"image_id": str, "patient_id": str})
-        if set(f["image_id"]) != set(manifest["image_id"].astype(str)):
-            raise BadRunError(
-                f"{folds_csv}: the images of the source changed since the run started; "
-                "start a new run with another --out"
-            )
-        fmap = dict(zip(f["image_id"], f["fold"], strict=True))
-        manifest["fold"] = [int(fmap[i]) for i in manifest["image_id"].astype(str)]
-    elif "fold" not in manifest.columns:
-        manifest = assign_run_folds(cfg, manifest)
-    data = RunData(manifest, data.images, data.preprocess, data.source or cfg.source)
+    cfg, started = _settings(cfg, rd, resume, main)
+    data = _with_folds(cfg, rd, data if data is not None else load_run_data(cfg))
+    manifest = data.manifest
     bins, scope = resolve_bins(cfg, manifest)
     targets = build_targets(cfg, manifest, bins)
     folds_trained = (
         [0] if cfg.folds == 1 else sorted(int(k) for k in set(manifest["fold"]) if k >= 0)
     )
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not folds_csv.exists():
-            atomic_write_text(
-                folds_csv, manifest[["image_id", "patient_id", "fold"]].to_csv(index=False)
-            )
-        if saved is None:
-            atomic_write_text(
-                run_dir / "config.yaml",
-                yaml.safe_dump(plain(run_config(cfg, data, bins, scope, kind)), sort_keys=False),
-            )
+        rd.path.mkdir(parents=True, exist_ok=True)
+        if not rd.folds_csv.exists():
+            cols = ["image_id", "patient_id", "fold"]
+            atomic_write_text(rd.folds_csv, manifest[cols].to_csv(index=False))
+        if not started:
+            write_yaml(rd.config, run_config(cfg, data, bins, scope, kind))
     _barrier()
     infos: dict[int, dict] = {}
     for k in folds_trained:
-        info = fit_fold(cfg, data, targets, bins, k, run_dir, len(folds_trained))
+        info = fit_fold(cfg, data, targets, bins, k, rd.path, len(folds_trained))
         if info:
             infos[k] = info
     if not main:
         return {}
-    metrics = assemble_outputs(cfg, data, targets, bins, run_dir, folds_trained, infos)
+    metrics = assemble_outputs(cfg, data, targets, bins, rd.path, folds_trained, infos)
     if not quiet:
         print_metrics_table(
-            metrics, f"{kind} {run_dir.name}: {cfg.task}, {cfg.backbone}, {cfg.init}, {cfg.scheme}"
+            metrics, f"{kind} {rd.path.name}: {cfg.task}, {cfg.backbone}, {cfg.init}, {cfg.scheme}"
         )
     return metrics
 
@@ -960,7 +853,7 @@ def run_config(
     """The resolved ``config.yaml``: enough to rebuild every fold model and its inputs."""
     from svdh import __version__
 
-    tc = cfg.to_dict()
+    tc = cfg.to_run_dict()
     tc["loss"] = cfg.loss_name
     tc["monitor"] = cfg.monitor_mode[0]
     tc["precision"] = resolve_precision(cfg)
@@ -971,7 +864,7 @@ def run_config(
         "extra_heads": cfg.extra_heads,
         "target_transform": cfg.target_transform,
         "use_sex": cfg.use_sex,
-        "max_score": bins.max_score if (bins and cfg.task == "regression") else None,
+        "max_score": bins.max_score if (bins and cfg.task == Task.REGRESSION) else None,
         "dropout": cfg.dropout,
     }
     man = data.manifest
@@ -984,7 +877,6 @@ def run_config(
         "scheme": cfg.scheme,
         "source": data.source or cfg.source,
         "data_kind": "phantom" if _is_phantom_source(man) else "images",
-        "image_size": cfg.image_size,
         "score_scope": scope,
         "bins": bins.to_dict() if bins else None,
         "n_classes": arch["n_classes"],
