@@ -3,9 +3,9 @@ VENV ?= .venv
 
 .PHONY: install test lint mypy-next demo browser-deps
 
-# Packages type-checked by `make lint` (zero errors each). runs/ and inference/ join after
-# issue 11's merge: `make mypy-next` shows how far they are.
-MYPY_PATHS ?= src/svdh/core
+# Packages type-checked by `make lint` (zero errors each).
+
+MYPY_PATHS ?= src/svdh/core src/svdh/runs src/svdh/inference
 MYPY_NEXT ?= src/svdh/core src/svdh/runs src/svdh/inference
 
 install:

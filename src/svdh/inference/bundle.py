@@ -54,7 +54,7 @@ class Member:
 
     name: str
     arch: dict[str, Any]
-    state_dicts: list[Mapping[str, Any]] = field(default_factory=list)
+    state_dicts: Sequence[Mapping[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -519,7 +519,9 @@ def _training_summary(run: Any) -> dict[str, Any]:
     return out
 
 
-def _combination(src: Path, run: Any) -> tuple[list[Path], list[str], dict, dict]:
+def _combination(
+    src: Path, run: Any
+) -> tuple[list[Path], list[str], dict[str, Any], dict[str, Any]]:
     """Member run directories, their names, how they combine and the conformal quantiles:
     an ensemble's (its meta-learner and conformal.json), or a run's (the mean of its fold
     models, calibrated on its out-of-fold residuals)."""

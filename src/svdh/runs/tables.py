@@ -14,6 +14,7 @@ rebuilt by ``svdh.models.weights.load_run``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,7 @@ def is_phantom(config: dict[str, Any], oof: pd.DataFrame | None = None) -> bool:
     if str(config.get("data_kind", "")).lower() in ("phantom", "synthetic", "synth"):
         return True
 
-    def strings(obj: Any):
+    def strings(obj: Any) -> Iterator[str]:
         if isinstance(obj, str):
             yield obj
         elif isinstance(obj, dict):
