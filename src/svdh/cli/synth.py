@@ -60,6 +60,23 @@ def synth(
     sheet_tile: int = typer.Option(
         256, "--sheet-tile", help="Height of one contact-sheet image in pixels."
     ),
+    visits: int = typer.Option(
+        1,
+        "--visits",
+        help="RA: film each patient at K yearly visits; damage never heals and grows "
+        "at patient-specific rates (some patients stable). Writes visit and date columns.",
+    ),
+    progression_rate: float = typer.Option(
+        6.0,
+        "--progression-rate",
+        help="With --visits: mean yearly change (0-280 scale) of the progressing patients.",
+    ),
+    repeat: bool = typer.Option(
+        False,
+        "--repeat",
+        help="With --visits: film every visit twice (no true change between the films), "
+        "to measure the model's own smallest detectable change.",
+    ),
 ) -> None:
     """Generate phantom hand radiographs with known per-joint SvdH damage (or bone age).
 
@@ -72,6 +89,13 @@ def synth(
         raise BadConfigError("--monochrome1 applies to --format dicom only")
     if not 32 <= sheet_tile <= 2048:
         raise BadConfigError(f"--sheet-tile must be 32-2048 pixels, got {sheet_tile}")
+    if visits > 1 or repeat:  # the same patients over time (svdh.synth.visits)
+        from svdh.cli.synth_visits import run_visits
+
+        return run_visits(
+            out, n, size, seed, mode, severity, fmt, bits, workers, dual_hand,
+            visits, progression_rate, repeat,
+        )  # fmt: skip
     summary = _generate(
         out,
         n=n,
