@@ -85,34 +85,41 @@ def visit_scores(df: pd.DataFrame) -> pd.DataFrame:
     if not need <= set(df.columns):
         return pd.DataFrame(columns=["patient_id", "visit", "film"])
     d = df.copy()
+    d["patient_id"] = d["patient_id"].astype(str)
     d["visit"] = d["visit"].fillna("").astype(str)
     d["_side"] = d["side"].fillna("").astype(str).str.upper().str[:1]
     d = d[(d["visit"] != "") & d["_side"].isin(["L", "R"])]
     if "film" in d.columns:
         d = d.sort_values("film", kind="stable")
-    d["_film"] = d.groupby(["patient_id", "visit", "_side"], sort=False).cumcount() + 1
+    d["film"] = d.groupby(["patient_id", "visit", "_side"], sort=False).cumcount() + 1
+    keys = ["patient_id", "visit", "film"]
     cols = _measure_columns(d)
-    rows = []
-    for (pid, visit, film), g in d.groupby(["patient_id", "visit", "_film"], sort=False):
-        row: dict[str, Any] = {"patient_id": str(pid), "visit": visit, "film": int(film)}
-        if "fold" in g.columns:
-            row["fold"] = int(g["fold"].iloc[0])
-        by_side = {s: g[g["_side"] == s].iloc[0] for s in ("L", "R") if (g["_side"] == s).any()}
-        for m, (tc, pc) in cols.items():
-            for kind, c in (("true", tc), ("pred", pc)):
-                vals = {s: float(r[c]) if c else math.nan for s, r in by_side.items()}
-                for s in ("L", "R"):
-                    row[f"{m}_{s}_{kind}"] = vals.get(s, math.nan)
-                row[f"{m}_P_{kind}"] = vals.get("L", math.nan) + vals.get("R", math.nan)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    out = d.groupby(keys, sort=False).size().rename("_n").reset_index()[keys]
+    if "fold" in d.columns:
+        out = out.merge(d.groupby(keys, sort=False)["fold"].first().reset_index(), on=keys)
+    wide = d.set_index([*keys, "_side"])
+    for m, (tc, pc) in cols.items():
+        for kind, c in (("true", tc), ("pred", pc)):
+            if c is None:
+                v = pd.DataFrame(
+                    np.nan, index=wide.index.droplevel("_side").unique(), columns=["L", "R"]
+                )
+            else:
+                v = pd.to_numeric(wide[c], errors="coerce").unstack("_side")
+                v = v.reindex(columns=["L", "R"])
+            v = v.rename(columns={"L": f"{m}_L_{kind}", "R": f"{m}_R_{kind}"})
+            v[f"{m}_P_{kind}"] = v[f"{m}_L_{kind}"] + v[f"{m}_R_{kind}"]
+            out = out.merge(v.reset_index(), on=keys, how="left")
+    return out
 
 
-def _visit_order(vs: pd.DataFrame) -> dict[str, list[str]]:
-    return {
-        str(pid): order_visits(g["visit"], where=f"patient {pid}")
-        for pid, g in vs.groupby("patient_id", sort=False)
-    }
+def _visit_rank(vs: pd.DataFrame) -> np.ndarray:
+    """Each row's visit's position in its patient's time order."""
+    rank: dict[tuple[str, str], int] = {}
+    for pid, g in vs.groupby("patient_id", sort=False):
+        for k, v in enumerate(order_visits(g["visit"], where=f"patient {pid}")):
+            rank[(str(pid), v)] = k
+    return np.array([rank[(p, v)] for p, v in zip(vs["patient_id"], vs["visit"], strict=True)])
 
 
 def change_pairs(df: pd.DataFrame, *, film: int = 1) -> pd.DataFrame:
@@ -125,27 +132,28 @@ def change_pairs(df: pd.DataFrame, *, film: int = 1) -> pd.DataFrame:
     vs = visit_scores(df)
     if vs.empty:
         return pd.DataFrame(columns=["patient_id", "visit_from", "visit_to"])
-    vs = vs[vs["film"] == film]
-    keyed = vs.set_index(["patient_id", "visit"])
+    vs = vs[vs["film"] == film].copy()
+    vs["_rank"] = _visit_rank(vs)
+    vs = vs.sort_values(["patient_id", "_rank"], kind="stable").reset_index(drop=True)
     score_cols = [c for c in vs.columns if c.endswith(("_true", "_pred"))]
-    rows = []
-    for pid, order in _visit_order(vs).items():
-        for a, b in zip(order[:-1], order[1:], strict=True):
-            ra, rb = keyed.loc[(pid, a)], keyed.loc[(pid, b)]
-            row: dict[str, Any] = {
-                "patient_id": pid,
-                "visit_from": a,
-                "visit_to": b,
-                "years": years_between(a, b),
-            }
-            if "fold" in vs.columns:
-                row["fold"] = int(ra["fold"])
-            for c in score_cols:
-                row["d" + c] = float(rb[c]) - float(ra[c])
-            row["base_P_true"] = float(ra.get("y_P_true", math.nan))
-            row["base_P_pred"] = float(ra["y_P_pred"])
-            rows.append(row)
-    return pd.DataFrame(rows)
+    nxt = vs.groupby("patient_id", sort=False).shift(-1)
+    ok = nxt["visit"].notna().to_numpy()
+    a, b = vs[ok].reset_index(drop=True), nxt[ok].reset_index(drop=True)
+    out = pd.DataFrame(
+        {
+            "patient_id": a["patient_id"],
+            "visit_from": a["visit"],
+            "visit_to": b["visit"],
+            "years": [years_between(x, y) for x, y in zip(a["visit"], b["visit"], strict=True)],
+        }
+    )
+    if "fold" in vs.columns:
+        out["fold"] = a["fold"].astype(int)
+    for c in score_cols:
+        out["d" + c] = b[c].astype(float) - a[c].astype(float)
+    out["base_P_true"] = a["y_P_true"].astype(float) if "y_P_true" in a else np.nan
+    out["base_P_pred"] = a["y_P_pred"].astype(float)
+    return out
 
 
 def repeat_changes(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -208,6 +216,7 @@ class ChangeCalibration:
     residuals: np.ndarray
     sdc: float
     threshold: float = DEFAULT_SDC
+    logit: tuple[float, float] | None = None  # P(progression) = sigmoid(a + b x predicted change)
 
     @classmethod
     def fit(
@@ -226,16 +235,22 @@ class ChangeCalibration:
             )
         r = np.sort(t[ok] - p[ok])
         q = conformal_quantile(np.abs(r), alpha)
-        return cls(alpha, q, int(ok.sum()), r, float(sdc_from_errors(p[ok], t[ok])), threshold)
+        sdc = float(sdc_from_errors(p[ok], t[ok]))
+        return cls(alpha, q, int(ok.sum()), r, sdc, threshold, _logit(p[ok], t[ok] > threshold))
 
     def interval(self, pred_change: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p = np.asarray(pred_change, float)
         return p - self.q, p + self.q
 
     def p_progression(self, pred_change: np.ndarray) -> np.ndarray:
-        """P(true change > threshold | predicted change): the share of calibration residuals
-        above ``threshold - predicted`` (add-one smoothed, so never exactly 0 or 1)."""
+        """P(true change > threshold | predicted change): a logistic regression of progression
+        on the predicted change, fitted on the calibration pairs; where those hold only one
+        class, the share of calibration residuals above ``threshold - predicted`` (add-one
+        smoothed, so never exactly 0 or 1)."""
         p = np.asarray(pred_change, float)
+        if self.logit is not None:
+            a, b = self.logit
+            return 1.0 / (1.0 + np.exp(-(a + b * p)))
         above = len(self.residuals) - np.searchsorted(
             self.residuals, self.threshold - p, side="right"
         )
@@ -253,6 +268,7 @@ class ChangeCalibration:
             "sdc": self.sdc,
             "threshold": self.threshold,
             "residuals": [round(float(x), 4) for x in r],
+            "logit": list(self.logit) if self.logit is not None else None,
         }
 
     @classmethod
@@ -265,7 +281,20 @@ class ChangeCalibration:
             np.sort(np.asarray(d.get("residuals", []), float)),
             float(d.get("sdc", math.nan)),
             float(d.get("threshold", DEFAULT_SDC)),
+            tuple(float(x) for x in d["logit"]) if d.get("logit") else None,  # type: ignore[arg-type]
         )
+
+
+def _logit(pred: np.ndarray, progressed: np.ndarray) -> tuple[float, float] | None:
+    """Intercept and slope of a logistic regression (scikit-learn) of progression on the
+    predicted change; None where the pairs hold one class only."""
+    y = np.asarray(progressed, bool)
+    if y.all() or not y.any():
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=100.0).fit(np.asarray(pred, float).reshape(-1, 1), y)
+    return float(lr.intercept_[0]), float(lr.coef_[0, 0])
 
 
 def crossfit_change(
@@ -434,8 +463,14 @@ def change_metrics(
     alpha: float = DEFAULT_ALPHA,
     n_boot: int = 1000,
     seed: int = 0,
+    calibration: ChangeCalibration | None = None,
 ) -> dict[str, Any] | None:
-    """Every pair figure of a per-image table with visits and true scores (None without pairs)."""
+    """Every pair figure of a per-image table with visits and true scores (None without pairs).
+
+    Intervals and progression probabilities come from ``calibration`` (fitted on other, e.g.
+    out-of-fold, pairs: for a held-out test table) or else are cross-fitted over the table's
+    folds (its own out-of-fold pairs).
+    """
     pairs = change_pairs(df)
     if len(pairs) < 2 or "dy_P_true" not in pairs.columns:
         return None
@@ -444,7 +479,14 @@ def change_metrics(
         return None
     t, p = pairs["dy_P_true"].to_numpy(), pairs["dy_P_pred"].to_numpy()
     g = pairs["patient_id"].to_numpy()
-    cf = crossfit_change(t, p, _folds_of(pairs, seed), alpha=alpha, threshold=threshold)
+    if calibration is not None:
+        lo, hi = calibration.interval(p)
+        cf = {"lo": lo, "hi": hi, "p_progression": calibration.p_progression(p)}
+        alpha, threshold = calibration.alpha, calibration.threshold
+        how = f"split-conformal on {calibration.n} other pairs' change residuals"
+    else:
+        cf = crossfit_change(t, p, _folds_of(pairs, seed), alpha=alpha, threshold=threshold)
+        how = "split-conformal on out-of-fold change residuals, cross-fit over folds"
     ok = np.isfinite(cf["lo"])
     inside = (t[ok] >= cf["lo"][ok]) & (t[ok] <= cf["hi"][ok])
     out: dict[str, Any] = {
@@ -459,7 +501,7 @@ def change_metrics(
             "level": 1 - alpha,
             "coverage": float(inside.mean()) if ok.any() else float("nan"),
             "mean_width": float(np.mean(cf["hi"][ok] - cf["lo"][ok])) if ok.any() else math.nan,
-            "calibration": "split-conformal on out-of-fold change residuals, cross-fit over folds",
+            "calibration": how,
         },
         "progression": progression_figures(
             t, p, cf["p_progression"], g, threshold=threshold, n_boot=n_boot, seed=seed
