@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.predict_world import run_cli
 
+from predict_world import run_cli
 from svdh.core.errors import BadConfigError, BadDatasetError
 from svdh.core.visits import normalize_visit, order_visits, years_between
 from svdh.data import load_source
