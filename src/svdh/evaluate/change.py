@@ -599,3 +599,37 @@ def change_table(df: pd.DataFrame, calibration: ChangeCalibration | None) -> pd.
         out[f"{m}_change"] = pairs[c].round(2) if c in pairs.columns else np.nan
     out["true_change"] = pairs["dy_P_true"] if "dy_P_true" in pairs.columns else np.nan
     return out[CHANGE_COLUMNS]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def evaluate_change(
+    run: Any,
+    *,
+    threshold: float = DEFAULT_SDC,
+    alpha: float = DEFAULT_ALPHA,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """The pair figures of a :class:`svdh.runs.Run` with visits (None without pairs): out-of-fold
+    (intervals cross-fitted over folds), the held-out test split (calibrated on every
+    out-of-fold pair), and the calibration a bundle stores."""
+    if getattr(run, "score_scope", "hand") != "hand" or "visit" not in run.oof.columns:
+        return None
+    oof = run.oof
+    out = change_metrics(oof, threshold=threshold, alpha=alpha, n_boot=n_boot, seed=seed)
+    if out is None:
+        return None
+    pairs = change_pairs(oof)
+    ok = np.isfinite(pairs["dy_P_true"]) & np.isfinite(pairs["dy_P_pred"])
+    cal = ChangeCalibration.fit(
+        pairs.loc[ok, "dy_P_true"], pairs.loc[ok, "dy_P_pred"], alpha=alpha, threshold=threshold
+    )
+    out["calibration"] = cal.to_dict()
+    test = getattr(run, "test", None)
+    if test is not None and len(test) and "visit" in test.columns:
+        t = change_metrics(test, n_boot=n_boot, seed=seed, calibration=cal)
+        if t is not None:
+            out["test"] = t
+    return out
