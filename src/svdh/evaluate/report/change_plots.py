@@ -137,3 +137,58 @@ def change_plots(run: Any, metrics: dict[str, Any], out_dir: str | Path) -> dict
             title=f"{run.name}: patients with the most change (out-of-fold)",
         ),  # fmt: skip
     }
+
+
+def _v(fig: dict[str, Any] | None, nd: int = 2) -> str:
+    if not fig:
+        return "n/a"
+    lo, hi = fig.get("ci", [None, None])
+    ci = f" ({_fmt(lo, nd)} to {_fmt(hi, nd)})" if lo is not None and np.isfinite(lo) else ""
+    return _fmt(fig.get("value"), nd) + ci
+
+
+def change_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows of the report's change table: figure, out-of-fold, held-out test (CIs over patients)."""
+    m = metrics.get("change")
+    if not m:
+        return []
+    cols = [("oof", m), ("test", m.get("test"))]
+
+    def row(label: str, get: Any, nd: int = 2) -> dict[str, str]:
+        out = {"figure": label}
+        for k, mm in cols:
+            try:
+                out[k] = get(mm, nd) if mm else ""
+            except (KeyError, TypeError):
+                out[k] = "n/a"
+        return out
+
+    thr = m["progression"]["threshold"]
+    twice = "changes_measured_twice"
+    return [
+        row("patients / pairs", lambda x, nd: f"{x['n_patients']} / {x['n_pairs']}"),
+        row("PCC of change", lambda x, nd: _v(x["patient"]["pcc"], 3)),
+        row("ICC(2,1) of change", lambda x, nd: _v(x["patient"]["icc"], 3)),
+        row("RMSE of change", lambda x, nd: _v(x["patient"]["rmse"])),
+        row(
+            "mean change true / predicted",
+            lambda x, nd: f"{_fmt(x['patient']['mean_true'])} / {_fmt(x['patient']['mean_pred'])}",
+        ),
+        row("model SDC from known change", lambda x, nd: _v(x["model_sdc"]["known_change"])),
+        row("model SDC, changes measured twice", lambda x, nd: _v(x["model_sdc"][twice]["sdc"])),
+        row("readers' SDC (individual, 0-280)", lambda x, nd: "4-6"),
+        row(f"progression (> {thr:g}) AUC", lambda x, nd: _v(x["progression"]["auc"], 3)),
+        row("sensitivity", lambda x, nd: _v(x["progression"]["sensitivity"])),
+        row("specificity", lambda x, nd: _v(x["progression"]["specificity"])),
+        row("non-progressors, true", lambda x, nd: _v(x["progression"]["non_progressors_true"])),
+        row(
+            "non-progressors, predicted",
+            lambda x, nd: _v(x["progression"]["non_progressors_pred"]),
+        ),
+        row(
+            f"{100 * m['interval']['level']:.0f}% change interval: coverage / width",
+            lambda x, nd: (
+                f"{_fmt(x['interval']['coverage'], 3)} / {_fmt(x['interval']['mean_width'], 1)}"
+            ),
+        ),
+    ]

@@ -227,6 +227,7 @@ def _localisation(loc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[str, Any]:
+    from svdh.evaluate.report.change_plots import change_rows
     from svdh.evaluate.report.plots import write_plots
 
     plots = write_plots(run, m, plot_dir)
@@ -256,6 +257,7 @@ def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[
         "cams": [{"name": p.stem, "b64": _png_b64(p)} for p in run.cam_images[:12]],
         "n_cams": len(run.cam_images),
         "members": None,
+        "change": change_rows(m),
     }
     if run.is_ensemble and run.metrics and run.metrics.get("members"):
         sec["members"] = [
