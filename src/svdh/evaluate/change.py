@@ -633,3 +633,29 @@ def evaluate_change(
         if t is not None:
             out["test"] = t
     return out
+
+
+def run_calibration(
+    run: Any, *, threshold: float = DEFAULT_SDC, alpha: float = DEFAULT_ALPHA
+) -> dict[str, Any] | None:
+    """What a model bundle stores about change (None for a run without visit pairs): the
+    change calibration from the run's out-of-fold pairs (interval quantile, progression model,
+    the model's SDC from known change) and, where the run has repeat films, the SDC from them."""
+    oof = getattr(run, "oof", None)
+    if oof is None or "visit" not in oof.columns or getattr(run, "score_scope", "hand") != "hand":
+        return None
+    pairs = change_pairs(oof)
+    if "dy_P_true" not in pairs.columns:
+        return None
+    ok = np.isfinite(pairs["dy_P_true"]) & np.isfinite(pairs["dy_P_pred"])
+    if ok.sum() < 10:
+        return None
+    cal = ChangeCalibration.fit(
+        pairs.loc[ok, "dy_P_true"], pairs.loc[ok, "dy_P_pred"], alpha=alpha, threshold=threshold
+    )
+    out = cal.to_dict()
+    out["calibration"] = f"{int(ok.sum())} out-of-fold change pairs of the run (oof.csv)"
+    rep = repeat_figures(oof, n_boot=0, seed=0) or {}
+    if "changes_measured_twice" in rep:
+        out["sdc_repeat"] = rep["changes_measured_twice"]["sdc"]["value"]
+    return out
