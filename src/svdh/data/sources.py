@@ -291,7 +291,15 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
     from svdh.data.visits import has_visits, ra2_dream_visits
 
     if has_visits(table):  # one row per patient and visit (svdh synth --visits)
-        return ra2_dream_visits(root, table, spec, skip_invalid)
+        return ra2_dream_visits(
+            root,
+            table,
+            spec,
+            skip_invalid,
+            columns=_columns,
+            images=_index_images(root),
+            number=_number_or_text,
+        )
     cols = _columns(table, {"pid": ("Patient_ID", "patient_id")}, {"pid"}, f"{spec}: training.csv")
     images = _index_images(root)
     rows: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ dual-hand film), as ``svdh synth --visits`` writes them. ``visit`` is a visit nu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,26 @@ def _stem(pid: str, visit: str, film: int, side: str) -> str:
 
 
 def ra2_dream_visits(
-    root: Path, table: pd.DataFrame, spec: str, skip_invalid: bool
+    root: Path,
+    table: pd.DataFrame,
+    spec: str,
+    skip_invalid: bool,
+    *,
+    columns: Callable[..., dict[str, str]],
+    images: dict[str, list[Path]],
+    number: Callable[[Any], Any],
 ) -> pd.DataFrame:
-    """The manifest of an RA2-DREAM-style folder whose ``training.csv`` has a ``visit`` column."""
-    from svdh.data import sources as src
+    """The manifest of an RA2-DREAM-style folder whose ``training.csv`` has a ``visit`` column.
 
-    cols = src._columns(
+    ``columns``, ``images`` and ``number`` are the RA2-DREAM reader's column finder, image index
+    and cell parser (:mod:`svdh.data.sources`), passed in so the two modules import one way.
+    """
+    cols = columns(
         table,
         {"pid": ("Patient_ID", "patient_id"), "visit": ("visit",), "film": ("film",)},
         {"pid", "visit"},
         f"{spec}: training.csv",
     )
-    images = src._index_images(root)
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
     seen: dict[tuple[str, str, int], int] = {}
@@ -63,7 +72,8 @@ def ra2_dream_visits(
             problems.append(Problem(where, f"duplicate visit {visit} (first on row {seen[key]})"))
             continue
         seen[key] = line
-        _add_visit_rows(rows, problems, images, rec, pid, visit, film, where)
+        values = {k: number(v) for k, v in rec.items()}
+        _add_visit_rows(rows, problems, images, values, pid, visit, film, where)
     known = {r["image_id"] for r in rows}
     n_unlinked = sum(
         1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
@@ -75,15 +85,12 @@ def _add_visit_rows(
     rows: list[dict[str, Any]],
     problems: list[Problem],
     images: dict[str, list[Path]],
-    rec: dict[str, Any],
+    values: dict[str, Any],
     pid: str,
     visit: str,
     film: int,
     where: str,
 ) -> None:
-    from svdh.data import sources as src
-
-    values = {k: src._number_or_text(v) for k, v in rec.items()}
     scores: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for side in ("L", "R"):

@@ -659,3 +659,21 @@ def run_calibration(
     if "changes_measured_twice" in rep:
         out["sdc_repeat"] = rep["changes_measured_twice"]["sdc"]["value"]
     return out
+
+
+def add_change(
+    metrics: dict[str, Any],
+    run: Any,
+    *,
+    sdc: float = DEFAULT_SDC,
+    alpha: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Add ``change`` (:func:`evaluate_change`) to an :func:`svdh.evaluate.metrics.evaluate_run`
+    result where the run has visit pairs; returns ``metrics``."""
+    a = alpha if alpha is not None else (metrics.get("interval") or {}).get("alpha", DEFAULT_ALPHA)
+    change = evaluate_change(run, threshold=sdc, alpha=float(a), n_boot=n_boot, seed=seed)
+    if change:
+        metrics["change"] = change
+    return metrics
