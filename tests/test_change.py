@@ -142,3 +142,33 @@ def test_change_table_per_patient() -> None:
     assert a["change_lo"] == 7 - cal.q and a["change_hi"] == 7 + cal.q
     assert a["years"] == pytest.approx(31 / 365.25, abs=1e-3)
     assert 0 < t.iloc[1]["p_progression"] < a["p_progression"] < 1
+
+
+def test_change_collector_from_scored_rows() -> None:
+    """What svdh predict collects: rows with patient, side and visit (a DICOM StudyDate) become
+    the per-patient change table, with the bundle's calibration for interval and probability."""
+    from svdh.inference.changes import ChangeCollector, visit_of
+
+    assert visit_of({"study_date": "20160301"}) == "2016-03-01"
+    assert visit_of({"study_date": "20160301"}, given="V2") == "2"  # a --patients CSV wins
+    assert visit_of({}) == "" and visit_of(None, given=None) == ""
+    cal = ChangeCalibration.fit(np.zeros(50), np.linspace(-3, 3, 50), threshold=5.0)
+    col = ChangeCollector(cal.to_dict())
+    films = [("P1", "2016-03-01", 10.0, 12.0), ("P1", "2017-03-02", 15.0, 16.0)]
+    films += [("P2", "2016-05-01", 30.0, 30.0), ("P2", "2017-05-01", 30.5, 29.0)]
+    for pid, visit, left, right in films:
+        for side, s in (("L", left), ("R", right)):
+            col.add({"image": f"{pid}-{visit}-{side}", "patient_id": pid, "side": side,
+                     "visit": visit, "score": s, "erosion": s / 2, "jsn": s / 2})  # fmt: skip
+    col.add({"image": "x", "patient_id": "P3", "side": "L", "visit": "", "score": 3.0})
+    col.add({"image": "y", "patient_id": "P1", "side": "L", "visit": "2018-01-01", "score": None})
+    recs = col.records()
+    assert [r["patient_id"] for r in recs] == ["P1", "P2"]
+    p1, p2 = recs
+    assert (p1["visit_from"], p1["visit_to"]) == ("2016-03-01", "2017-03-02")
+    assert (p1["change_L"], p1["change_R"], p1["change"]) == (5.0, 4.0, 9.0)
+    assert p1["erosion_change"] == p1["jsn_change"] == 4.5
+    assert p1["progression"] and not p2["progression"] and p2["change"] == -0.5
+    assert p1["change_lo"] == pytest.approx(9.0 - cal.q, abs=0.01)
+    assert p1["p_progression"] > 0.5 > p2["p_progression"]
+    assert "true_change" not in p1
