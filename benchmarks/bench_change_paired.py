@@ -83,13 +83,13 @@ def main() -> None:
     for k, f in enumerate(feats):
         d = f[pairs["row_b"]] - f[pairs["row_a"]]
         own = pairs["fold"].to_numpy() == k
-        head = RidgeCV(alphas=np.logspace(-1, 4, 12)).fit(d[own], pairs.loc[own, "change"])
+        head = RidgeCV(alphas=np.logspace(-3, 5, 17)).fit(d[own], pairs.loc[own, "change"])
         # out-of-fold pairs of fold k: a head fitted on the other halves of fold k's patients
         pid = pairs.loc[own, "patient_id"].to_numpy()
         half = pd.Series(pid).astype("category").cat.codes.to_numpy() % 2 == 0
         idx = np.flatnonzero(own)
         for h in (True, False):
-            fit = RidgeCV(alphas=np.logspace(-1, 4, 12)).fit(
+            fit = RidgeCV(alphas=np.logspace(-3, 5, 17)).fit(
                 d[idx[half == h]], pairs.loc[idx[half == h], "change"]
             )
             pred[idx[half != h]] = fit.predict(d[idx[half != h]])

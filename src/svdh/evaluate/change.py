@@ -407,14 +407,17 @@ def progression_figures(
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Progression (true change > threshold): AUC of the probability, sensitivity and
-    specificity of the call (predicted change > threshold), shares of non-progressors."""
+    """Progression (true change > threshold): AUC of the predicted change (the probability is
+    monotone in it within one calibration; cross-fitted probabilities of several folds are
+    not, so they are not ranked), sensitivity and specificity of the call (predicted change >
+    threshold), shares of non-progressors, and the mean probability against the observed rate."""
     kw = {"n_boot": n_boot, "seed": seed, "threshold": threshold}
     ok = np.isfinite(prob)
     return {
         "threshold": threshold,
         "n_progressors": int((t > threshold).sum()),
-        "auc": _with_ci("auc", (t[ok], prob[ok]), groups[ok], **kw),
+        "auc": _with_ci("auc", (t, p), groups, **kw),
+        "mean_p_progression": float(np.mean(prob[ok])) if ok.any() else float("nan"),
         "sensitivity": _with_ci("sensitivity", (t, p), groups, **kw),
         "specificity": _with_ci("specificity", (t, p), groups, **kw),
         "non_progressors_true": _with_ci("share", (t,), groups, **kw),
