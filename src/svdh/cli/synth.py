@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from svdh.cli.synth_visits import PROGRESSION_RATE, REPEAT, VISIT_ARGS, VISITS, run_visits
+
 # Plain strings rather than Enum choices: the package validates them and raises its own
 # one-line BadConfigError (the typer in use raises a parse error the CLI cannot catch).
 
@@ -60,23 +62,9 @@ def synth(
     sheet_tile: int = typer.Option(
         256, "--sheet-tile", help="Height of one contact-sheet image in pixels."
     ),
-    visits: int = typer.Option(
-        1,
-        "--visits",
-        help="RA: film each patient at K yearly visits; damage never heals and grows "
-        "at patient-specific rates (some patients stable). Writes visit and date columns.",
-    ),
-    progression_rate: float = typer.Option(
-        6.0,
-        "--progression-rate",
-        help="With --visits: mean yearly change (0-280 scale) of the progressing patients.",
-    ),
-    repeat: bool = typer.Option(
-        False,
-        "--repeat",
-        help="With --visits: film every visit twice (no true change between the films), "
-        "to measure the model's own smallest detectable change.",
-    ),
+    visits: int = VISITS,
+    progression_rate: float = PROGRESSION_RATE,
+    repeat: bool = REPEAT,
 ) -> None:
     """Generate phantom hand radiographs with known per-joint SvdH damage (or bone age).
 
@@ -90,25 +78,11 @@ def synth(
     if not 32 <= sheet_tile <= 2048:
         raise BadConfigError(f"--sheet-tile must be 32-2048 pixels, got {sheet_tile}")
     if visits > 1 or repeat:  # the same patients over time (svdh.synth.visits)
-        from svdh.cli.synth_visits import run_visits
-
-        return run_visits(
-            out, n, size, seed, mode, severity, fmt, bits, workers, dual_hand,
-            visits, progression_rate, repeat,
-        )  # fmt: skip
+        return run_visits(**{k: v for k, v in locals().items() if k in VISIT_ARGS})
     summary = _generate(
-        out,
-        n=n,
-        mode=mode,
-        size=size,
-        seed=seed,
-        severity=severity,
-        fmt=fmt,
-        bits=bits,
-        workers=workers,
-        dual_hand=dual_hand,
-        monochrome1=monochrome1,
-    )
+        out, n=n, mode=mode, size=size, seed=seed, severity=severity, fmt=fmt, bits=bits,
+        workers=workers, dual_hand=dual_hand, monochrome1=monochrome1,
+    )  # fmt: skip
     typer.echo(summary.describe())
     typer.echo(f"labels: {summary.labels_csv}\nlandmarks: {summary.landmarks_json}")
     if sheet is not None:

@@ -4,8 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
+
+VISITS = typer.Option(
+    1,
+    "--visits",
+    help="RA: film each patient at K yearly visits; damage never heals and grows "
+    "at patient-specific rates (some patients stable). Writes visit and date columns.",
+)
+PROGRESSION_RATE = typer.Option(
+    6.0,
+    "--progression-rate",
+    help="With --visits: mean yearly change (0-280 scale) of the progressing patients.",
+)
+REPEAT = typer.Option(
+    False,
+    "--repeat",
+    help="With --visits: film every visit twice (no true change between the films), "
+    "to measure the model's own smallest detectable change.",
+)
+#: The ``svdh synth`` arguments :func:`run_visits` takes.
+VISIT_ARGS = (
+    "out", "n", "size", "seed", "mode", "severity", "fmt", "bits", "workers", "dual_hand",
+    "visits", "progression_rate", "repeat",
+)  # fmt: skip
 
 
 def run_visits(
@@ -24,6 +46,7 @@ def run_visits(
     repeat: bool,
 ) -> None:
     """Write the visit cohort with a progress bar and say what was written."""
+    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from svdh.core.errors import BadConfigError
