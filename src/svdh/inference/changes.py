@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from svdh.core.visits import normalize_visit
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class _Film(NamedTuple):
@@ -77,6 +78,8 @@ class ChangeCollector:
 
     def frame(self) -> pd.DataFrame:
         """The collected films as a prediction table (``y_pred``, ``erosion_pred``, ...)."""
+        import pandas as pd
+
         df = pd.DataFrame(self._films, columns=list(_Film._fields))
         return df.rename(columns={"score": "y_pred", "erosion": "erosion_pred", "jsn": "jsn_pred"})
 
@@ -84,6 +87,8 @@ class ChangeCollector:
         from svdh.evaluate.change import CHANGE_COLUMNS, ChangeCalibration, change_table
 
         if not self._films:
+            import pandas as pd
+
             return pd.DataFrame(columns=CHANGE_COLUMNS)
         cal = ChangeCalibration.from_dict(self.calibration) if self.calibration else None
         t = change_table(self.frame(), cal)
