@@ -28,7 +28,7 @@ def features(run_dir: Path, images: np.ndarray, batch: int = 64) -> list[np.ndar
     """Backbone features and scores of every cached image through every fold model."""
     import torch
 
-    from svdh.train.load import load_run
+    from svdh.models.weights import load_run
 
     info = load_run(run_dir)
     out = []
