@@ -172,3 +172,24 @@ def test_change_collector_from_scored_rows() -> None:
     assert p1["change_lo"] == pytest.approx(9.0 - cal.q, abs=0.01)
     assert p1["p_progression"] > 0.5 > p2["p_progression"]
     assert "true_change" not in p1
+
+
+def test_cli_evaluate_reports_pair_figures_for_a_csv_with_visits(tmp_path) -> None:
+    """`svdh evaluate` on a predictions CSV with visits: the change table, metrics.json's
+    'change' and the cumulative probability plot and trajectories with --out."""
+    import json
+
+    from predict_world import run_cli
+
+    csv_path = tmp_path / "preds.csv"
+    _table(60, seed=4, films=2, folds=3).to_csv(csv_path, index=False)
+    r = run_cli("evaluate", csv_path, "--format", "json", "--boot", "100", "--out", tmp_path / "ev")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["change"]
+    assert m["n_patients"] == 60 and m["n_pairs"] == 60
+    assert m["patient"]["pcc"]["value"] > 0.5 and m["progression"]["auc"]["value"] > 0.7
+    assert "changes_measured_twice" in m["model_sdc"]
+    assert (tmp_path / "ev" / "change_cumulative.png").stat().st_size > 1000
+    assert (tmp_path / "ev" / "change_trajectories.png").stat().st_size > 1000
+    r = run_cli("evaluate", csv_path, "--boot", "0")
+    assert r.returncode == 0 and "change between visits" in r.stdout
