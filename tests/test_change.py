@@ -193,3 +193,26 @@ def test_cli_evaluate_reports_pair_figures_for_a_csv_with_visits(tmp_path) -> No
     assert (tmp_path / "ev" / "change_trajectories.png").stat().st_size > 1000
     r = run_cli("evaluate", csv_path, "--boot", "0")
     assert r.returncode == 0 and "change between visits" in r.stdout
+
+
+def test_bundle_change_calibration_round_trip() -> None:
+    """What `svdh export` stores (run_calibration of the run's out-of-fold pairs) rebuilds the
+    same intervals and probabilities, and includes the SDC from repeat films."""
+    from types import SimpleNamespace
+
+    from svdh.evaluate.change import run_calibration
+
+    df = _table(80, seed=5, films=2)
+    stored = run_calibration(SimpleNamespace(oof=df, score_scope="hand"))
+    assert stored is not None and stored["n"] == 80 and stored["sdc_repeat"] > 0
+    json_safe = __import__("json").loads(__import__("json").dumps(stored))
+    cal = ChangeCalibration.from_dict(json_safe)
+    pairs = change_pairs(df)
+    ref = ChangeCalibration.fit(pairs["dy_P_true"], pairs["dy_P_pred"])
+    x = np.array([-3.0, 0.0, 4.0, 12.0])
+    np.testing.assert_allclose(cal.interval(x), ref.interval(x))
+    np.testing.assert_allclose(cal.p_progression(x), ref.p_progression(x))
+    assert cal.sdc == pytest.approx(ref.sdc)
+    assert (
+        run_calibration(SimpleNamespace(oof=df.drop(columns="visit"), score_scope="hand")) is None
+    )
