@@ -202,6 +202,25 @@ def print_evaluation(m: dict[str, Any]) -> None:
             _n(loc.get("random_hand_pointing")),
         )
         con.print(t)
+    if m.get("change"):
+        _print_change(con, m)
+
+
+def _print_change(con: Any, m: dict[str, Any]) -> None:
+    """The pair figures (change between visits) as one table."""
+    from rich.table import Table
+
+    from svdh.evaluate.report.change_plots import change_rows
+
+    t = Table(
+        title="change between visits (per patient, both hands, 0-280; 95% CI over patients)",
+        title_justify="left",
+    )
+    for c in ("figure", "out-of-fold", "held-out test"):
+        t.add_column(c, justify="left" if c == "figure" else "right")
+    for r in change_rows(m):
+        t.add_row(r["figure"], r["oof"], r["test"])
+    con.print(t)
 
 
 def print_comparison(rows: list[dict[str, Any]], title: str) -> None:
@@ -273,6 +292,7 @@ def evaluate(
     within the SDC, errors by score range), severity classes (accuracy, balanced accuracy, QWK, confusion
     matrix), conformal interval coverage, per patient (both hands summed) and a second reader side by side.
     """
+    from svdh.evaluate.change import add_change
     from svdh.evaluate.metrics import evaluate_run
     from svdh.runs.layout import RunDir
     from svdh.runs.tables import load_predictions, write_json
@@ -286,12 +306,15 @@ def evaluate(
         n_boot=boot,
         seed=seed,
     )
+    add_change(m, run, sdc=sdc, n_boot=boot, seed=seed)  # visit pairs, where the run has them
     if out is not None:
+        from svdh.evaluate.report.change_plots import change_plots
         from svdh.evaluate.report.plots import write_plots
 
         out.mkdir(parents=True, exist_ok=True)
         write_json(RunDir(out).metrics, m)
         write_plots(run, m, out)
+        change_plots(run, m, out)
     if fmt is Format.json:
         from svdh.runs.tables import plain
 

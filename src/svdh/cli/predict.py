@@ -82,7 +82,8 @@ def predict(
     patients: Path | None = typer.Option(
         None,
         "--patients",
-        help="CSV with columns image,patient_id[,side] to sum both hands of a patient.",
+        help="CSV with columns image,patient_id[,side][,visit] to sum both hands of a patient "
+        "(per visit) and, with two or more visits, write the change table (out_changes.csv).",
     ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     use_onnx: bool = typer.Option(
@@ -234,6 +235,16 @@ def _score_with_progress(
         return predict_files(predictor, paths, out=out, cam_dir=cam, patients=pmap, on_row=on_row)
 
 
+def _change_line(c: dict[str, Any]) -> str:
+    iv = "" if c["change_lo"] is None else f" [{_fmt(c['change_lo'])}, {_fmt(c['change_hi'])}]"
+    p = "" if c["p_progression"] is None else f", P(progression) {c['p_progression']:.2f}"
+    call = "progression" if c["progression"] else "no progression"
+    return (
+        f"patient {c['patient_id']}: change {c['visit_from']} -> {c['visit_to']} "
+        f"{_fmt(c['change'])}{iv} (0-280): {call}{p}"
+    )
+
+
 def _report(summary: dict[str, Any], cam: Path | None, lines: bool) -> None:
     """Patient totals (with ``lines``) and the one-line summary; exit 1 when any image failed."""
     if lines:
@@ -243,11 +254,16 @@ def _report(summary: dict[str, Any], cam: Path | None, lines: bool) -> None:
                 typer.echo(
                     f"patient {p['patient_id']}: hands-and-wrists total {_fmt(p['total'])} "
                     f"[{_fmt(iv[0])}, {_fmt(iv[1])}] class {p['severity_class']} ({p['severity_label']})"
+                    + (f" at visit {p['visit']}" if p.get("visit") else "")
                 )
+        for c in summary.get("changes", []):
+            typer.echo(_change_line(c))
     n, failed, warned = summary["n_images"], summary["n_failed"], summary["n_warned"]
     msg = f"scored {n - failed} of {n} images ({failed} failed, {warned} with warnings)"
     if summary["n_patients_with_total"]:
         msg += f"; {summary['n_patients_with_total']} patient totals"
+    if summary.get("n_patient_changes"):
+        msg += f"; {summary['n_patient_changes']} changes between visits"
     if summary["outputs"]:
         msg += "; wrote " + ", ".join(summary["outputs"])
     if cam is not None:

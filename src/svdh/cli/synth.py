@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from svdh.cli.synth_visits import PROGRESSION_RATE, REPEAT, VISIT_ARGS, VISITS, run_visits
+
 # Plain strings rather than Enum choices: the package validates them and raises its own
 # one-line BadConfigError (the typer in use raises a parse error the CLI cannot catch).
 
@@ -60,6 +62,9 @@ def synth(
     sheet_tile: int = typer.Option(
         256, "--sheet-tile", help="Height of one contact-sheet image in pixels."
     ),
+    visits: int = VISITS,
+    progression_rate: float = PROGRESSION_RATE,
+    repeat: bool = REPEAT,
 ) -> None:
     """Generate phantom hand radiographs with known per-joint SvdH damage (or bone age).
 
@@ -72,19 +77,12 @@ def synth(
         raise BadConfigError("--monochrome1 applies to --format dicom only")
     if not 32 <= sheet_tile <= 2048:
         raise BadConfigError(f"--sheet-tile must be 32-2048 pixels, got {sheet_tile}")
+    if visits > 1 or repeat:  # the same patients over time (svdh.synth.visits)
+        return run_visits(**{k: v for k, v in locals().items() if k in VISIT_ARGS})
     summary = _generate(
-        out,
-        n=n,
-        mode=mode,
-        size=size,
-        seed=seed,
-        severity=severity,
-        fmt=fmt,
-        bits=bits,
-        workers=workers,
-        dual_hand=dual_hand,
-        monochrome1=monochrome1,
-    )
+        out, n=n, mode=mode, size=size, seed=seed, severity=severity, fmt=fmt, bits=bits,
+        workers=workers, dual_hand=dual_hand, monochrome1=monochrome1,
+    )  # fmt: skip
     typer.echo(summary.describe())
     typer.echo(f"labels: {summary.labels_csv}\nlandmarks: {summary.landmarks_json}")
     if sheet is not None:

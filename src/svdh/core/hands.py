@@ -101,7 +101,7 @@ class PatientTotals:
     def __init__(self, hand_bins: SeverityBins, score_scope: str = "hand") -> None:
         self.scope = score_scope
         self.bins = patient_bins(hand_bins)
-        self._rows: dict[str, list[_Hand]] = {}
+        self._rows: dict[tuple[str, str], list[_Hand]] = {}  # (patient, visit)
 
     def add(self, row: RowLike) -> None:
         pid = row.get("patient_id")
@@ -117,14 +117,15 @@ class PatientTotals:
             _opt(row.get("erosion")),
             _opt(row.get("jsn")),
         )
-        self._rows.setdefault(str(pid), []).append(hand)
+        self._rows.setdefault((str(pid), str(row.get("visit") or "")), []).append(hand)
 
     def totals(self) -> list[dict[str, Any]]:
-        return [self._total(pid, rows) for pid, rows in self._rows.items()]
+        return [self._total(key, rows) for key, rows in self._rows.items()]
 
-    def _total(self, pid: str, rows: list[_Hand]) -> dict[str, Any]:
+    def _total(self, key: tuple[str, str], rows: list[_Hand]) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "patient_id": pid,
+            "patient_id": key[0],
+            "visit": key[1] or None,  # one total per patient and visit
             "images": [r.image for r in rows],
             "total": None,
             "interval": None,

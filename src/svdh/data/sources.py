@@ -30,6 +30,7 @@ import pandas as pd
 
 from svdh.core.errors import BadDatasetError
 from svdh.core.scoring import MAX_EROSION_HAND, MAX_HAND, MAX_JSN_HAND, MAX_PATIENT, hand_score
+from svdh.core.visits import normalize_visit
 from svdh.data.manifest import Problem, finalize, new_row
 
 #: File extensions of images that sources link to rows (case-insensitive), in order of preference.
@@ -287,6 +288,18 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             "<Patient_ID>-LH.jpg and -RH.jpg)"
         )
     table = _read_csv(csv_path, spec)
+    from svdh.data.visits import has_visits, ra2_dream_visits
+
+    if has_visits(table):  # one row per patient and visit (svdh synth --visits)
+        return ra2_dream_visits(
+            root,
+            table,
+            spec,
+            skip_invalid,
+            columns=_columns,
+            images=_index_images(root),
+            number=_number_or_text,
+        )
     cols = _columns(table, {"pid": ("Patient_ID", "patient_id")}, {"pid"}, f"{spec}: training.csv")
     images = _index_images(root)
     rows: list[dict[str, Any]] = []
@@ -497,7 +510,10 @@ def _csv_side_and_scope(
         note(f"side {side_raw!r} is not L, R or both")
         side = ""
     row["side"] = side
-    row["visit"] = _text(rec, cols, "visit")
+    try:
+        row["visit"] = normalize_visit(_text(rec, cols, "visit"))
+    except ValueError as exc:
+        note(str(exc))
     scope_raw = _text(rec, cols, "score_scope").lower()
     if scope_raw and scope_raw not in ("hand", "patient"):
         note(f"score_scope {scope_raw!r} is not hand or patient")

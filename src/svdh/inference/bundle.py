@@ -109,6 +109,13 @@ class Bundle:
         return dict(c) if c else None
 
     @property
+    def change(self) -> dict[str, Any] | None:
+        """Change calibration (:class:`svdh.evaluate.change.ChangeCalibration` as a dict, with
+        the model's SDC), where the run had visit pairs; else None."""
+        c = self.manifest.get("change")
+        return dict(c) if c else None
+
+    @property
     def card(self) -> dict[str, Any]:
         return dict(self.manifest.get("card") or {})
 
@@ -638,6 +645,11 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
         kind="ensemble" if run.is_ensemble else "run",
     )
     extra: dict[str, Any] = {}
+    from svdh.evaluate.change import run_calibration  # change between visits (issue 15)
+
+    change = run_calibration(run)
+    if change:
+        extra["change"] = change
     if onnx:
         onnx_path = out.with_suffix(".onnx")
         export_onnx(

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from svdh.core.errors import BadConfigError, BadDatasetError
 from svdh.core.hands import norm_side
+from svdh.core.visits import normalize_visit
 
 #: File name endings read from folders (an explicitly named file is read whatever its name).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 _SIDE_NAME = re.compile(r"^(?P<pid>.+?)[-_](?P<side>[LR])H?$", re.IGNORECASE)
+_VISIT_NAME = re.compile(r"^(?P<pid>.+?)-V(?P<visit>\d+)(?:-F\d+)?$")
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -73,11 +75,13 @@ def _folder_image(p: Path) -> bool:
 class PatientInfo:
     patient_id: str | None
     side: str | None
+    visit: str | None = None  # a --patients CSV's visit column, or <id>-V<visit>-LH names
 
 
 def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
-    """A CSV map ``image, patient_id[, side]``; ``image`` is matched against a file's path,
-    name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH`` accepted)."""
+    """A CSV map ``image, patient_id[, side][, visit]``; ``image`` is matched against a file's
+    path, name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH``
+    accepted); visit a number or a date (:mod:`svdh.core.visits`)."""
     import pandas as pd
 
     p = Path(path)
@@ -100,7 +104,11 @@ def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
         side = norm_side(getattr(row, "side", "") or "", f"{p}: row {i}")
         if img in out:
             raise BadDatasetError(f"{p}: row {i}: image {img!r} is listed twice")
-        out[img] = PatientInfo(pid, side)
+        try:
+            visit = normalize_visit(getattr(row, "visit", "")) or None
+        except ValueError as exc:
+            raise BadDatasetError(f"{p}: row {i}: {exc}") from None
+        out[img] = PatientInfo(pid, side, visit)
     return out
 
 
@@ -121,4 +129,7 @@ def patient_from_name(name: str | Path) -> PatientInfo | None:
     m = _SIDE_NAME.match(Path(name).stem)
     if not m:
         return None
+    v = _VISIT_NAME.match(m.group("pid"))  # svdh synth --visits: <id>-V2-LH, <id>-V2-F2-LH
+    if v:
+        return PatientInfo(v.group("pid"), m.group("side").upper(), v.group("visit"))
     return PatientInfo(m.group("pid"), m.group("side").upper())

@@ -65,6 +65,9 @@ class Prediction:
     image: str = _out("the image: its path, or the uploaded file's name", required=True)
     patient_id: str | None = _out("patient id, where known (DICOM, --patients, file name, form)")
     side: str | None = _out("L or R where known")
+    visit: str | None = _out(
+        "visit, where known: a number, or the date (YYYY-MM-DD) from DICOM StudyDate or --patients"
+    )
     score: float | None = _out(
         "predicted SvdH total of this image (one hand 0-140, or 0-280)", required=True
     )

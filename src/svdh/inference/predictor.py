@@ -43,6 +43,7 @@ from svdh.core.hands import side_or_none
 from svdh.core.preprocess import display_image, hand_mask
 from svdh.core.scoring import SeverityBins
 from svdh.inference.bundle import Bundle, file_sha256, load_bundle
+from svdh.inference.changes import visit_of
 from svdh.inference.inputs import PatientInfo, lookup_patient, patient_from_name
 from svdh.inference.prediction import Prediction
 
@@ -100,6 +101,7 @@ class Prepared:
     error: str | None = None
     patient_id: str | None = None
     side: str | None = None
+    visit: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -335,11 +337,15 @@ class Predictor:
         meta = getattr(rad, "meta", {}) or {}
         pid, side = meta.get("patient_id") or None, side_or_none(meta.get("laterality"))
         named = patient_from_name(name)
+        visit = None
         if named is not None:
             pid, side = pid or named.patient_id, side or named.side
+            visit = named.visit if named.patient_id == pid else None
         if info is not None:
             pid, side = info.patient_id or pid, info.side or side
+            visit = info.visit or visit
         item.patient_id, item.side = (str(pid) if pid else None), side
+        item.visit = visit_of(meta, visit) or None  # --patients, name, else DICOM StudyDate
         return item
 
     def score(self, items: Sequence[Prepared], cam: bool = False) -> Iterator[Prediction]:
@@ -375,6 +381,7 @@ class Predictor:
             "image": it.name,
             "patient_id": it.patient_id,
             "side": it.side,
+            "visit": it.visit,
             "model": self.model_name,
             "model_version": self.model_version,
         }

@@ -17,12 +17,14 @@ import numpy as np
 
 from svdh.core.errors import BadConfigError
 from svdh.core.hands import PatientTotals
+from svdh.inference.changes import ChangeCollector, write_change_table
 from svdh.inference.inputs import PatientInfo
 from svdh.inference.prediction import Prediction
 
 #: Columns of ``out_patients.csv``.
 PATIENT_COLUMNS = [
     "patient_id",
+    "visit",
     "total",
     "interval_lo",
     "interval_hi",
@@ -44,6 +46,7 @@ def patient_row(p: Mapping[str, Any]) -> dict[str, Any]:
     iv = p.get("interval") or [None, None]
     return {
         "patient_id": p["patient_id"],
+        "visit": p.get("visit") or "",
         "total": _r(p["total"]),
         "interval_lo": _r(iv[0]),
         "interval_hi": _r(iv[1]),
@@ -90,10 +93,20 @@ class ResultWriter:
             self._fh.write(sep + json.dumps(pred.to_json(), allow_nan=False))
         self._first = False
 
-    def close(self, patients: list[dict[str, Any]], summary: Mapping[str, Any]) -> list[Path]:
+    def close(
+        self,
+        patients: list[dict[str, Any]],
+        summary: Mapping[str, Any],
+        changes: ChangeCollector | None = None,
+    ) -> list[Path]:
         written = [self.path]
         if self._csv is not None:
             self._fh.close()
+            if changes is not None:  # patients with two or more visits
+                cpath = write_change_table(
+                    self.path.with_name(self.path.stem + "_changes.csv"), changes
+                )
+                written += [cpath] if cpath else []
             if patients:
                 ppath = self.path.with_name(self.path.stem + "_patients.csv")
                 with open(ppath, "w", newline="") as fh:
@@ -105,6 +118,7 @@ class ResultWriter:
             self._fh.write(
                 "\n],\n"
                 + f'"patients": {json.dumps(patients, allow_nan=False)},\n'
+                + f'"changes": {json.dumps(changes.records() if changes else [], allow_nan=False)},\n'
                 + f'"summary": {json.dumps(dict(summary), allow_nan=False)}\n'
                 + "}\n"
             )
@@ -160,6 +174,7 @@ def predict_files(
     )
     cams = _CamFiles(cam_dir) if cam_dir is not None else None
     totals = PatientTotals(bins, predictor.bundle.score_scope)
+    changes = ChangeCollector(predictor.bundle.change)
     n = n_failed = n_warned = 0
     try:
         for pred in predictor.predict_paths(paths, patients=patients, cam=cams is not None):
@@ -169,6 +184,7 @@ def predict_files(
             if cams is not None:
                 cams.write(pred)
             totals.add(pred)
+            changes.add(pred)
             if writer is not None:
                 writer.write(pred)
             if on_row is not None:
@@ -181,11 +197,13 @@ def predict_files(
             "n_warned": n_warned,
             "n_patients_with_total": sum(p["total"] is not None for p in patient_rows),
         }
-        outputs = writer.close(patient_rows, summary) if writer is not None else []
+        summary["n_patient_changes"] = len(change_rows := changes.records())
+        outputs = writer.close(patient_rows, summary, changes) if writer is not None else []
         writer = None
     finally:
         if writer is not None:
             writer.close([], {"n_images": n, "interrupted": True})
     summary["patients"] = patient_rows
+    summary["changes"] = change_rows
     summary["outputs"] = [str(p) for p in outputs]
     return summary

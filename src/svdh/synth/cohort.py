@@ -148,8 +148,13 @@ def write_dicom(
     sex: str = "O",
     age_months: int | None = None,
     monochrome1: bool = False,
+    study_date: str | None = None,
+    study_key: str = "",
 ) -> None:
     """A CR DICOM file with the usual tags (deterministic UIDs, dates and bytes).
+
+    ``study_date`` (YYYYMMDD) and ``study_key`` (part of the study UID's entropy) let the
+    visits of one patient be separate studies; by default one study per patient.
 
     8-bit pixels are stored as they are; 16-bit ones as 12-bit stored values (like a CR
     plate) with a rescale intercept and a window covering the full range, so a reader must
@@ -159,7 +164,7 @@ def write_dicom(
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     cr_storage = "1.2.840.10008.5.1.4.1.1.1"
-    ent = [f"svdh-phantom/{seed}/{index}"]
+    ent = [f"svdh-phantom/{seed}/{index}{study_key}"]
     study_uid = generate_uid(entropy_srcs=[*ent, "study"])
     series_uid = generate_uid(entropy_srcs=[*ent, image_key, "series"])
     sop_uid = generate_uid(entropy_srcs=[*ent, image_key, "sop"])
@@ -180,7 +185,7 @@ def write_dicom(
     ds.PatientSex = sex
     if age_months is not None:
         ds.PatientAge = f"{age_months // 12:03d}Y"
-    date = _study_date(seed, index)
+    date = study_date or _study_date(seed, index)
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = date
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
     ds.AccessionNumber = f"{seed % 100000:05d}{index:06d}"

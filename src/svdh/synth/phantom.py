@@ -49,6 +49,9 @@ class Patient:
     boneage_months: int | None = None
     male: bool | None = None
     child_side: str = "L"
+    #: Which film of this patient: 0 is the cohort's; :mod:`svdh.synth.visits` draws others
+    #: (new positioning, exposure, noise and marker over the same anatomy and lesions).
+    film: int = 0
 
     @property
     def maturity(self) -> float | None:
@@ -189,7 +192,8 @@ def render_patient(
         raise BadConfigError(f"image size must be at least 32 px, got {size}")
     code = _SIDE_CODE[side]
     seed, idx = patient.seed, patient.index
-    film_rng = _rng(seed, idx, code, _FILM)
+    fk = (patient.film,) if patient.film else ()  # film 0 keeps the cohort's streams
+    film_rng = _rng(seed, idx, code, _FILM, *fk)
     film = sample_film(film_rng)
     sides = ("R", "L") if side == "B" else (side,)  # both hands: the right hand on the image's left
     H, W = size, size * len(sides)
@@ -198,7 +202,7 @@ def render_patient(
     all_scores: dict[str, dict[str, int]] = {}
     k = None
     for i, sd in enumerate(sides):
-        pose = _rng(seed, idx, _SIDE_CODE[sd], _POSE)
+        pose = _rng(seed, idx, _SIDE_CODE[sd], _POSE, *fk)
         kk = _field_px_per_mm(patient, size, pose)
         k = kk if k is None else k  # both hands of one film share its scale
         sc = None
@@ -217,7 +221,7 @@ def render_patient(
         (H, W),
         film,
         _rng(seed, idx, code, _TEX),
-        _rng(seed, idx, code, _NOISE),
+        _rng(seed, idx, code, _NOISE, *fk),
         boxes,
         with_film=with_film,
     )

@@ -34,6 +34,7 @@ from svdh.web.uploads import (
     parse_multipart,
     too_large,
 )
+from svdh.web.visits import visit_groups
 
 log = logging.getLogger("svdh.web")
 API_PREFIX = "/api/v1"
@@ -101,6 +102,7 @@ async def _score_form(
         )
     pids = _per_file(form, "patient_id")
     sides = _per_file(form, "side")
+    visits = _per_file(form, "visit")
     if strict:
         _precheck(form, st.max_file_bytes)  # cheap refusals before any inference
     try:
@@ -108,6 +110,7 @@ async def _score_form(
             form.files,
             patient_ids=pids,
             sides=sides,
+            visits=visits,
             render=render,
             max_file_bytes=st.max_file_bytes,
         )
@@ -172,7 +175,8 @@ async def api_score(
     bad = [o for o in outcomes if o.error]
     if errors == "reject" and bad:
         return _error(bad[0].status, bad[0].error or "", bad)
-    return JSONResponse(_score_payload(_state(request).info, outcomes))
+    st = _state(request)
+    return JSONResponse(_score_payload(st.info, outcomes, _change_calibration(st)))
 
 
 @api.get(
@@ -231,7 +235,7 @@ async def score_page(request: Request) -> Response:
         ctx = _page_context(st, None)
         ctx["error"] = exc.message
         return st.templates.TemplateResponse(request, "index.html", ctx, status_code=exc.status)
-    payload = _score_payload(st.info, outcomes)
+    payload = _score_payload(st.info, outcomes, _change_calibration(st))
     status = 200 if payload["results"] or not outcomes else outcomes[0].status
     return st.templates.TemplateResponse(
         request, "index.html", _page_context(st, payload), status_code=status
@@ -288,7 +292,14 @@ def _error(status: int, message: str, bad: list[FileOutcome]) -> JSONResponse:
     )
 
 
-def _score_payload(info: ModelInfo, outcomes: list[FileOutcome]) -> dict[str, Any]:
+def _change_calibration(st: AppState) -> dict[str, Any] | None:
+    bundle = getattr(getattr(st.service, "predictor", None), "bundle", None)
+    return getattr(bundle, "change", None)
+
+
+def _score_payload(
+    info: ModelInfo, outcomes: list[FileOutcome], change: dict[str, Any] | None = None
+) -> dict[str, Any]:
     results = []
     for o in outcomes:
         if o.result is not None:
@@ -303,7 +314,8 @@ def _score_payload(info: ModelInfo, outcomes: list[FileOutcome]) -> dict[str, An
         "errors": [
             {"image": o.name, "status": o.status, "error": o.error} for o in outcomes if o.error
         ],
-        "patients": _patients(info, outcomes),
+        "patients": (patients := _patients(info, outcomes)),
+        "visits": visit_groups(results, patients, change),  # a patient's visits and changes
         "notice": NOTICE,
     }
 

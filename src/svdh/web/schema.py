@@ -68,6 +68,7 @@ class PatientTotal(BaseModel):
     """A patient's hands-and-wrists total from two hand images in one upload."""
 
     patient_id: str
+    visit: str | None = None
     images: list[str]
     total: float | None = None
     interval: list[float] | None = None
@@ -84,6 +85,11 @@ class ScoreResponse(BaseModel):
     results: list[ImageScore]
     errors: list[ImageError] = Field(default_factory=list, description="with errors=report only")
     patients: list[PatientTotal] = Field(default_factory=list)
+    visits: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="patients with two or more visits: their visits in time order and the "
+        "change between consecutive visits (change, change_lo/change_hi, p_progression, progression)",
+    )
     notice: str
 
 

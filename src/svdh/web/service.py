@@ -32,6 +32,7 @@ import numpy as np
 from svdh.core.errors import BadRadiographError
 from svdh.core.hands import side_or_none
 from svdh.core.io import sniff_format
+from svdh.inference.changes import visit_of
 from svdh.inference.prediction import Prediction
 from svdh.web.uploads import UploadedFile, UploadError, not_an_image, too_large
 
@@ -143,6 +144,7 @@ class ScoringService:
         sides: Sequence[str | None],
         render: bool,
         max_file_bytes: int,
+        visits: Sequence[str | None] | None = None,
     ) -> list[FileOutcome]:
         """Score ``files`` in the pool; one outcome per file, in order."""
         self.stats.requests += 1
@@ -155,6 +157,7 @@ class ScoringService:
             list(sides),
             render,
             max_file_bytes,
+            list(visits) if visits is not None else [None] * len(files),
         )
 
     def _score_sync(
@@ -164,6 +167,7 @@ class ScoringService:
         sides: list[str | None],
         render: bool,
         max_file_bytes: int,
+        visits: list[str | None],
     ) -> list[FileOutcome]:
         with self._lock:
             self.stats.inflight += 1
@@ -185,7 +189,7 @@ class ScoringService:
                 }
                 decoded.append((i, rad))
             if decoded:
-                self._predict(decoded, outcomes, patient_ids, sides, render)
+                self._predict(decoded, outcomes, patient_ids, sides, render, visits)
             with self._lock:
                 for out in outcomes:
                     if out.error is None:
@@ -206,6 +210,7 @@ class ScoringService:
         patient_ids: list[str | None],
         sides: list[str | None],
         render: bool,
+        visits: list[str | None] | None = None,
     ) -> None:
         items = [(outcomes[i].name, rad) for i, rad in decoded]
         # One model call at a time: Grad-CAM keeps hooks on the networks, and concurrent forward
@@ -220,6 +225,7 @@ class ScoringService:
             # A patient id or side given with the upload wins over DICOM tags and file names.
             pred.patient_id = patient_ids[i] or pred.patient_id or None
             pred.side = side_or_none(sides[i]) or pred.side or None
+            pred.visit = visit_of(None, (visits or [None] * len(outcomes))[i]) or pred.visit
             out.prediction = pred
             out.result = {**pred.to_json(), **{k: v for k, v in out.meta.items() if v is not None}}
             if render:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from svdh import __version__
+from svdh.evaluate.change import add_change
 from svdh.evaluate.metrics import evaluate_run, headline
 from svdh.runs.tables import Run, read_run
 
@@ -227,9 +228,11 @@ def _localisation(loc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[str, Any]:
+    from svdh.evaluate.report.change_plots import change_plots, change_rows
     from svdh.evaluate.report.plots import write_plots
 
     plots = write_plots(run, m, plot_dir)
+    plots.update(change_plots(run, m, plot_dir))  # visit pairs (issue 15)
     titles = {
         "pred_vs_true": "Predicted against true score",
         "bland_altman": "Bland-Altman agreement",
@@ -256,6 +259,7 @@ def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[
         "cams": [{"name": p.stem, "b64": _png_b64(p)} for p in run.cam_images[:12]],
         "n_cams": len(run.cam_images),
         "members": None,
+        "change": change_rows(m),
     }
     if run.is_ensemble and run.metrics and run.metrics.get("members"):
         sec["members"] = [
@@ -287,6 +291,8 @@ def build_report(
 
     runs = [read_run(d) for d in run_dirs]
     metrics = [evaluate_run(r, sdc=sdc, n_boot=n_boot, seed=seed) for r in runs]
+    for r, m in zip(runs, metrics, strict=True):  # change between visits (issue 15)
+        add_change(m, r, sdc=sdc, n_boot=n_boot, seed=seed)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("svdh.evaluate.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
