@@ -224,13 +224,13 @@ def read_radiograph_bytes(data: bytes, name: str, max_pixels: int | None = None)
                 f"{scrub(exc)}); re-export or re-copy it"
             ) from None
     if notes:
-        rad.meta["decoder_notes"] = list(dict.fromkeys(notes))
+        unique = list(dict.fromkeys(notes))
+        rad.meta["decoder_notes"] = unique
         log.warning(
-            "%s: the decoder reported %d problem(s) with the file (details withheld, they may "
-            "quote patient data): %s",
+            "%s: read, with %d decoder warning(s) (scrubbed of file content): %s",
             label,
-            len(notes),
-            "; ".join(rad.meta["decoder_notes"])[:300],
+            len(unique),
+            "; ".join(unique)[:300],
         )
     return rad
 
