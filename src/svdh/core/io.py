@@ -294,10 +294,12 @@ _LOG_FILTER = _LibraryLogFilter()
 
 def _install_log_filters() -> None:
     import PIL.Image
-    import pydicom  # noqa: F401  (registers the "pydicom" logger)
+    import pydicom.pixels  # noqa: F401  (registers the pydicom loggers)
 
     PIL.Image.init()  # import the format plugins, whose loggers get the filter too
-    names = ["pydicom"] + [n for n in logging.root.manager.loggerDict if n.startswith("PIL")]
+    # Logger filters do not apply to records of child loggers: each one gets it. Rerun at
+    # every first capture, for loggers of modules imported since.
+    names = [n for n in list(logging.root.manager.loggerDict) if n.startswith(("pydicom", "PIL"))]
     for n in names:
         lg = logging.getLogger(n)
         if _LOG_FILTER not in lg.filters:
@@ -686,6 +688,11 @@ def _parse_dicom(data: bytes, label: str) -> Any:
         sop = str(ds.get("SOPClassUID", "") or "")
         if not sop and "Rows" not in ds:
             raise BadRadiographError(f"{label}: not an image (no DICOM image data found)")
+        if b"\xe0\x7f\x10\x00" in data[-(1 << 24) :] or b"\x7f\xe0\x00\x10" in data[-(1 << 24) :]:
+            raise BadRadiographError(
+                f"{label}: damaged DICOM header (an element's length or VR is wrong, so the "
+                "pixel data cannot be reached); re-export or re-copy it"
+            )
         if sop and len(sop) <= 64 and _UID.fullmatch(sop):
             from pydicom.uid import UID
 
