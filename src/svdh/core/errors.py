@@ -77,3 +77,34 @@ def scrub(message: object, limit: int = 160) -> str:
     if text.endswith(" b"):  # the prefix of a bytes literal b'...'
         text = text[:-2].rstrip(" :=,(")
     return text[:limit] or "no details"
+
+
+class OutOfSpaceError(SvdhError):
+    """A disk that filled up while svdh was writing (ENOSPC / EDQUOT)."""
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is the operating system saying the disk (or the quota) is full."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+
+
+def out_of_space(path: object, what: str = "") -> OutOfSpaceError:
+    """The one-line error for a full disk, naming the folder and its free space."""
+    import os
+    import shutil
+
+    folder = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    probe = folder
+    while probe and not os.path.isdir(probe):
+        probe = os.path.dirname(probe)
+    try:
+        free = f"{shutil.disk_usage(probe or '.').free / 1e6:,.0f} MB free"
+    except OSError:
+        free = "free space unknown"
+    doing = f" while writing {what}" if what else ""
+    return OutOfSpaceError(
+        f"{quote(folder)}: no space left on the disk{doing} ({free}); nothing partial was kept "
+        "under the final name: free space or choose another folder, then rerun"
+    )
