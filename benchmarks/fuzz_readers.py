@@ -41,13 +41,14 @@ def main() -> int:
     per_format: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     examples: dict[str, list] = {}
     t0 = time.perf_counter()
-    slowest = 0.0
+    slowest, slowest_case = 0.0, None
     for i in range(args.cases):
         name = names[i % len(names)]
         muts = random_mutations(rng)
         t = time.perf_counter()
         outcome = check_contract(mutate(seeds[name], muts), name)
-        slowest = max(slowest, time.perf_counter() - t)
+        if time.perf_counter() - t > slowest:
+            slowest, slowest_case = time.perf_counter() - t, [name, muts]
         counts[outcome.kind] += 1
         per_format[name.rsplit(".", 1)[-1]][outcome.kind] += 1
         if outcome.kind in ("foreign", "broken-contract"):
@@ -60,6 +61,7 @@ def main() -> int:
         "by_format": {k: dict(v) for k, v in sorted(per_format.items())},
         "seconds": round(time.perf_counter() - t0, 1),
         "slowest_case_s": round(slowest, 3),
+        "slowest_case": slowest_case,
         "examples": examples,
     }
     print(json.dumps(summary, indent=1))
