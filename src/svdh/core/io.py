@@ -548,7 +548,7 @@ def _raster_pixels(im: Any, label: str) -> tuple[np.ndarray, dict[str, Any]]:
     mode = im.mode
     meta: dict[str, Any] = {}
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        arr = np.asarray(im, dtype=np.float32) / 65535.0
+        arr = _unit(np.asarray(im), 65535.0)
         meta.update(bit_depth=16, photometric="MONOCHROME2")
     elif mode == "I":
         raw = np.asarray(im)
@@ -562,20 +562,27 @@ def _raster_pixels(im: Any, label: str) -> tuple[np.ndarray, dict[str, Any]]:
         arr = _stretch(raw.astype(np.float64), None)
         meta.update(bit_depth=32, photometric="MONOCHROME2")
     elif mode in ("L", "1"):
-        arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        arr = _unit(np.asarray(im if mode == "L" else im.convert("L")), 255.0)
         meta.update(bit_depth=1 if mode == "1" else 8, photometric="MONOCHROME2")
     elif mode in ("LA", "La"):
-        arr = np.asarray(im.getchannel(0), dtype=np.float32) / 255.0
+        arr = _unit(np.asarray(im.getchannel(0)), 255.0)
         meta.update(bit_depth=8, photometric="MONOCHROME2")
     else:  # RGB, RGBA, P, CMYK, YCbCr ...: accept only when it is grey stored as colour
         rgb_im = im.convert("RGB")
         _refuse_colour(np.asarray(rgb_im), label)
         # Grey stored as RGB: the luma conversion is the grey value (R = G = B up to noise).
-        arr = np.asarray(rgb_im.convert("L"), dtype=np.float32) / 255.0
+        arr = _unit(np.asarray(rgb_im.convert("L")), 255.0)
         meta.update(bit_depth=8, photometric="RGB")
     if arr.ndim != 2:
         raise BadRadiographError(f"{label}: unexpected pixel layout {arr.shape} for mode {mode}")
     return arr, meta
+
+
+def _unit(raw: np.ndarray, top: float) -> np.ndarray:
+    """Integer pixels to float32 in [0, 1], in place (one float copy, not two)."""
+    out = raw.astype(np.float32)
+    out /= np.float32(top)
+    return out
 
 
 def _stretch(arr: np.ndarray, top: float | None) -> np.ndarray:
