@@ -257,3 +257,8 @@ def test_a_regular_file_reached_through_a_symlink_still_reads(tmp_path: Path) ->
 
 def test_pydicom_reads_the_test_helper_files() -> None:
     assert pydicom.dcmread(io.BytesIO(dicom_bytes(dicom_dataset(np.ones((8, 8)))))).Rows == 8
+
+
+def test_nul_byte_in_a_path_is_a_bad_radiograph(tmp_path: Path) -> None:
+    with pytest.raises(BadRadiographError, match=r"NUL byte"):
+        read_radiograph(str(tmp_path / "a\x00.png"))

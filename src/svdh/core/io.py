@@ -143,6 +143,8 @@ def read_radiograph(path: str | os.PathLike[str], max_pixels: int | None = None)
 
 def _read_file(p: Path, name: str) -> bytes:
     """The bytes of a regular file; one-line errors for everything else (never blocks)."""
+    if "\x00" in str(p):
+        raise BadRadiographError(f"{name}: the path contains a NUL byte; not a file name")
     try:
         st = os.stat(p)
     except FileNotFoundError:
