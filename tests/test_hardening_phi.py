@@ -111,7 +111,12 @@ def test_reading_never_logs_or_raises_patient_data(
         assert PHI not in text, text[:300]
 
 
-def test_notes_of_a_damaged_file_are_kept_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
+def test_notes_of_a_damaged_file_are_kept_scrubbed(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import svdh.core.io as sio
+
+    monkeypatch.setattr(sio, "_NOTED", {"files": 0})
     caplog.set_level(logging.WARNING, logger="svdh.io")
     rad = read_radiograph_bytes(CASES["long-id.dcm"], "s.dcm")
     assert rad.meta["decoder_notes"] and rad.meta["patient_id"].startswith(PHI)
@@ -143,3 +148,18 @@ def test_prepare_writes_no_patient_data_anywhere(tmp_path: Path, workers: int) -
     for f in out.rglob("*"):
         if f.is_file():
             assert PHI.encode() not in f.read_bytes(), f
+
+
+def test_decoder_warnings_of_many_files_do_not_flood_the_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 18: 79 warning lines for 500 files before; now one line per file for the first
+    ten, then one line saying the rest are not shown."""
+    import svdh.core.io as sio
+
+    monkeypatch.setattr(sio, "_NOTED", {"files": 0})
+    caplog.set_level(logging.WARNING)
+    for i in range(40):
+        read_radiograph_bytes(CASES["long-id.dcm"], f"f{i}.dcm")
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == sio.NOTE_LINES + 1 and "not shown" in lines[-1].getMessage()

@@ -226,15 +226,30 @@ def read_radiograph_bytes(data: bytes, name: str, max_pixels: int | None = None)
                 f"{scrub(exc)}); re-export or re-copy it"
             ) from None
     if notes:
-        unique = list(dict.fromkeys(notes))
-        rad.meta["decoder_notes"] = unique
-        log.warning(
-            "%s: read, with %d decoder warning(s) (scrubbed of file content): %s",
-            label,
-            len(unique),
-            "; ".join(unique)[:300],
-        )
+        rad.meta["decoder_notes"] = list(dict.fromkeys(notes))
+        _report_notes(label, rad.meta["decoder_notes"])
     return rad
+
+
+#: Files whose decoder warnings get their own log line; later ones are counted at DEBUG level.
+NOTE_LINES = 10
+_NOTED = {"files": 0}
+
+
+def _report_notes(label: str, unique: list[str]) -> None:
+    with _CAPTURE_LOCK:
+        _NOTED["files"] += 1
+        n = _NOTED["files"]
+    level = logging.WARNING if n <= NOTE_LINES else logging.DEBUG
+    log.log(
+        level,
+        "%s: read, with %d decoder warning(s) (scrubbed of file content): %s",
+        label,
+        len(unique),
+        "; ".join(unique)[:300],
+    )
+    if n == NOTE_LINES:
+        log.warning("decoder warnings of further files are not shown (set svdh.io to DEBUG)")
 
 
 def _decode(data: bytes, name: str, label: str, limit: int) -> Radiograph:
