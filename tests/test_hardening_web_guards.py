@@ -220,3 +220,41 @@ def test_cross_site_form_posts_are_refused() -> None:
         ):
             status, body = srv.post("/score", b"abc", bad)
             assert status == 403 and b"detail" in body
+
+
+def test_bodies_held_at_once_are_bounded_in_bytes() -> None:
+    """Requests waiting for a slot hold their body: all of them together stay under a budget."""
+    release = asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await receive()
+        await release.wait()  # "waiting for an inference slot"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = BodyGuard(slow_app, max_body_bytes=100_000, max_buffered_bytes=150_000)
+
+    async def request(n: int) -> int:
+        sent: list[dict] = []
+        body = [{"type": "http.request", "body": b"x" * n, "more_body": False}]
+
+        async def receive():
+            return body.pop() if body else {"type": "http.disconnect"}
+
+        async def send(msg):
+            sent.append(msg)
+
+        scope = {"type": "http", "method": "POST", "path": "/s", "headers": []}
+        await guard(scope, receive, send)
+        return sent[0]["status"]
+
+    async def main() -> list[int]:
+        first = asyncio.create_task(request(80_000))
+        await asyncio.sleep(0.05)
+        second = await request(80_000)  # 160,000 bytes would be held: refused
+        assert guard.buffered == 80_000
+        release.set()
+        return [await first, second, await request(80_000)]
+
+    assert asyncio.run(main()) == [200, 503, 200]
+    assert guard.buffered == 0 and guard.pending == 0

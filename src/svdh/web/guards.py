@@ -39,6 +39,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+#: Bytes of a refused (too large) body read and discarded, so the client sees the answer.
+DRAIN_BYTES = 256 << 20
+#: While draining, how long to wait for more before answering.
+DRAIN_PATIENCE_S = 2.0
 
 
 async def _reply(send: Send, status: int, detail: str, close: bool = False) -> None:
@@ -72,13 +76,15 @@ class _Gone(Exception):
 
 
 class BodyGuard:
-    """Buffer each request body completely, under a deadline, a minimum rate and a size cap.
+    """Buffer each request body completely, under a deadline, a minimum rate and size caps.
 
-    ``max_body_bytes``: largest body (413 beyond, also for chunked transfers).
-    ``deadline_s``: the whole body must arrive within this time (408 after).
-    ``min_rate``: bytes per second the body must keep up after the first ``grace_s`` seconds
-    (408 when it falls behind). ``max_pending``: bodies being received at once (503 beyond),
-    which with ``max_body_bytes`` bounds the memory slow clients can hold.
+    ``max_body_bytes``: largest body (413 beyond, also for chunked transfers; the rest of a
+    refused body is read and discarded, up to :data:`DRAIN_BYTES`, so the client sees the 413
+    rather than a reset connection). ``deadline_s``: the whole body must arrive within this time
+    (408 after). ``min_rate``: bytes per second the body must keep up after the first ``grace_s``
+    seconds (408 when it falls behind). ``max_pending``: bodies being received at once (503
+    beyond). ``max_buffered_bytes``: all bodies held, from the first byte until the app has
+    answered (503 beyond): the memory uploads can take, whatever the clients do.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class BodyGuard:
         min_rate: float = 4096.0,
         grace_s: float = 10.0,
         max_pending: int = 32,
+        max_buffered_bytes: int | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = int(max_body_bytes)
@@ -97,73 +104,102 @@ class BodyGuard:
         self.min_rate = float(min_rate)
         self.grace_s = float(grace_s)
         self.max_pending = int(max_pending)
+        self.max_buffered = int(max_buffered_bytes or max(2 * self.max_body_bytes, 1 << 30))
         self.pending = 0
+        self.buffered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in _UNSAFE:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        if declared is not None:
-            if not declared.strip().isdigit():
-                await _reply(send, 400, "invalid Content-Length header", close=True)
-                return
-            if int(declared) > self.max_body_bytes:
-                await _reply(
-                    send,
-                    413,
-                    f"the request body ({int(declared):,} bytes) exceeds the limit of "
-                    f"{self.max_body_bytes:,} bytes",
-                    close=True,
-                )
-                return
+        if declared is not None and not declared.strip().isdigit():
+            await _reply(send, 400, "invalid Content-Length header", close=True)
+            return
+        size = int(declared) if declared is not None else None
         if self.pending >= self.max_pending:
             await _reply(send, 503, "too many uploads in progress; retry in a moment", close=True)
             return
+        held = [0]  # bytes of this request counted in self.buffered
         self.pending += 1
         try:
-            body = await self._read(receive, int(declared) if declared else None)
+            body = await self._read(receive, size, held)
         except _BodyProblem as exc:
+            self.pending -= 1
+            self._release(held)
             log.info("%s %s -> %d (%s)", scope["method"], scope.get("path"), exc.status, exc.detail)
             await _reply(send, exc.status, exc.detail, close=True)
             return
         except _Gone:
+            self.pending -= 1
+            self._release(held)
             log.info(
                 "%s %s: the client went away during the upload", scope["method"], scope.get("path")
             )
             return
+        self.pending -= 1
+        try:
+            await self.app(scope, _replay(body, receive), send)
         finally:
-            self.pending -= 1
-        await self.app(scope, _replay(body, receive), send)
+            self._release(held)
 
-    async def _read(self, receive: Receive, declared: int | None) -> bytes:
+    def _release(self, held: list[int]) -> None:
+        self.buffered -= held[0]
+        held[0] = 0
+
+    async def _read(self, receive: Receive, declared: int | None, held: list[int]) -> bytes:
         start = time.monotonic()
         chunks: list[bytes] = []
         got = 0
+        refuse: _BodyProblem | None = None
+        if declared is not None and declared > self.max_body_bytes:
+            refuse = self._too_large(declared)
         while True:
-            elapsed = time.monotonic() - start
-            # The next bytes must come before the deadline, and before the rate falls behind.
-            behind = self.grace_s + got / self.min_rate if self.min_rate > 0 else self.deadline_s
-            wait = min(self.deadline_s, behind) - elapsed
-            if wait <= 0:
-                raise _BodyProblem(408, self._slow(got, elapsed))
-            try:
-                msg = await asyncio.wait_for(receive(), timeout=wait)
-            except TimeoutError:
-                raise _BodyProblem(408, self._slow(got, time.monotonic() - start)) from None
+            msg = await self._next(receive, start, got, refuse)
             if msg["type"] == "http.disconnect":
                 raise _Gone()
             data = msg.get("body", b"")
             got += len(data)
-            if got > self.max_body_bytes:
-                raise _BodyProblem(
-                    413, f"the request body exceeds the limit of {self.max_body_bytes:,} bytes"
-                )
-            if declared is not None and got > declared:
+            if refuse is None and got > self.max_body_bytes:
+                refuse = self._too_large(None)
+            if refuse is None and declared is not None and got > declared:
                 raise _BodyProblem(400, "the request body is longer than its Content-Length")
-            chunks.append(data)
+            if refuse is None:
+                if self.buffered + len(data) > self.max_buffered:
+                    raise _BodyProblem(503, "the server is receiving too many uploads; retry soon")
+                self.buffered += len(data)
+                held[0] += len(data)
+                chunks.append(data)
+            elif got > self.max_body_bytes + DRAIN_BYTES:
+                raise refuse
             if not msg.get("more_body", False):
+                if refuse is not None:
+                    raise refuse
                 return b"".join(chunks)
+
+    async def _next(
+        self, receive: Receive, start: float, got: int, refuse: _BodyProblem | None
+    ) -> Message:
+        """The next body message, before the deadline and before the rate falls behind."""
+        elapsed = time.monotonic() - start
+        behind = self.grace_s + got / self.min_rate if self.min_rate > 0 else self.deadline_s
+        wait = min(self.deadline_s, behind) - elapsed
+        if refuse is not None:  # draining a refused body: a client waiting for the answer gets it
+            wait = min(wait, DRAIN_PATIENCE_S)
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            return await asyncio.wait_for(receive(), timeout=wait)
+        except TimeoutError:
+            if refuse is not None:
+                raise refuse from None
+            raise _BodyProblem(408, self._slow(got, time.monotonic() - start)) from None
+
+    def _too_large(self, declared: int | None) -> _BodyProblem:
+        what = f" ({declared:,} bytes)" if declared is not None else ""
+        return _BodyProblem(
+            413, f"the request body{what} exceeds the limit of {self.max_body_bytes:,} bytes"
+        )
 
     def _slow(self, got: int, elapsed: float) -> str:
         return (
