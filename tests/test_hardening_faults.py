@@ -164,3 +164,38 @@ def test_prepare_skip_invalid_names_the_skipped_files(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "left out 2 image(s)" in proc.stderr
     assert "broken.png: " in proc.stderr and "notes.png: not an image" in proc.stderr
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A real 2 MB file system (tmpfs), so the disk really fills up; needs root."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_on_a_really_full_disk(tmp_path: Path, small_disk: Path, workers: int) -> None:
+    for i in range(40):
+        _film(tmp_path / f"{i}.png")
+    (tmp_path / "s.csv").write_text(
+        "image,patient_id,svdh\n" + "\n".join(f"{i}.png,p{i},3" for i in range(40)) + "\n"
+    )
+    out = small_disk / "cache"
+    proc = run_cli(
+        "prepare", f"csv:{tmp_path / 's.csv'}", "--out", out, "--size", 256, "--workers", workers
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "no space left on the disk" in last, proc.stderr[-800:]
+    assert "memory" not in last and "Traceback" not in proc.stderr
+    leftovers = [p.name for p in out.iterdir()] if out.exists() else []
+    assert not any(n.endswith(".tmp") for n in leftovers) and "images.npy" not in leftovers
