@@ -306,3 +306,47 @@ class OriginGuard:
         if netloc != host:
             return f"cross-origin request refused (Origin {quote(origin, 60)} is not this server)"
         return None
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def harden_app(
+    app: Any,
+    *,
+    max_body_bytes: int,
+    allowed: Iterable[str] | None = None,
+    deadline_s: float = 120.0,
+    min_rate: float = 4096.0,
+    grace_s: float = 10.0,
+    max_buffered_bytes: int | None = None,
+) -> None:
+    """Put the guards in front of a FastAPI ``app`` (outermost first: Host, Origin, body), and
+    make request-validation errors (a bad query parameter) a one-line ``{"detail": str}``.
+
+    ``allowed``: Host names to accept (None: no Host check, as in-process test clients send
+    ``Host: testserver``; ``svdh serve`` always passes :func:`allowed_hosts`).
+    """
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    async def one_line_422(request: Any, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:3]:
+            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "body"))
+            parts.append(f"{loc or 'request'}: {err.get('msg', 'invalid')}")
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, one_line_422)
+    # add_middleware wraps: the last added is the outermost.
+    app.add_middleware(
+        BodyGuard,
+        max_body_bytes=max_body_bytes,
+        deadline_s=deadline_s,
+        min_rate=min_rate,
+        grace_s=grace_s,
+        max_buffered_bytes=max_buffered_bytes,
+    )
+    app.add_middleware(OriginGuard)
+    if allowed is not None:
+        app.add_middleware(HostGuard, allowed=list(allowed))
