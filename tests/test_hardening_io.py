@@ -198,10 +198,11 @@ def test_quote_escapes_control_characters_and_cuts_long_values() -> None:
 def test_garbage_sop_class_uid_and_file_names_are_not_echoed_raw() -> None:
     ds = dicom_dataset(np.zeros((8, 8), np.uint16))
     del ds.PixelData
-    with pytest.warns(UserWarning):  # pydicom, as the garbage is set
+    with pytest.warns(UserWarning):  # pydicom, as the garbage is set and written
         ds.SOPClassUID = "1.2.3\nerror: forged line " + PHI
+        data = dicom_bytes(ds)
     with pytest.raises(BadRadiographError) as info:
-        read_radiograph_bytes(dicom_bytes(ds), "bad\nname.dcm")
+        read_radiograph_bytes(data, "bad\nname.dcm")
     msg = str(info.value)
     assert "\n" not in msg and PHI not in msg and msg.startswith("'bad\\nname.dcm'")
     assert "invalid SOP Class UID" in msg
