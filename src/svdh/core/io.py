@@ -38,7 +38,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -280,12 +280,19 @@ _BUCKETS: dict[int, list[str]] = {}
 _QUIET = ("DecompressionBombWarning",)
 
 
-def _route_warning(message: Any, category: type, filename: str, lineno: int, *args: Any) -> None:
+def _route_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     bucket = _BUCKETS.get(threading.get_ident())
     if bucket is None:  # another thread, not reading a file: hand it on unchanged
         shown = _CAPTURE["shown"]
         if shown is not None:
-            shown(message, category, filename, lineno, *args)
+            shown(message, category, filename, lineno, file, line)
         return
     if category.__name__ not in _QUIET:
         bucket.append(scrub(message))
