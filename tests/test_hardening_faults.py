@@ -127,13 +127,13 @@ def test_disk_full_while_writing_metadata_leaves_no_temp_or_partial_file(
 ) -> None:
     df = pd.DataFrame({"image": [str(_film(tmp_path / f"{i}.png")) for i in range(3)]})
     out = tmp_path / "cache"
-    real = Path.write_text
+    real = Path.write_bytes
 
-    def half_then_full(self: Path, text: str, *a: object, **k: object) -> int:
-        real(self, text[: len(text) // 2], *a, **k)  # a partial write, as on a full disk
+    def half_then_full(self: Path, data: bytes) -> int:
+        real(self, data[: len(data) // 2])  # a partial write, as on a full disk
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
     with pytest.raises(
         OutOfSpaceError, match=r"no space left on the disk while writing meta\.json"
     ):

@@ -121,14 +121,7 @@ def prepare(
     meta_path = out / "meta.json"
     old = _read_meta(meta_path) if meta_path.exists() else None
     if old is None:
-        # A folder holding only this module's own files (a first run that stopped before
-        # meta.json was written, e.g. on a full disk) is rebuilt, anything else is refused.
-        own = {*_ARRAYS, "manifest.csv"}
-        if out.exists() and any(f.name not in own for f in out.iterdir()):
-            raise BadConfigError(
-                f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
-            )
-        out.mkdir(parents=True, exist_ok=True)
+        _new_folder(out)
     (images, keys, geometry), old = _open_arrays(out, old, n, cfg)
     failed = _known_failures(old, expected, stat_problems)
     todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
@@ -176,6 +169,18 @@ def prepare(
         )
     _finish(out, df, meta, failed, old, bool(todo))
     return out
+
+
+def _new_folder(out: Path) -> None:
+    """Create the cache folder. One holding only this module's own files (a first run that
+    stopped before meta.json was written, e.g. on a full disk) is rebuilt; anything else is
+    refused."""
+    own = {*_ARRAYS, "manifest.csv"}
+    if out.exists() and any(f.name not in own for f in out.iterdir()):
+        raise BadConfigError(
+            f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _source_frame(
