@@ -199,3 +199,32 @@ def test_prepare_on_a_really_full_disk(tmp_path: Path, small_disk: Path, workers
     assert "memory" not in last and "Traceback" not in proc.stderr
     leftovers = [p.name for p in out.iterdir()] if out.exists() else []
     assert not any(n.endswith(".tmp") for n in leftovers) and "images.npy" not in leftovers
+
+
+def test_predict_output_on_a_full_disk_leaves_no_empty_or_cut_file(small_disk: Path) -> None:
+    """Item 16: svdh predict -o on a full disk left a 0-byte CSV; now one line, no file."""
+    from svdh.inference.prediction import Prediction
+    from svdh.inference.writers import ResultWriter
+
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (2 * 1024 * 1024 - 16 * 1024))  # leave ~16 KB free
+    out = small_disk / "predictions.csv"
+    with pytest.raises(OutOfSpaceError) as info:
+        w = ResultWriter(out, 7, ["m"])
+        for i in range(5000):  # ~100 bytes a row: more than the disk holds
+            w.write(Prediction.failed(f"image-{i:05d}.png", "not an image " * 5))
+        w.close([], {})
+    assert "no space left on the disk while writing predictions.csv" in str(info.value)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no csv, no temp
+
+
+def test_predict_output_appears_only_when_complete(tmp_path: Path) -> None:
+    from svdh.inference.prediction import Prediction
+    from svdh.inference.writers import ResultWriter
+
+    out = tmp_path / "p.csv"
+    w = ResultWriter(out, 7, ["m"])
+    w.write(Prediction.failed("a.png", "not an image"))
+    assert not out.exists()  # still streaming into a temporary file
+    assert w.close([], {}) == [out] and out.read_text().count("\n") == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["p.csv"]

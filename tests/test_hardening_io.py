@@ -263,3 +263,16 @@ def test_pydicom_reads_the_test_helper_files() -> None:
 def test_nul_byte_in_a_path_is_a_bad_radiograph(tmp_path: Path) -> None:
     with pytest.raises(BadRadiographError, match=r"NUL byte"):
         read_radiograph(str(tmp_path / "a\x00.png"))
+
+
+def test_dicom_without_preamble_starting_at_0002_0002_is_read() -> None:
+    """Item 10: a data set whose first element is (0002,0002) MediaStorageSOPClassUID."""
+    ds = dicom_dataset((grey().astype(np.uint16) * 16).astype(np.uint16), phi=False)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    full = dicom_bytes(ds)
+    body = full[132:]  # the file meta group and the data set, without preamble and "DICM"
+    start = body.find(b"\x02\x00\x02\x00")
+    data = body[start:]
+    assert data[:4] == b"\x02\x00\x02\x00"
+    rad = read_radiograph_bytes(data, "old.dcm")
+    assert rad.meta["format"] == "DICOM" and rad.shape == (64, 48)

@@ -33,6 +33,12 @@ def export(
         help="Also write an ONNX graph of every member beside the bundle "
         "(same name, .onnx), checked against torch (max abs diff <= 1e-3).",
     ),
+    sign: Path | None = typer.Option(
+        None,
+        "--sign",
+        help="Sign the bundle with this private key (svdh keygen): who scores with it can "
+        "then check it is yours and unchanged (--trust KEY.pub).",
+    ),
 ) -> None:
     """Pack a run or an ensemble into one portable model file (.svdh).
 
@@ -40,8 +46,14 @@ def export(
     """
     from svdh.inference.bundle import export_bundle, load_bundle
 
-    path = export_bundle(source, out, onnx=onnx)
+    path = export_bundle(source, out, onnx=onnx, sign_key=sign)
     b = load_bundle(path)
+    if sign:
+        from svdh.inference.signing import key_id, load_private_key
+
+        typer.echo(f"signed with key {key_id(load_private_key(sign).public_key())}")
+    else:
+        typer.echo("unsigned (add --sign KEY to let users check its origin and integrity)")
     size = path.stat().st_size / 2**20
     members = ", ".join(
         f"{m['name']} ({m['arch'].get('backbone')}, {m['arch'].get('task')}, "
@@ -102,6 +114,12 @@ def predict(
         help="Threads that read and preprocess images ahead "
         "(default: 0 on a CPU, whose cores the models use; up to 4 with a GPU).",
     ),
+    trust: list[Path] = typer.Option(
+        [],
+        "--trust",
+        help="Public key (.pub of svdh keygen) whose signature the bundle must carry; repeat "
+        "for several. Without it, the bundle's origin is not checked (and the command says so).",
+    ),
 ) -> None:
     """Score hand radiographs with a model bundle.
 
@@ -121,8 +139,13 @@ def predict(
     if not paths:
         raise BadConfigError(f"no image files found in {' '.join(inputs)}")
     pmap = read_patients_csv(patients) if patients else None
+    from svdh.inference.bundle import load_bundle
+    from svdh.inference.signing import load_public_keys
+
+    bundle = load_bundle(model, trusted_keys=load_public_keys(trust) if trust else None)
+    typer.secho(bundle.signature_status, err=True, fg=None if trust else typer.colors.YELLOW)
     predictor = Predictor(
-        model,
+        bundle,
         device=device,
         backend="onnx" if use_onnx else "torch",
         batch_size=batch_size,

@@ -83,6 +83,31 @@ def serve(
         help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
         "Further requests queue.",
     ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="A host name users reach the server by (Host header), besides localhost and this "
+        "machine's names; repeat for several, '*' allows any (no DNS-rebinding check).",
+    ),
+    max_request_pixels: int = typer.Option(
+        128_000_000,
+        "--max-request-pixels",
+        help="Decoded pixels of one request's images together (a memory bound).",
+    ),
+    upload_deadline: float = typer.Option(
+        120.0, "--upload-deadline", help="Seconds a request body may take in all (408 after)."
+    ),
+    min_upload_rate: float = typer.Option(
+        4096.0,
+        "--min-upload-rate",
+        help="Bytes per second a request body must keep up after its first 10 s (408 below).",
+    ),
+    trust: list[Path] = typer.Option(
+        [],
+        "--trust",
+        help="Public key (.pub of svdh keygen) whose signature the bundle must carry; repeat "
+        "for several. Without it, the bundle's origin is not checked (and the command says so).",
+    ),
 ) -> None:
     """Serve a web page and an HTTP API that score hand radiographs with a model bundle.
 
@@ -96,12 +121,18 @@ def serve(
 
     _check_options(port, max_upload_mb, max_files, workers, keep)
     _check_port(host, port)
+    from svdh.web.guards import allowed_hosts
+
     web_app = create_app(
-        model,
+        _trusted_predictor(model, trust),
         keep_dir=keep,
         max_upload_mb=max_upload_mb,
         max_concurrency=workers,
         max_files=max_files,
+        allowed_hosts=allowed_hosts(host, allowed_host),
+        max_request_pixels=max_request_pixels,
+        upload_deadline_s=upload_deadline,
+        upload_min_rate=min_upload_rate,
     )
     if not _is_loopback(host):
         typer.secho(
@@ -123,6 +154,17 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def _trusted_predictor(model: Path, trust: list[Path]) -> object:
+    """The bundle's predictor, its signature checked against ``trust`` (one line either way)."""
+    from svdh.inference.bundle import load_bundle
+    from svdh.inference.predictor import Predictor
+    from svdh.inference.signing import load_public_keys
+
+    bundle = load_bundle(model, trusted_keys=load_public_keys(trust) if trust else None)
+    typer.secho(bundle.signature_status, err=True, fg=None if trust else typer.colors.YELLOW)
+    return Predictor(bundle)
 
 
 def _check_options(

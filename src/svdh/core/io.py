@@ -424,7 +424,8 @@ def _looks_like_raw_dicom(data: bytes | bytearray) -> bool:
     try:
         import pydicom
 
-        ds = pydicom.dcmread(io.BytesIO(bytes(data)), force=True, stop_before_pixels=True)
+        with capture_library_messages():  # the sniffer's parse warns like the reader's
+            ds = pydicom.dcmread(io.BytesIO(bytes(data)), force=True, stop_before_pixels=True)
         return "Rows" in ds and "Columns" in ds
     except Exception:  # any decoder error means: not a DICOM data set
         return False

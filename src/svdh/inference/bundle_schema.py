@@ -135,7 +135,7 @@ class Manifest(_Strict):
     score_scope: Literal["hand", "patient"] = "hand"
     bins: Bins
     preprocess: dict[str, Any]
-    image_size: int = Field(ge=8, le=8192)
+    image_size: int | None = Field(default=None, ge=8, le=8192)  # bundles of svdh 0.1 only
     members: list[MemberEntry] = Field(min_length=1)
     combine: Combine = Field(default_factory=lambda: Combine(method="mean"))
     conformal: Conformal | None = None
