@@ -122,7 +122,7 @@ def test_decoded_pixels_per_request_are_bounded(predictor) -> None:
 
 def test_form_fields_are_bounded_by_number_and_size(predictor) -> None:
     with _client(predictor) as c:
-        many = [("patient_id", "P1")] * 500
+        many = {"patient_id": ["P1"] * 500}
         r = c.post("/api/v1/score", files=_files(("a.png", _png())), data=many)
         assert r.status_code == 413 and "form fields" in r.json()["detail"]
 
