@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+
+#: ``--trust`` of svdh predict and svdh serve.
+TRUST_OPTION: Any = typer.Option(
+    [],
+    "--trust",
+    help="Public key (.pub of svdh keygen) whose signature the bundle must carry; repeat "
+    "for several. Without it, the bundle's origin is not checked (and the command says so).",
+)
+
+
+def trusted_bundle(model: Path, trust: list[Path]) -> Any:
+    """Load ``model``, its signature checked against the ``trust`` keys; say the outcome in one
+    line on stderr (unsigned, signed but unverified, or verified)."""
+    from svdh.inference.bundle import load_bundle
+    from svdh.inference.signing import load_public_keys
+
+    bundle = load_bundle(model, trusted_keys=load_public_keys(trust) if trust else None)
+    typer.secho(bundle.signature_status, err=True, fg=None if trust else typer.colors.YELLOW)
+    return bundle
 
 
 def keygen(

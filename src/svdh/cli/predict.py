@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from svdh.cli.keys import TRUST_OPTION, trusted_bundle
+
 if TYPE_CHECKING:
     from svdh.inference.prediction import Prediction
 
@@ -114,12 +116,7 @@ def predict(
         help="Threads that read and preprocess images ahead "
         "(default: 0 on a CPU, whose cores the models use; up to 4 with a GPU).",
     ),
-    trust: list[Path] = typer.Option(
-        [],
-        "--trust",
-        help="Public key (.pub of svdh keygen) whose signature the bundle must carry; repeat "
-        "for several. Without it, the bundle's origin is not checked (and the command says so).",
-    ),
+    trust: list[Path] = TRUST_OPTION,
 ) -> None:
     """Score hand radiographs with a model bundle.
 
@@ -139,13 +136,8 @@ def predict(
     if not paths:
         raise BadConfigError(f"no image files found in {' '.join(inputs)}")
     pmap = read_patients_csv(patients) if patients else None
-    from svdh.inference.bundle import load_bundle
-    from svdh.inference.signing import load_public_keys
-
-    bundle = load_bundle(model, trusted_keys=load_public_keys(trust) if trust else None)
-    typer.secho(bundle.signature_status, err=True, fg=None if trust else typer.colors.YELLOW)
     predictor = Predictor(
-        bundle,
+        trusted_bundle(model, trust),
         device=device,
         backend="onnx" if use_onnx else "torch",
         batch_size=batch_size,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from svdh.cli.keys import TRUST_OPTION, trusted_bundle
 from svdh.core.errors import BadConfigError
 
 #: Logging for the server: counts and status codes only. Uvicorn's access log (client
@@ -58,6 +60,27 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+_ALLOWED_HOST: Any = typer.Option(
+    [],
+    "--allowed-host",
+    help="A host name users reach the server by (Host header), besides localhost and this "
+    "machine's names; repeat for several, '*' allows any (no DNS-rebinding check).",
+)
+_MAX_REQUEST_PIXELS: Any = typer.Option(
+    128_000_000,
+    "--max-request-pixels",
+    help="Decoded pixels of one request's images together (a memory bound).",
+)
+_UPLOAD_DEADLINE: Any = typer.Option(
+    120.0, "--upload-deadline", help="Seconds a request body may take in all (408 after)."
+)
+_MIN_UPLOAD_RATE: Any = typer.Option(
+    4096.0,
+    "--min-upload-rate",
+    help="Bytes per second a request body must keep up after its first 10 s (408 below).",
+)
+
+
 def serve(
     model: Path = typer.Option(
         ..., "--model", "-m", help="Model bundle (.svdh) from `svdh export`."
@@ -83,31 +106,11 @@ def serve(
         help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
         "Further requests queue.",
     ),
-    allowed_host: list[str] = typer.Option(
-        [],
-        "--allowed-host",
-        help="A host name users reach the server by (Host header), besides localhost and this "
-        "machine's names; repeat for several, '*' allows any (no DNS-rebinding check).",
-    ),
-    max_request_pixels: int = typer.Option(
-        128_000_000,
-        "--max-request-pixels",
-        help="Decoded pixels of one request's images together (a memory bound).",
-    ),
-    upload_deadline: float = typer.Option(
-        120.0, "--upload-deadline", help="Seconds a request body may take in all (408 after)."
-    ),
-    min_upload_rate: float = typer.Option(
-        4096.0,
-        "--min-upload-rate",
-        help="Bytes per second a request body must keep up after its first 10 s (408 below).",
-    ),
-    trust: list[Path] = typer.Option(
-        [],
-        "--trust",
-        help="Public key (.pub of svdh keygen) whose signature the bundle must carry; repeat "
-        "for several. Without it, the bundle's origin is not checked (and the command says so).",
-    ),
+    allowed_host: list[str] = _ALLOWED_HOST,
+    max_request_pixels: int = _MAX_REQUEST_PIXELS,
+    upload_deadline: float = _UPLOAD_DEADLINE,
+    min_upload_rate: float = _MIN_UPLOAD_RATE,
+    trust: list[Path] = TRUST_OPTION,
 ) -> None:
     """Serve a web page and an HTTP API that score hand radiographs with a model bundle.
 
@@ -121,10 +124,11 @@ def serve(
 
     _check_options(port, max_upload_mb, max_files, workers, keep)
     _check_port(host, port)
+    from svdh.inference.predictor import Predictor
     from svdh.web.guards import allowed_hosts
 
     web_app = create_app(
-        _trusted_predictor(model, trust),
+        Predictor(trusted_bundle(model, trust)),
         keep_dir=keep,
         max_upload_mb=max_upload_mb,
         max_concurrency=workers,
@@ -154,17 +158,6 @@ def serve(
         server_header=False,
         timeout_graceful_shutdown=5,
     )
-
-
-def _trusted_predictor(model: Path, trust: list[Path]) -> object:
-    """The bundle's predictor, its signature checked against ``trust`` (one line either way)."""
-    from svdh.inference.bundle import load_bundle
-    from svdh.inference.predictor import Predictor
-    from svdh.inference.signing import load_public_keys
-
-    bundle = load_bundle(model, trusted_keys=load_public_keys(trust) if trust else None)
-    typer.secho(bundle.signature_status, err=True, fg=None if trust else typer.colors.YELLOW)
-    return Predictor(bundle)
 
 
 def _check_options(

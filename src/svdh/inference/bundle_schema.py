@@ -110,15 +110,17 @@ class Stratum(_Strict):
 
 
 class Conformal(_Strict):
-    alpha: float = Field(gt=0, lt=1)
-    method: Literal["absolute", "mondrian"]
-    n: int = Field(ge=1)
+    alpha: float | None = Field(default=None, gt=0, lt=1)
+    level: float | None = Field(default=None, gt=0, lt=1)
+    method: Literal["absolute", "mondrian"] = "absolute"
+    n: int | None = Field(default=None, ge=1)
     q: float | None = Field(default=None, ge=0)
+    quantile: float | None = Field(default=None, ge=0)
     strata: list[Stratum] = Field(default_factory=list)
     bins: Bins | None = None
     max_score: float | None = None
 
-    _fin = field_validator("alpha", "max_score")(_finite)
+    _fin = field_validator("alpha", "level", "q", "quantile", "max_score")(_finite)
 
 
 class Combine(_Strict):

@@ -118,6 +118,7 @@ def create_app(
         deadline_s=upload_deadline_s,
         min_rate=upload_min_rate,
         grace_s=upload_grace_s,
+        limit_text=f"the limit of {max_files} file(s) of {max_upload_mb:g} MB each",
     )
     return app
 

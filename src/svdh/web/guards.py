@@ -97,8 +97,11 @@ class BodyGuard:
         grace_s: float = 10.0,
         max_pending: int = 32,
         max_buffered_bytes: int | None = None,
+        limit_text: str | None = None,
     ) -> None:
         self.app = app
+        #: how a 413 states the limit (the app's own words: files x MB)
+        self.limit_text = limit_text or f"the limit of {int(max_body_bytes):,} bytes"
         self.max_body_bytes = int(max_body_bytes)
         self.deadline_s = float(deadline_s)
         self.min_rate = float(min_rate)
@@ -197,9 +200,7 @@ class BodyGuard:
 
     def _too_large(self, declared: int | None) -> _BodyProblem:
         what = f" ({declared:,} bytes)" if declared is not None else ""
-        return _BodyProblem(
-            413, f"the request body{what} exceeds the limit of {self.max_body_bytes:,} bytes"
-        )
+        return _BodyProblem(413, f"the request{what} is larger than {self.limit_text}")
 
     def _slow(self, got: int, elapsed: float) -> str:
         return (
@@ -320,6 +321,7 @@ def harden_app(
     min_rate: float = 4096.0,
     grace_s: float = 10.0,
     max_buffered_bytes: int | None = None,
+    limit_text: str | None = None,
 ) -> None:
     """Put the guards in front of a FastAPI ``app`` (outermost first: Host, Origin, body), and
     make request-validation errors (a bad query parameter) a one-line ``{"detail": str}``.
@@ -346,6 +348,7 @@ def harden_app(
         min_rate=min_rate,
         grace_s=grace_s,
         max_buffered_bytes=max_buffered_bytes,
+        limit_text=limit_text,
     )
     app.add_middleware(OriginGuard)
     if allowed is not None:
