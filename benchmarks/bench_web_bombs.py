@@ -103,6 +103,8 @@ def _chunked_fields(port: int, total: int) -> int:
         while sent < total:
             s.sendall(f"{len(field):x}\r\n".encode() + field + b"\r\n")
             sent += len(field)
+        end = b"--x--\r\n"
+        s.sendall(f"{len(end):x}\r\n".encode() + end + b"\r\n0\r\n\r\n")
     except OSError:
         pass
     s.settimeout(60)
