@@ -204,7 +204,10 @@ def main() -> None:
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)
-    out["server_stderr_lines"] = len(err.decode(errors="replace").splitlines())
+    lines = err.decode(errors="replace").splitlines()
+    out["server_stderr_lines"] = len(lines)
+    out["server_tracebacks"] = sum("Traceback" in line for line in lines)
+    out["server_stderr_kinds"] = sorted({" ".join(line.split()[:6]) for line in lines})[:12]
     print(json.dumps(out, indent=1))
 
 
