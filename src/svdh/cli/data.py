@@ -137,9 +137,11 @@ def prepare(
     dt = time.perf_counter() - t0
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("failed"):
+        left = list(meta["failed"].values())
         _warn(
-            f"left out {len(meta['failed'])} image(s) that could not be read: "
-            + "; ".join(v["error"] for v in list(meta["failed"].values())[:5])
+            f"left out {len(left)} image(s) that could not be read: "
+            + "; ".join(f"{Path(v.get('image', '?')).name}: {v['error']}" for v in left[:5])
+            + (f"; and {len(left) - 5} more (all in {path / 'meta.json'})" if len(left) > 5 else "")
         )
     if before is not None and (path / "meta.json").read_text() == before:
         typer.echo(f"cache up to date: {meta['n_images']} images at {size} px in {path}")

@@ -18,7 +18,16 @@ from svdh import __version__
 from svdh.core.errors import SvdhError
 
 #: Command modules under svdh.commands, in the order of the pipeline.
-COMMAND_MODULES = ("data", "synth", "train", "evaluate", "predict", "serve", "experiment")
+COMMAND_MODULES = (
+    "data",
+    "synth",
+    "train",
+    "evaluate",
+    "predict",
+    "keys",
+    "serve",
+    "experiment",
+)
 
 app = typer.Typer(
     name="svdh",

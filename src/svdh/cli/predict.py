@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from svdh.cli.keys import TRUST_OPTION, trusted_bundle
+
 if TYPE_CHECKING:
     from svdh.inference.prediction import Prediction
 
@@ -33,6 +35,12 @@ def export(
         help="Also write an ONNX graph of every member beside the bundle "
         "(same name, .onnx), checked against torch (max abs diff <= 1e-3).",
     ),
+    sign: Path | None = typer.Option(
+        None,
+        "--sign",
+        help="Sign the bundle with this private key (svdh keygen): who scores with it can "
+        "then check it is yours and unchanged (--trust KEY.pub).",
+    ),
 ) -> None:
     """Pack a run or an ensemble into one portable model file (.svdh).
 
@@ -40,8 +48,14 @@ def export(
     """
     from svdh.inference.bundle import export_bundle, load_bundle
 
-    path = export_bundle(source, out, onnx=onnx)
+    path = export_bundle(source, out, onnx=onnx, sign_key=sign)
     b = load_bundle(path)
+    if sign:
+        from svdh.inference.signing import key_id, load_private_key
+
+        typer.echo(f"signed with key {key_id(load_private_key(sign).public_key())}")
+    else:
+        typer.echo("unsigned (add --sign KEY to let users check its origin and integrity)")
     size = path.stat().st_size / 2**20
     members = ", ".join(
         f"{m['name']} ({m['arch'].get('backbone')}, {m['arch'].get('task')}, "
@@ -102,6 +116,7 @@ def predict(
         help="Threads that read and preprocess images ahead "
         "(default: 0 on a CPU, whose cores the models use; up to 4 with a GPU).",
     ),
+    trust: list[Path] = TRUST_OPTION,
 ) -> None:
     """Score hand radiographs with a model bundle.
 
@@ -122,7 +137,7 @@ def predict(
         raise BadConfigError(f"no image files found in {' '.join(inputs)}")
     pmap = read_patients_csv(patients) if patients else None
     predictor = Predictor(
-        model,
+        trusted_bundle(model, trust),
         device=device,
         backend="onnx" if use_onnx else "torch",
         batch_size=batch_size,

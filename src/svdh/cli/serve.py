@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from svdh.cli.keys import TRUST_OPTION, trusted_bundle
 from svdh.core.errors import BadConfigError
 
 #: Logging for the server: counts and status codes only. Uvicorn's access log (client
@@ -58,6 +60,27 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
+_ALLOWED_HOST: Any = typer.Option(
+    [],
+    "--allowed-host",
+    help="A host name users reach the server by (Host header), besides localhost and this "
+    "machine's names; repeat for several, '*' allows any (no DNS-rebinding check).",
+)
+_MAX_REQUEST_PIXELS: Any = typer.Option(
+    128_000_000,
+    "--max-request-pixels",
+    help="Decoded pixels of one request's images together (a memory bound).",
+)
+_UPLOAD_DEADLINE: Any = typer.Option(
+    120.0, "--upload-deadline", help="Seconds a request body may take in all (408 after)."
+)
+_MIN_UPLOAD_RATE: Any = typer.Option(
+    4096.0,
+    "--min-upload-rate",
+    help="Bytes per second a request body must keep up after its first 10 s (408 below).",
+)
+
+
 def serve(
     model: Path = typer.Option(
         ..., "--model", "-m", help="Model bundle (.svdh) from `svdh export`."
@@ -83,6 +106,11 @@ def serve(
         help="Images scored at the same time (inference threads; default 1-2 by CPU count). "
         "Further requests queue.",
     ),
+    allowed_host: list[str] = _ALLOWED_HOST,
+    max_request_pixels: int = _MAX_REQUEST_PIXELS,
+    upload_deadline: float = _UPLOAD_DEADLINE,
+    min_upload_rate: float = _MIN_UPLOAD_RATE,
+    trust: list[Path] = TRUST_OPTION,
 ) -> None:
     """Serve a web page and an HTTP API that score hand radiographs with a model bundle.
 
@@ -96,12 +124,19 @@ def serve(
 
     _check_options(port, max_upload_mb, max_files, workers, keep)
     _check_port(host, port)
+    from svdh.inference.predictor import Predictor
+    from svdh.web.guards import allowed_hosts
+
     web_app = create_app(
-        model,
+        Predictor(trusted_bundle(model, trust)),
         keep_dir=keep,
         max_upload_mb=max_upload_mb,
         max_concurrency=workers,
         max_files=max_files,
+        allowed_hosts=allowed_hosts(host, allowed_host),
+        max_request_pixels=max_request_pixels,
+        upload_deadline_s=upload_deadline,
+        upload_min_rate=min_upload_rate,
     )
     if not _is_loopback(host):
         typer.secho(

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from svdh.core.errors import is_out_of_space, out_of_space
+
 
 def _tmp_name(path: Path) -> Path:
     # hidden, per process: two writers of one file never share a temporary name
@@ -33,6 +35,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_out_of_space(exc):  # one line naming the disk, not a traceback
+            raise out_of_space(path.parent, path.name) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

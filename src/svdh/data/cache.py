@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from svdh.core.errors import BadConfigError, BadDatasetError, SvdhError
+from svdh.core.errors import (
+    BadConfigError,
+    BadDatasetError,
+    SvdhError,
+    is_out_of_space,
+    out_of_space,
+)
 from svdh.core.files import atomic_write_text, write_json
 from svdh.core.preprocess import PreprocessConfig, Transform
 from svdh.data.manifest import COLUMNS, Problem, describe, read_manifest_csv
@@ -115,11 +121,7 @@ def prepare(
     meta_path = out / "meta.json"
     old = _read_meta(meta_path) if meta_path.exists() else None
     if old is None:
-        if out.exists() and any(out.iterdir()):
-            raise BadConfigError(
-                f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
-            )
-        out.mkdir(parents=True, exist_ok=True)
+        _new_folder(out)
     (images, keys, geometry), old = _open_arrays(out, old, n, cfg)
     failed = _known_failures(old, expected, stat_problems)
     todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
@@ -153,6 +155,8 @@ def prepare(
             geometry.flush()
         for i, msg in new_failed.items():
             failed[str(i)] = {"key": int(expected[i]), "error": msg}
+    for k, v in failed.items():  # which file: --skip-invalid names what it left out
+        v.setdefault("image", str(df["image"].iat[int(k)]))
     if failed and not skip_invalid:
         _write_json(meta_path, {**meta, "failed": failed, "updated": _now()})
         problems = [
@@ -165,6 +169,18 @@ def prepare(
         )
     _finish(out, df, meta, failed, old, bool(todo))
     return out
+
+
+def _new_folder(out: Path) -> None:
+    """Create the cache folder. One holding only this module's own files (a first run that
+    stopped before meta.json was written, e.g. on a full disk) is rebuilt; anything else is
+    refused."""
+    own = {*_ARRAYS, "manifest.csv"}
+    if out.exists() and any(f.name not in own for f in out.iterdir()):
+        raise BadConfigError(
+            f"{out} is not empty and holds no svdh cache (no meta.json); choose a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _source_frame(
@@ -201,11 +217,36 @@ def _open_arrays(
     for f in (*_ARRAYS, "manifest.csv", "meta.json"):
         (out / f).unlink(missing_ok=True)
     dtypes = (np.uint8, np.uint64, np.int32)
-    arrays = tuple(
-        np.lib.format.open_memmap(out / f, mode="w+", dtype=dt, shape=shape)
-        for f, dt, shape in zip(_ARRAYS, dtypes, shapes, strict=True)
-    )
+    try:
+        arrays = tuple(
+            np.lib.format.open_memmap(out / f, mode="w+", dtype=dt, shape=shape)
+            for f, dt, shape in zip(_ARRAYS, dtypes, shapes, strict=True)
+        )
+        for f in _ARRAYS:
+            _reserve(out / f)
+    except OSError as exc:
+        for f in _ARRAYS:
+            (out / f).unlink(missing_ok=True)
+        if is_out_of_space(exc):
+            raise out_of_space(out, f"the image cache ({n * size * size / 1e6:,.0f} MB)") from None
+        raise
     return arrays, None  # type: ignore[return-value]
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: a full disk is then one clear error here, never a
+    worker killed by SIGBUS half-way through writing into a sparse memory map."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if is_out_of_space(exc):
+            raise
+        # EOPNOTSUPP and friends: the file system cannot reserve; write as before.
+    finally:
+        os.close(fd)
 
 
 def _known_failures(
@@ -332,7 +373,7 @@ def _run(
             max_workers=workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(str(images_path), cfg.to_dict(), max_pixels),
+            initargs=(str(images_path), cfg.to_dict(), max_pixels, os.getpid()),
         ) as pool:
             pending = set()
             it = iter(chunks)
@@ -348,9 +389,11 @@ def _run(
                         try:
                             res = fut.result()
                         except BrokenProcessPool:
+                            if _disk_nearly_full(images_path.parent):
+                                raise out_of_space(images_path.parent, "the cache") from None
                             raise BadConfigError(
-                                "a worker process died (out of memory?); finished images are kept: "
-                                "rerun to continue, with fewer --workers"
+                                "a worker process died (killed, or out of memory); finished "
+                                "images are kept: rerun to continue, with fewer --workers"
                             ) from None
                         done(res)
                         bar.advance(len(res))
@@ -404,8 +447,53 @@ def _mp_context() -> mp.context.BaseContext | None:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(images_path: str, cfg: dict[str, Any], max_pixels: int | None) -> None:
+def _disk_nearly_full(folder: Path) -> bool:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 8 << 20
+    except OSError:
+        return False
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker when the process that started the pool dies, even by kill -9.
+
+    Linux: PR_SET_PDEATHSIG on the worker's own parent (the forkserver, which exits when the
+    pool's owner is gone); everywhere: a daemon thread that checks the owner every second.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, owned by someone else (cannot happen for our parent)
+
+    threading.Thread(target=watch, name="svdh-parent-watch", daemon=True).start()
+
+
+def _init_worker(
+    images_path: str, cfg: dict[str, Any], max_pixels: int | None, parent_pid: int | None = None
+) -> None:
     import cv2
+
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
 
     cv2.setNumThreads(1)  # one process per core already
     _STATE.clear()

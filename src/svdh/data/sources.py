@@ -21,15 +21,22 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from svdh.core.errors import BadDatasetError
-from svdh.core.scoring import MAX_EROSION_HAND, MAX_HAND, MAX_JSN_HAND, MAX_PATIENT, hand_score
+from svdh.core.errors import BadDatasetError, quote
+from svdh.core.scoring import (
+    JOINTS,
+    MAX_EROSION_HAND,
+    MAX_HAND,
+    MAX_JSN_HAND,
+    MAX_PATIENT,
+    hand_score,
+)
 from svdh.core.visits import normalize_visit
 from svdh.data.manifest import Problem, finalize, new_row
 
@@ -68,6 +75,10 @@ def load_source(spec: str | os.PathLike[str], skip_invalid: bool = False) -> pd.
 def parse_spec(spec: str | os.PathLike[str]) -> tuple[str, Path]:
     """Split ``kind:path`` (or recognise a bare path); check that the path exists."""
     text = os.fspath(spec)
+    if "\x00" in text or not text.isprintable():
+        raise BadDatasetError(
+            f"{quote(text)}: the source path contains a NUL byte or control characters"
+        )
     kind, sep, rest = text.partition(":")
     if sep and kind in KINDS:
         path = Path(rest).expanduser()
@@ -122,6 +133,44 @@ def _index_images(*folders: Path) -> dict[str, list[Path]]:
     return found
 
 
+def _unusable_images(*folders: Path) -> dict[str, str]:
+    """Stem -> why an image-named entry of the folders cannot be read (a broken symbolic link,
+    a link loop, a FIFO...): folder scans name these instead of skipping them silently."""
+    out: dict[str, str] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:
+            for e in sorted(it, key=lambda e: e.name):
+                stem, ext = os.path.splitext(e.name)
+                if ext.lower() in IMAGE_EXTENSIONS and not e.is_file():
+                    why = _unusable_entry(Path(e.path))
+                    if why is not None:
+                        out.setdefault(stem, f"{e.name} {why}")
+    return out
+
+
+def _unusable_entry(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image file, or None when it is a regular file or
+    absent (callers say "not found")."""
+    import errno
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is a broken symbolic link" if os.path.islink(path) else None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be opened ({exc.strerror or exc})"
+    except ValueError:
+        return "has a NUL byte in its path"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    return "is a folder" if stat.S_ISDIR(st.st_mode) else "is not a regular file (a FIFO or device)"
+
+
 def _ext_rank(name: str) -> int:
     ext = os.path.splitext(name)[1].lower()
     return IMAGE_EXTENSIONS.index(ext) if ext in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
@@ -136,8 +185,29 @@ def _read_csv(path: Path, spec: str) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise BadDatasetError(f"{spec}: {path.name} is not a readable CSV ({first})") from None
+    _refuse_duplicate_columns(path, sep, spec)
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _refuse_duplicate_columns(path: Path, sep: str, spec: str) -> None:
+    """pandas renames a repeated header (``svdh``, ``svdh.1``) and the first would win
+    silently: refuse it, naming the column."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        header = next(csv.reader(fh, delimiter=sep), [])
+    seen: dict[str, int] = {}
+    dups = []
+    for i, name in enumerate(header, 1):
+        key = name.strip().lower()
+        if key in seen and key:
+            dups.append(f"{quote(name.strip())} (columns {seen[key]} and {i})")
+        seen.setdefault(key, i)
+    if dups:
+        raise BadDatasetError(
+            f"{spec}: {path.name} has duplicated column(s) {', '.join(dups)}; keep one of each"
+        )
 
 
 def _columns(
@@ -167,6 +237,50 @@ def _number(value: Any) -> float:
     if s == "" or s.lower() in ("nan", "na", "n/a", "none", "null"):
         return math.nan
     return float(s)
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell as echoed in ``where``: unchanged when printable, else quoted and escaped."""
+    text = str(value)
+    return text if text.isprintable() and len(text) <= 200 else quote(text, 200)
+
+
+def _score_problem(raw: Any, hi: float) -> tuple[float, str | None]:
+    """A score cell as a number, and what is wrong with it (None when it is fine or empty).
+
+    NaN (an empty cell) is missing, which callers handle; infinities (``inf``, ``1e400``) and
+    text are refused here, naming the value as written."""
+    try:
+        v = _number(raw)
+    except ValueError:
+        return math.nan, f"{quote(raw)} is not a number"
+    if math.isinf(v):
+        return math.nan, f"{quote(raw)} is not a finite number"
+    if math.isfinite(v) and not 0 <= v <= hi:
+        return v, f"{v:g} is out of range 0-{hi:g}"
+    return v, None
+
+
+def _joint_problems(values: dict[str, Any], side: str) -> list[str]:
+    """Every bad joint score of one hand (RA2-DREAM columns), each with its column."""
+    missing = [j.column(side) for j in JOINTS if j.column(side) not in values]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        return [f"missing column(s) {', '.join(missing[:3])}{more}"]
+    out = []
+    for joint in JOINTS:
+        col = joint.column(side)
+        v, problem = _score_problem(values[col], joint.max_score)
+        label = f"{col} ({joint.anatomy})"
+        if problem and "out of range" in problem:
+            out.append(f"{label} = {v:g} is out of range 0-{joint.max_score} for {joint.kind}")
+        elif problem:
+            out.append(f"{label} = {problem}")
+        elif math.isnan(v):
+            out.append(f"{label} is missing (NaN)")
+        elif not v.is_integer():
+            out.append(f"{label} = {v:g} is not a whole number (joint scores are 0, 1, 2...)")
+    return out
 
 
 def _number_or_text(value: Any) -> Any:
@@ -213,14 +327,14 @@ def _rsna(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         {"id", "boneage"},
         f"{spec}: {csv_path.name}",
     )
-    images = _index_images(*folders)
+    images, unusable = _index_images(*folders), _unusable_images(*folders)
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for i, rec in enumerate(table.to_dict("records")):
         line = i + 2  # 1-based, after the header: what a spreadsheet shows
         image_id = str(rec[cols["id"]]).strip()
-        where = f"{csv_path.name} row {line} (id {image_id or '?'})"
+        where = f"{csv_path.name} row {line} (id {_cell(image_id) or '?'})"
         idx = len(rows)
         row = new_row(image_id=image_id, patient_id=image_id, score_scope="hand")
         rows.append(row)
@@ -236,8 +350,10 @@ def _rsna(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             continue
         seen[image_id] = line
         files = images.get(image_id)
-        if not files:
-            note(f"image {image_id}.png not found in {_folders(folders, root)}")
+        if not files and image_id in unusable:
+            note(f"image {unusable[image_id]}")
+        elif not files:
+            note(f"image {_cell(image_id)}.png not found in {_folders(folders, root)}")
         else:
             row["image"] = str(files[0])
         _rsna_targets(row, rec, cols, note)
@@ -250,10 +366,9 @@ def _rsna_targets(
     row: dict[str, Any], rec: dict[str, Any], cols: dict[str, str], note: Callable[[str], None]
 ) -> None:
     """Read ``boneage`` (months, checked against its range) and ``male`` into ``row``."""
-    try:
-        age = _number(rec[cols["boneage"]])
-    except ValueError:
-        note(f"boneage {rec[cols['boneage']]!r} is not a number")
+    age, bad = _score_problem(rec[cols["boneage"]], math.inf)
+    if bad:
+        note(f"boneage {bad}")
         return
     if not np.isfinite(age):
         note("boneage is missing")
@@ -265,7 +380,7 @@ def _rsna_targets(
         try:
             row["male"] = _bool(raw) if str(raw).strip() != "" else math.nan
         except ValueError:
-            note(f"male {raw!r} is not True/False")
+            note(f"male {quote(raw)} is not True/False")
 
 
 def _folders(folders: tuple[Path, ...], root: Path) -> str:
@@ -301,14 +416,14 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             number=_number_or_text,
         )
     cols = _columns(table, {"pid": ("Patient_ID", "patient_id")}, {"pid"}, f"{spec}: training.csv")
-    images = _index_images(root)
+    images, unusable = _index_images(root), _unusable_images(root)
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for i, rec in enumerate(table.to_dict("records")):
         line = i + 2
         pid = str(rec[cols["pid"]]).strip()
-        where = f"training.csv row {line} ({pid or '?'})"
+        where = f"training.csv row {line} ({_cell(pid) or '?'})"
         if not pid:
             problems.append(Problem(where, "empty Patient_ID"))
             continue
@@ -316,7 +431,7 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             problems.append(Problem(where, f"duplicate Patient_ID (first on row {seen[pid]})"))
             continue
         seen[pid] = line
-        _Ra2Patient(pid, where, images, rows, problems).add_rows(rec)
+        _Ra2Patient(pid, where, images, rows, problems, unusable).add_rows(rec)
     known = {r["image_id"] for r in rows}
     n_unlinked = sum(
         1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
@@ -334,6 +449,7 @@ class _Ra2Patient:
     images: dict[str, list[Path]]
     rows: list[dict[str, Any]]
     problems: list[Problem]
+    unusable: dict[str, str] = field(default_factory=dict)
 
     def add_rows(self, rec: dict[str, Any]) -> None:
         pid, where, images = self.pid, self.where, self.images
@@ -341,6 +457,10 @@ class _Ra2Patient:
         score_errors: dict[str, str] = {}
         values = {k: _number_or_text(v) for k, v in rec.items()}  # '' is a missing score (NaN)
         for side in ("L", "R"):
+            bad_joints = _joint_problems(rec, side)
+            if bad_joints:  # every bad joint named, not only the first
+                score_errors[side] = "; ".join(bad_joints)
+                continue
             try:
                 scores[side] = hand_score(values, side, row_id=f"{pid}")
             except BadDatasetError as exc:
@@ -364,9 +484,11 @@ class _Ra2Patient:
             s = scores.get(side)
             erosion, jsn = (s.erosion, s.jsn) if s else (math.nan, math.nan)
             idx = self.add(stem, side, erosion, jsn, "hand", total)
-            if stem not in images:
+            if stem not in images and stem in self.unusable:
+                self.problems.append(Problem(where, f"image {self.unusable[stem]}", idx))
+            elif stem not in images:
                 self.problems.append(
-                    Problem(where, f"image {stem}.jpg (or .png/.dcm/.tif) not found", idx)
+                    Problem(where, f"image {_cell(stem)}.jpg (or .png/.dcm/.tif) not found", idx)
                 )
             elif side in score_errors:
                 self.problems.append(Problem(where, score_errors[side], idx))
@@ -448,7 +570,7 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         line = i + 2
         raw_image = str(rec[cols["image"]]).strip()
         pid = str(rec[cols["patient_id"]]).strip()
-        where = f"{name} row {line} ({raw_image or '?'})"
+        where = f"{name} row {line} ({_cell(raw_image) or '?'})"
         idx = len(rows)
         row = new_row(patient_id=pid)
         rows.append(row)
@@ -459,6 +581,9 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         if not raw_image:
             note("empty image path")
             continue
+        if "\x00" in raw_image:
+            note("the image path contains a NUL byte")
+            continue
         path = _csv_image(row, rec, cols, raw_image, base)
         if not pid:
             note("empty patient_id")
@@ -466,12 +591,16 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             note(f"duplicate image (first on row {seen_image[row['image']]})")
         elif row["image_id"] in seen_id:
             note(
-                f"duplicate image_id {row['image_id']!r} (first on row {seen_id[row['image_id']]})"
+                f"duplicate image_id {quote(row['image_id'])} (first on row "
+                f"{seen_id[row['image_id']]})"
             )
         seen_image.setdefault(row["image"], line)
         seen_id.setdefault(row["image_id"], line)
-        if not path.is_file():
-            note(f"image not found: {path}")
+        why = _unusable_entry(path)
+        if why is not None:
+            note(f"image {_cell(path)} {why}")
+        elif not path.is_file():
+            note(f"image not found: {_cell(path)}")
         _csv_side_and_scope(row, rec, cols, note)
         _csv_scores(row, rec, cols, note)
     _fill_patient_totals(rows)
@@ -490,7 +619,10 @@ def _csv_image(
     ``image_id`` (the image_id column, else the path relative to the CSV without suffix)."""
     path = Path(raw_image).expanduser()
     path = path if path.is_absolute() else base / path
-    row["image"] = str(path.resolve())
+    try:
+        row["image"] = str(path.resolve())
+    except (OSError, RuntimeError):  # a symbolic-link loop (RuntimeError before 3.13)
+        row["image"] = os.path.abspath(path)
     try:
         rel = Path(row["image"]).relative_to(base.resolve()).as_posix()
     except ValueError:  # an absolute path outside the CSV's folder
@@ -507,7 +639,7 @@ def _csv_side_and_scope(
     side_raw = _text(rec, cols, "side")
     side = _SIDE_WORDS.get(side_raw.lower())
     if side is None:
-        note(f"side {side_raw!r} is not L, R or both")
+        note(f"side {quote(side_raw)} is not L, R or both")
         side = ""
     row["side"] = side
     try:
@@ -516,7 +648,7 @@ def _csv_side_and_scope(
         note(str(exc))
     scope_raw = _text(rec, cols, "score_scope").lower()
     if scope_raw and scope_raw not in ("hand", "patient"):
-        note(f"score_scope {scope_raw!r} is not hand or patient")
+        note(f"score_scope {quote(scope_raw)} is not hand or patient")
         scope_raw = ""
     row["score_scope"] = scope_raw or ("patient" if side == "both" else "hand")
 
@@ -538,11 +670,9 @@ def _csv_scores(
     for col, hi in limits.items():
         if col not in cols:
             continue
-        raw = rec[cols[col]]
-        try:
-            v = _number(raw)
-        except ValueError:
-            note(f"{col} {raw!r} is not a number")
+        v, bad = _score_problem(rec[cols[col]], math.inf)
+        if bad:
+            note(f"{col} {bad}")
             continue
         row[col] = v
         if not np.isfinite(v):

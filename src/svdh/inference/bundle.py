@@ -19,6 +19,7 @@ pickle anywhere). Any byte flipped, a truncated file, or a manifest from a newer
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import platform
@@ -35,6 +36,8 @@ from svdh.core.files import atomic_path, atomic_write_with, plain
 from svdh.core.preprocess import PreprocessConfig
 from svdh.core.scoring import SeverityBins
 from svdh.core.tasks import Task
+from svdh.inference import signing
+from svdh.inference.bundle_schema import validate_header, validate_manifest
 from svdh.runs.layout import RunDir
 
 FORMAT = "svdh-bundle"
@@ -70,6 +73,8 @@ class Bundle:
     tensors: dict[str, Any]
     path: Path | None = None
     sha256: str = ""
+    #: one line: unsigned, signed but not verified, or verified by a trusted key
+    signature_status: str = ""
 
     # ---------------------------------------------------------------- manifest views
     @property
@@ -273,8 +278,10 @@ def save_bundle(
     card: Mapping[str, Any] | None = None,
     kind: str = "run",
     extra: Mapping[str, Any] | None = None,
+    sign_key: str | Path | None = None,
 ) -> Path:
-    """Write a bundle file and return its path.
+    """Write a bundle file and return its path; with ``sign_key`` (a private key of
+    ``svdh keygen``) sign it (:mod:`svdh.inference.signing`).
 
     ``combine`` says how member predictions become one: ``{"method": "mean"}`` or the ensemble's
     meta-learner (``{"method": "stacking", "meta_learner": {...}}``); ``conformal`` the interval
@@ -316,8 +323,16 @@ def save_bundle(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
+    if sign_key is not None:
+        metadata.update(signing.sign(signing.load_private_key(sign_key), metadata["sha256"]))
+
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as exc:  # safetensors' SafetensorError wraps the OS error as text
+            if "No space left" in str(exc) or "os error 28" in str(exc):
+                raise OSError(errno.ENOSPC, "No space left on device") from None
+            raise
         _default_mode(tmp)
 
     return atomic_write_with(path, write)  # a reader never sees a half-written bundle
@@ -368,22 +383,14 @@ def _read_metadata(path: Path) -> dict[str, str]:
         raise BadBundleError(
             f"{path}: bundle header is corrupt (not valid JSON); re-export or re-copy the file"
         ) from None
-    if not isinstance(header, dict):
-        raise BadBundleError(f"{path}: bundle header is corrupt; re-export or re-copy the file")
+    entries = validate_header(str(path), header)  # every tensor entry and the metadata typed
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadBundleError(
             f"{path}: a safetensors file but not an svdh bundle (no svdh manifest); export one with `svdh export`"
         )
     # the data section must be as long as the header promises: catches truncation early
-    end = max(
-        (
-            int(v["data_offsets"][1])
-            for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
-        ),
-        default=0,
-    )
+    end = max((e.data_offsets[1] for e in entries.values()), default=0)
     if 8 + n + end != size:
         raise BadBundleError(
             f"{path}: bundle is truncated or has trailing bytes ({size} bytes, expected {8 + n + end}); "
@@ -410,11 +417,12 @@ def _parse_manifest(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
         )
     try:
         manifest = json.loads(meta["manifest"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, TypeError, json.JSONDecodeError):
         raise BadBundleError(
             f"{path}: bundle manifest is missing or corrupt; re-export the model"
         ) from None
-    if not isinstance(manifest, dict) or int(manifest.get("format_version", -1)) != version:
+    validate_manifest(str(path), manifest)  # one schema: crafted manifests refused in one line
+    if int(manifest["format_version"]) != version:
         raise BadBundleError(
             f"{path}: bundle manifest does not match its header; the file was tampered with"
         )
@@ -430,11 +438,16 @@ def _parse_manifest(path: Path, meta: Mapping[str, str]) -> dict[str, Any]:
     return manifest
 
 
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+def load_bundle(
+    path: str | Path, verify: bool = True, trusted_keys: Mapping[str, Any] | None = None
+) -> Bundle:
     """Load and verify a bundle. Only JSON and raw tensors are read: no code runs from the file.
 
-    Raises :class:`BadBundleError` for a missing, truncated, corrupt, tampered-with (hash
-    mismatch) or newer-format file.
+    Raises :class:`BadBundleError` for a missing, truncated, corrupt (checksum mismatch),
+    malformed (schema) or newer-format file. With ``trusted_keys``
+    (:func:`svdh.inference.signing.load_public_keys`), also for an unsigned bundle or one whose
+    signature is not by a trusted key over its contents (tampering); the outcome is kept in
+    ``Bundle.signature_status`` either way.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -460,7 +473,10 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise BadBundleError(
             f"{path}: bundle holds weights of {len(found)} models, its manifest lists {n_expected}"
         )
-    return Bundle(manifest=manifest, tensors=tensors, path=path, sha256=digest)
+    status = signing.check(str(path), meta, digest, trusted_keys)
+    return Bundle(
+        manifest=manifest, tensors=tensors, path=path, sha256=digest, signature_status=status
+    )
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -612,7 +628,9 @@ def _card(src: Path, out: Path, run: Any) -> dict[str, Any]:
     return card
 
 
-def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
+def export_bundle(
+    src: str | Path, out: str | Path, onnx: bool = False, sign_key: str | Path | None = None
+) -> Path:
     """Make a bundle from a run directory (``svdh train``) or an ensemble directory
     (``svdh ensemble``); with ``onnx`` also write the ONNX graph beside it (``out`` with suffix
     ``.onnx``), recorded with its hash in the manifest.
@@ -664,7 +682,7 @@ def export_bundle(src: str | Path, out: str | Path, onnx: bool = False) -> Path:
             "inputs": {"image": "float32 B x 1 x S x S in [0, 1] (preprocessed)"},
             "outputs": "m{member}_f{fold}: raw model outputs, combined as in svdh.inference.predictor",
         }
-    return save_bundle(out, members, extra=extra, **kwargs)
+    return save_bundle(out, members, extra=extra, sign_key=sign_key, **kwargs)
 
 
 # --------------------------------------------------------------------------- ONNX

@@ -334,6 +334,11 @@ class Predictor:
         except SvdhError as exc:
             item.error = str(exc)
             return item
+        except MemoryError:  # one huge image must not abort the batch: it gets its error row
+            item.error = (
+                f"{name}: not enough memory to preprocess this image; lower SVDH_MAX_PIXELS"
+            )
+            return item
         meta = getattr(rad, "meta", {}) or {}
         pid, side = meta.get("patient_id") or None, side_or_none(meta.get("laterality"))
         named = patient_from_name(name)

@@ -7,15 +7,19 @@ Every row is a :class:`~svdh.inference.prediction.Prediction` rendered by its ow
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from svdh.core.errors import BadConfigError
+from svdh.core.errors import BadConfigError, is_out_of_space, out_of_space
+from svdh.core.files import atomic_write_text
 from svdh.core.hands import PatientTotals
 from svdh.inference.changes import ChangeCollector, write_change_table
 from svdh.inference.inputs import PatientInfo
@@ -75,22 +79,47 @@ class ResultWriter:
             raise BadConfigError(f"-o {self.path}: write .csv or .json")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.n_classes, self.member_names = n_classes, list(member_names)
-        self._fh = open(self.path, "w", newline="")
+        # Rows stream into a temporary file, renamed to the final name when done (or
+        # interrupted): a failure (a full disk) never leaves an empty or cut file under it.
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._fh = open(self._tmp, "w", newline="")
         self._first = True
+        self._done = False
         self._csv: csv.DictWriter[str] | None = None
-        if self.kind == "json":
-            self._fh.write("{\n" + f'"model": {json.dumps(dict(header or {}))},\n"images": [\n')
-        else:
-            cols = Prediction.columns(n_classes, self.member_names)
-            self._csv = csv.DictWriter(self._fh, fieldnames=cols)
-            self._csv.writeheader()
+        with self._guard():
+            if self.kind == "json":
+                head = json.dumps(dict(header or {}))
+                self._fh.write("{\n" + f'"model": {head},\n"images": [\n')
+            else:
+                cols = Prediction.columns(n_classes, self.member_names)
+                self._csv = csv.DictWriter(self._fh, fieldnames=cols)
+                self._csv.writeheader()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Any OS error while writing: drop the temporary file; a full disk is one line."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            if is_out_of_space(exc):
+                raise out_of_space(self.path.parent, self.path.name) from None
+            raise
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; nothing appears under the final name."""
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
 
     def write(self, pred: Prediction) -> None:
-        if self._csv is not None:
-            self._csv.writerow(pred.to_row(self.n_classes, self.member_names))
-        else:
-            sep = "" if self._first else ",\n"
-            self._fh.write(sep + json.dumps(pred.to_json(), allow_nan=False))
+        with self._guard():
+            if self._csv is not None:
+                self._csv.writerow(pred.to_row(self.n_classes, self.member_names))
+            else:
+                sep = "" if self._first else ",\n"
+                self._fh.write(sep + json.dumps(pred.to_json(), allow_nan=False))
         self._first = False
 
     def close(
@@ -99,30 +128,43 @@ class ResultWriter:
         summary: Mapping[str, Any],
         changes: ChangeCollector | None = None,
     ) -> list[Path]:
+        if self._done:
+            return []
         written = [self.path]
-        if self._csv is not None:
-            self._fh.close()
-            if changes is not None:  # patients with two or more visits
-                cpath = write_change_table(
-                    self.path.with_name(self.path.stem + "_changes.csv"), changes
+        with self._guard():
+            if self._csv is None:
+                self._fh.write(
+                    "\n],\n"
+                    + f'"patients": {json.dumps(patients, allow_nan=False)},\n'
+                    + f'"changes": {json.dumps(changes.records() if changes else [], allow_nan=False)},\n'
+                    + f'"summary": {json.dumps(dict(summary), allow_nan=False)}\n'
+                    + "}\n"
                 )
-                written += [cpath] if cpath else []
-            if patients:
-                ppath = self.path.with_name(self.path.stem + "_patients.csv")
-                with open(ppath, "w", newline="") as fh:
-                    wr = csv.DictWriter(fh, fieldnames=PATIENT_COLUMNS)
-                    wr.writeheader()
-                    wr.writerows(patient_row(p) for p in patients)
-                written.append(ppath)
-        else:
-            self._fh.write(
-                "\n],\n"
-                + f'"patients": {json.dumps(patients, allow_nan=False)},\n'
-                + f'"changes": {json.dumps(changes.records() if changes else [], allow_nan=False)},\n'
-                + f'"summary": {json.dumps(dict(summary), allow_nan=False)}\n'
-                + "}\n"
-            )
             self._fh.close()
+            os.replace(self._tmp, self.path)
+            self._done = True
+            if self._csv is not None:
+                written += self._side_tables(patients, changes)
+        return written
+
+    def _side_tables(
+        self, patients: list[dict[str, Any]], changes: ChangeCollector | None
+    ) -> list[Path]:
+        """``out_changes.csv`` (patients with two or more visits) and ``out_patients.csv``."""
+        written: list[Path] = []
+        if changes is not None:
+            cpath = write_change_table(
+                self.path.with_name(self.path.stem + "_changes.csv"), changes
+            )
+            written += [cpath] if cpath else []
+        if patients:
+            ppath = self.path.with_name(self.path.stem + "_patients.csv")
+            buf = io.StringIO()
+            wr = csv.DictWriter(buf, fieldnames=PATIENT_COLUMNS)
+            wr.writeheader()
+            wr.writerows(patient_row(p) for p in patients)
+            atomic_write_text(ppath, buf.getvalue())
+            written.append(ppath)
         return written
 
 
@@ -201,7 +243,7 @@ def predict_files(
         outputs = writer.close(patient_rows, summary, changes) if writer is not None else []
         writer = None
     finally:
-        if writer is not None:
+        if writer is not None:  # interrupted: keep what was scored, under the final name
             writer.close([], {"n_images": n, "interrupted": True})
     summary["patients"] = patient_rows
     summary["changes"] = change_rows

@@ -23,7 +23,7 @@ file names, patient ids or scores.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from svdh import __version__
+from svdh.web.guards import harden_app
 from svdh.web.modelinfo import model_info
 from svdh.web.routes import API_PREFIX, FORM_OVERHEAD, AppState, api, pages
 from svdh.web.schema import NOTICE, ImageScore, ScoreResponse
-from svdh.web.service import ScoringService
+from svdh.web.service import DEFAULT_REQUEST_PIXELS, ScoringService
 from svdh.web.uploads import FORMATS
 
 __all__ = ["API_PREFIX", "FORM_OVERHEAD", "NOTICE", "ImageScore", "ScoreResponse", "create_app"]
@@ -60,13 +61,21 @@ def create_app(
     *,
     max_files: int = 20,
     queue_size: int = 4,
+    allowed_hosts: Iterable[str] | None = None,
+    max_request_pixels: int = DEFAULT_REQUEST_PIXELS,
+    upload_deadline_s: float = 120.0,
+    upload_min_rate: float = 4096.0,
+    upload_grace_s: float = 10.0,
 ) -> FastAPI:
     """Build the app over a ``svdh.inference.predictor.Predictor`` (or any object with its interface)
     or the path of a ``.svdh`` bundle, which is loaded here so a bad bundle fails at start.
 
     ``max_upload_mb`` limits each file (413 beyond it), ``max_files`` the files of one
     request, ``max_concurrency`` the inference workers; ``keep_dir`` is the only place
-    uploads are ever written.
+    uploads are ever written. ``allowed_hosts``: the Host names served (None: no Host check;
+    ``svdh serve`` passes :func:`svdh.web.guards.allowed_hosts`); ``max_request_pixels``: decoded
+    pixels of one request's images together; ``upload_*``: the body deadline and minimum rate
+    (see :mod:`svdh.web.guards`).
     """
     predictor = _load_predictor(predictor_or_bundle_path)
     info = model_info(predictor)
@@ -75,6 +84,7 @@ def create_app(
         keep_dir=Path(keep_dir) if keep_dir else None,
         max_concurrency=max_concurrency,
         queue_size=queue_size,
+        max_request_pixels=max_request_pixels,
     )
     app = FastAPI(
         title="svdh: SvdH scoring of hand radiographs",
@@ -101,6 +111,15 @@ def create_app(
     app.middleware("http")(_headers_and_counts)
     app.include_router(api)
     app.include_router(pages)
+    harden_app(
+        app,
+        max_body_bytes=max_files * int(max_upload_mb * 1e6) + FORM_OVERHEAD,
+        allowed=allowed_hosts,
+        deadline_s=upload_deadline_s,
+        min_rate=upload_min_rate,
+        grace_s=upload_grace_s,
+        limit_text=f"the limit of {max_files} file(s) of {max_upload_mb:g} MB each",
+    )
     return app
 
 

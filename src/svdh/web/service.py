@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from svdh.core.errors import BadRadiographError
+from svdh.core.errors import BadRadiographError, quote
 from svdh.core.hands import side_or_none
 from svdh.core.io import sniff_format
 from svdh.inference.changes import visit_of
@@ -91,8 +91,11 @@ class ScoringService:
         max_concurrency: int | None = None,
         queue_size: int = 4,
         max_waiting: int = 256,
+        max_request_pixels: int = 0,
     ) -> None:
         self.predictor = predictor
+        #: decoded pixels of one request's images together (0: DEFAULT_REQUEST_PIXELS)
+        self.max_request_pixels = int(max_request_pixels or DEFAULT_REQUEST_PIXELS)
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
         self.max_concurrency = max(1, int(max_concurrency or default_concurrency()))
         self.queue_size = max(0, int(queue_size))
@@ -175,13 +178,17 @@ class ScoringService:
         try:
             outcomes = [FileOutcome(name=f.filename) for f in files]
             decoded: list[tuple[int, Any]] = []
+            used = 0  # decoded pixels of this request so far
             for i, f in enumerate(files):
                 out = outcomes[i]
                 try:
-                    rad, fmt = check_and_decode(f, max_file_bytes)
+                    rad, fmt = check_and_decode(
+                        f, max_file_bytes, self.max_request_pixels - used, self.max_request_pixels
+                    )
                 except UploadError as exc:
                     out.status, out.error = exc.status, exc.message
                     continue
+                used += int(rad.pixels.size)
                 out.meta = {
                     "format": fmt,
                     "width": rad.meta.get("width"),
@@ -249,26 +256,50 @@ class ScoringService:
             summary.append(
                 {"file": f"{i:02d}-{safe}", "status": out.status, "error": out.error, **res}
             )
-        (d / "results.json").write_text(json.dumps(summary, indent=1, default=float))
+        # Results are patient data, like the uploads: readable by the server's user only.
+        fd = os.open(d / "results.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(summary, indent=1, default=float))
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def check_and_decode(f: UploadedFile, max_file_bytes: int) -> tuple[Any, str]:
-    """Size, content type and decoding of one upload; an :class:`UploadError` says what failed."""
+#: Decoded pixels of one request's images together (two 64-megapixel films).
+DEFAULT_REQUEST_PIXELS = 128_000_000
+
+
+def check_and_decode(
+    f: UploadedFile,
+    max_file_bytes: int,
+    pixels_left: int | None = None,
+    request_pixels: int = DEFAULT_REQUEST_PIXELS,
+) -> tuple[Any, str]:
+    """Size, content type and decoding of one upload; an :class:`UploadError` says what failed.
+
+    ``pixels_left``: what the request's pixel budget still allows; a file beyond it is refused
+    from its header, before it is decoded."""
     if f.oversize:
         raise too_large(f.filename, max_file_bytes)
     if f.size == 0:
-        raise UploadError(422, f"'{f.filename}' is empty", f.filename)
+        raise UploadError(422, f"{quote(f.filename)} is empty", f.filename)
     fmt = sniff_format(f.data)
     if fmt is None:
         raise not_an_image(f.filename)
-    from svdh.core.io import read_radiograph_bytes
+    from svdh.core.io import DEFAULT_MAX_PIXELS, read_radiograph_bytes
 
+    per_image = int(os.environ.get("SVDH_MAX_PIXELS") or DEFAULT_MAX_PIXELS)
+    budget = per_image if pixels_left is None else max(0, min(per_image, pixels_left))
     try:
-        rad = read_radiograph_bytes(bytes(f.data), f.filename)
+        rad = read_radiograph_bytes(bytes(f.data), f.filename, max_pixels=max(budget, 1))
     except BadRadiographError as exc:
+        if budget < per_image and "exceeds the limit" in str(exc):
+            raise UploadError(
+                422,
+                f"{quote(f.filename)}: beyond the {request_pixels:,} decoded pixels of one "
+                "request (svdh serve --max-request-pixels); send it in another request",
+                f.filename,
+            ) from None
         raise UploadError(422, str(exc), f.filename) from None
     except (MemoryError, RecursionError):
         raise

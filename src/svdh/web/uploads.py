@@ -17,6 +17,7 @@ from typing import Any, cast
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from svdh.core.errors import quote
 from svdh.core.io import sniff_format
 
 __all__ = [
@@ -32,6 +33,11 @@ __all__ = [
 
 #: Formats the scorer reads, named as in messages to users.
 FORMATS = "PNG, JPEG, BMP, TIFF or DICOM"
+#: Text fields of one form (patient_id and side once per file, and a few more), their total
+#: size, and the size of one part's headers: bounds that hold for chunked bodies too.
+MAX_FIELDS = 64
+MAX_FIELDS_BYTES = 64 * 1024
+MAX_PART_HEADER_BYTES = 8 * 1024
 
 
 class UploadError(Exception):
@@ -48,7 +54,7 @@ def too_large(filename: str, max_file_bytes: int) -> UploadError:
     """The 413 of one file over the per-file limit."""
     return UploadError(
         413,
-        f"'{filename}' is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
+        f"{quote(filename)} is larger than the limit of {max_file_bytes / 1e6:g} MB per file",
         filename,
     )
 
@@ -57,7 +63,7 @@ def not_an_image(filename: str) -> UploadError:
     """The 415 of one file whose content is no image format the scorer reads."""
     return UploadError(
         415,
-        f"'{filename}' is not an image the scorer reads ({FORMATS}); "
+        f"{quote(filename)} is not an image the scorer reads ({FORMATS}); "
         "the type is judged by the file's content, not its name",
         filename,
     )
@@ -106,6 +112,8 @@ class _FormReader:
         self.part: UploadedFile | None = None
         self.text: tuple[str, bytearray] | None = None
         self.dropped = 0
+        self.n_fields = 0  # text fields, counted and bounded with their total size
+        self.field_bytes = 0
 
     def callbacks(self) -> dict[str, Any]:
         return {
@@ -123,9 +131,15 @@ class _FormReader:
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.field += data[start:end]
+        self._header_size()
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self.value += data[start:end]
+        self._header_size()
+
+    def _header_size(self) -> None:
+        if len(self.field) + len(self.value) > MAX_PART_HEADER_BYTES:
+            raise UploadError(400, "a multipart part header is too long")
 
     def on_header_end(self) -> None:
         self.headers[self.field.lower()] = self.value
@@ -135,10 +149,15 @@ class _FormReader:
         _, disp = parse_options_header(self.headers.get(b"content-disposition", b""))
         name = disp.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" not in disp:
+            self.n_fields += 1
+            if self.n_fields > MAX_FIELDS:
+                raise UploadError(413, f"too many form fields: at most {MAX_FIELDS}")
             self.text = (name, bytearray())
             return
         if name != self.file_field:
-            raise UploadError(400, f"file parts must be named '{self.file_field}', got '{name}'")
+            raise UploadError(
+                400, f"file parts must be named '{self.file_field}', got {quote(name, 40)}"
+            )
         if len(self.form.files) >= self.max_files:
             raise UploadError(
                 413,
@@ -159,7 +178,12 @@ class _FormReader:
         elif self.text is not None:
             name, buf = self.text
             if len(buf) + end - start > self.max_field_bytes:
-                raise UploadError(413, f"form field '{name}' is too long")
+                raise UploadError(413, f"form field {quote(name, 40)} is too long")
+            self.field_bytes += end - start
+            if self.field_bytes > MAX_FIELDS_BYTES:
+                raise UploadError(
+                    413, f"the form fields are too long in all (at most {MAX_FIELDS_BYTES:,} bytes)"
+                )
             buf += data[start:end]
 
     def _file_data(self, part: UploadedFile, data: bytes, start: int, end: int) -> None:
