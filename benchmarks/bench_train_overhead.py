@@ -26,11 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-from svdh.models import build_model
-from svdh.models.schemes import Scheme, param_groups
-from svdh.train import TrainConfig, train_run
-from svdh.train.data import LazyImages
 from svdh.train.run import (
     RunData,
     _loader,
@@ -39,6 +34,11 @@ from svdh.train.run import (
     make_dataset,
     resolve_bins,
 )
+
+from svdh.models import build_model
+from svdh.models.schemes import Scheme, param_groups
+from svdh.train import TrainConfig, train_run
+from svdh.train.data import LazyImages
 
 
 def synthetic_data(n: int, size: int, seed: int = 0) -> RunData:
