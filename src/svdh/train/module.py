@@ -125,7 +125,7 @@ class SvdhModule(L.LightningModule):
             self.log("train_loss", self._train_sum / self._train_n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        raw = self.model.forward_raw(batch["x"], batch.get("sex")).float()
+        raw = self.model.forward_raw_tta(batch["x"], batch.get("sex")).float()
         rec = {"idx": batch["idx"], "raw": raw}
         if "y" in batch:
             rec["y"] = batch["y"]
