@@ -20,9 +20,10 @@ import torch
 from svdh.train import TrainConfig, train_run
 
 #: backbone -> (settings beyond the shared recipe, lowest acceptable held-out PCC)
+#: measured (seed 0, this protocol, flip TTA): ResNet-18 0.82, MobileNetV2 0.63
 LEARNERS = {
-    "resnet18": ({"lr": 1e-3}, 0.6),
-    "mobilenet_v2": ({"lr": 3e-3}, 0.45),
+    "resnet18": ({"lr": 1e-3}, 0.7),
+    "mobilenet_v2": ({"lr": 3e-3, "grad_clip": 1.0}, 0.45),
 }
 
 
