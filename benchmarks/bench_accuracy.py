@@ -65,7 +65,7 @@ def run_data(train: Path, test: Path, n_patients: int, size: int, folds: int) ->
     from svdh.data.cache import ensure_cache
     from svdh.data.splits import assign_folds
     from svdh.train.data import LazyImages
-    from svdh.train.run import RunData
+    from svdh.train.loop import RunData
 
     c_tr = ensure_cache(f"ra2-dream:{train}", size, progress=False)
     c_te = ensure_cache(f"ra2-dream:{test}", size, progress=False)
