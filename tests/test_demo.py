@@ -36,7 +36,7 @@ def test_demo_quick_end_to_end_then_predict(tmp_path):
         "data/explain/landmarks.json",
         "pretrain/resnet18/metrics.json",
         "members/resnet18-regression/oof.csv",
-        "members/resnet18-ordinal/oof.csv",
+        "members/mobilenet-regression/oof.csv",
         "ensemble/oof.csv",
         "ensemble/test.csv",
         "ensemble/meta_learner.json",

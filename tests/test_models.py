@@ -7,6 +7,9 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch import nn
 
 from svdh.core.errors import BadConfigError, WeightsUnavailableError
@@ -31,6 +34,7 @@ from svdh.models.schemes import (
 
 torch.set_num_threads(1)
 HAND = SeverityBins.hand()
+PATIENT = SeverityBins.patient()
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
@@ -53,6 +57,22 @@ def test_every_backbone_builds_runs_and_its_stages_cover_it(name: str) -> None:
     assert sorted(counts) == list(range(len(m.spec.stages)))
     assert stage_of(m.spec, "no.such.module") is None
     assert isinstance(m.cam_target_layer(), nn.Module)
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_gradcam_layer_gives_a_readable_map_at_the_demo_size(name: str) -> None:
+    """At least 12 x 12 cells at 96 px (the demo), a deeper layer at larger inputs."""
+    m = build_model(name, "regression").eval()
+    got = {}
+    layer = m.cam_target_layer(image_size=96)
+    assert layer is m.cam_target_layer()  # the default is the demo size's layer
+    h = layer.register_forward_hook(lambda mod, i, o: got.__setitem__("hw", tuple(o.shape[-2:])))
+    with torch.no_grad():
+        m(torch.rand(1, 1, 96, 96))
+    h.remove()
+    assert got["hw"][0] >= 12 and got["hw"][1] >= 12 and m.spec.cam_map_size(96) == got["hw"][0]
+    deep = m.spec.family.cam_layers[0][0]
+    assert m.spec.cam_layer_for(96 * 32) == deep  # large inputs: the last block
 
 
 def test_unknown_backbone_lists_the_choices() -> None:
@@ -84,6 +104,43 @@ def test_regression_outputs_live_on_the_score_scale() -> None:
     assert out.shape == (4, 3)
     assert torch.allclose(out[:, 0], out[:, 1] + out[:, 2])  # total = erosion + jsn
     assert (out >= 0).all() and (out[:, 0] <= 140).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    raw=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 6), st.just(2)),
+        elements=st.floats(-1e3, 1e3, width=32, allow_nan=False),
+    ),
+    transform=st.sampled_from(["none", "log1p"]),
+    scope_max=st.sampled_from([140.0, 280.0]),
+    shift=st.floats(-5, 60),
+    scale=st.floats(0.05, 50),
+)
+def test_sub_scores_never_exceed_their_maxima_and_sum_to_the_total(
+    raw: np.ndarray, transform: str, scope_max: float, shift: float, scale: float
+) -> None:
+    """Whatever the head outputs: 0 <= erosion <= 80, 0 <= JSN <= 60 per hand (160 and 120
+    per patient), total = erosion + JSN <= 140 (280)."""
+    m = _CAPPED[(transform, scope_max)]
+    m.set_target_stats([shift, shift / 2], [scale, scale / 3])
+    out = m.decode(torch.from_numpy(raw)).double()
+    total, ero, jsn = out[:, 0], out[:, 1], out[:, 2]
+    assert torch.isfinite(out).all() and (out >= 0).all()
+    assert (ero <= scope_max * 80 / 140 + 1e-6).all() and (jsn <= scope_max * 60 / 140 + 1e-6).all()
+    assert torch.allclose(total, ero + jsn, atol=1e-4) and (total <= scope_max + 1e-6).all()
+    got = predict_outputs("regression", out, HAND if scope_max == 140 else PATIENT)
+    np.testing.assert_allclose(got["score"], got["erosion"] + got["jsn"], atol=1e-4)
+
+
+_CAPPED = {
+    (t, hi): build_model(
+        "mobilenet_v2_050", "regression", extra_heads=True, target_transform=t, max_score=hi
+    )
+    for t in ("none", "log1p")
+    for hi in (140.0, 280.0)
+}
 
 
 def test_predict_outputs_per_task() -> None:

@@ -6,7 +6,8 @@ the torchvision builder and ImageNet weights behind it, and its *family*, which 
 * which final classifier layer is dropped (the backbone then yields pooled features),
 * its **stages**, from the stem to the top, as module-name prefixes. Fine-tuning schemes
   (``svdh.models.schemes``) freeze, unfreeze and scale learning rates per stage,
-* the default **Grad-CAM target layer** (the last convolutional block).
+* its **Grad-CAM candidate layers** with their output strides: the layer used is the
+  deepest whose map is at least 12 x 12 at the input size (``cam_layer_for``).
 
 Adding a backbone of a known family is one line in ``BACKBONES``; a new family is one
 ``Family`` entry more. Module names are those of the torchvision model (``layer4``,
@@ -28,7 +29,9 @@ class Family:
     name: str
     classifier: str  # dotted path of the module replaced by Identity (the ImageNet classifier)
     stages: tuple[tuple[str, ...], ...]  # module-name prefixes per stage, stem first
-    cam_layer: str  # default Grad-CAM target layer (module path inside the backbone)
+    #: Grad-CAM candidate layers (module path inside the backbone, output stride), deepest
+    #: first; ``BackboneSpec.cam_layer_for`` picks the deepest that gives a readable map.
+    cam_layers: tuple[tuple[str, int], ...]
 
 
 def _idx(prefix: str, lo: int, hi: int) -> tuple[str, ...]:
@@ -40,7 +43,7 @@ RESNET = Family(
     classifier="fc",
     # stem, then the four residual stages (strides 4, 8, 16, 32)
     stages=(("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",)),
-    cam_layer="layer4",
+    cam_layers=(("layer4", 32), ("layer3", 16), ("layer2", 8), ("layer1", 4)),
 )
 MOBILENET_V2 = Family(
     "mobilenet_v2",
@@ -53,7 +56,7 @@ MOBILENET_V2 = Family(
         _idx("features", 7, 13),
         _idx("features", 14, 18),
     ),
-    cam_layer="features.18",
+    cam_layers=(("features.18", 32), ("features.13", 16), ("features.6", 8), ("features.3", 4)),
 )
 EFFICIENTNET = Family(
     "efficientnet",
@@ -66,7 +69,7 @@ EFFICIENTNET = Family(
         _idx("features", 4, 5),
         _idx("features", 6, 8),
     ),
-    cam_layer="features.8",
+    cam_layers=(("features.8", 32), ("features.5", 16), ("features.3", 8), ("features.2", 4)),
 )
 CONVNEXT = Family(
     "convnext",
@@ -78,7 +81,7 @@ CONVNEXT = Family(
         _idx("features", 4, 5),
         (*_idx("features", 6, 7), "classifier.0"),
     ),
-    cam_layer="features.7",
+    cam_layers=(("features.7", 32), ("features.5", 16), ("features.3", 8), ("features.1", 4)),
 )
 DENSENET = Family(
     "densenet",
@@ -92,7 +95,12 @@ DENSENET = Family(
         # gradient hooks on its output; Grad-CAM therefore targets denseblock4.
         ("features.denseblock4", "features.norm5"),
     ),
-    cam_layer="features.denseblock4",
+    cam_layers=(
+        ("features.denseblock4", 32),
+        ("features.denseblock3", 16),
+        ("features.denseblock2", 8),
+        ("features.denseblock1", 4),
+    ),
 )
 VGG_BN = Family(
     "vgg_bn",
@@ -106,8 +114,15 @@ VGG_BN = Family(
         _idx("features", 34, 43),
         _idx("classifier", 0, 5),
     ),
-    cam_layer="features.42",  # last ReLU before the final max-pool
+    # the ReLU before each max-pool
+    cam_layers=(("features.42", 16), ("features.32", 8), ("features.22", 4)),
 )
+
+
+#: Grad-CAM maps at least this many cells wide, so that neighbouring joints fall in
+#: different cells; ``CAM_DEFAULT_SIZE`` is the input size assumed when none is given.
+CAM_MIN_CELLS = 12
+CAM_DEFAULT_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -130,7 +145,24 @@ class BackboneSpec:
 
     @property
     def cam_layer(self) -> str:
-        return self.family.cam_layer
+        """The Grad-CAM layer for the demo's input size (``CAM_DEFAULT_SIZE``); use
+        ``cam_layer_for`` where the input size is known."""
+        return self.cam_layer_for(CAM_DEFAULT_SIZE)
+
+    def cam_layer_for(self, image_size: int, min_cells: int = CAM_MIN_CELLS) -> str:
+        """The deepest Grad-CAM candidate whose map is at least ``min_cells`` wide at
+        ``image_size`` (the shallowest candidate when none is); deeper layers carry more of
+        the task, but a 3 x 3 map (layer4 at 96 px) cannot tell one joint from another."""
+        for path, stride in self.family.cam_layers:
+            if image_size // stride >= min_cells:
+                return path
+        return self.family.cam_layers[-1][0]
+
+    def cam_map_size(self, image_size: int, min_cells: int = CAM_MIN_CELLS) -> int:
+        """Side of the Grad-CAM map of ``cam_layer_for(image_size)``, in cells."""
+        path = self.cam_layer_for(image_size, min_cells)
+        stride = dict(self.family.cam_layers)[path]
+        return -(-image_size // stride)
 
 
 #: Every backbone by name. One line adds one (of a family above).

@@ -94,6 +94,7 @@ class CpuBudget(Callback):
     def __init__(self, minutes: float) -> None:
         self.minutes = minutes
         self.start = time.process_time()
+        self.hit = False  # whether this budget stopped the fit
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.start = time.process_time()
@@ -101,3 +102,4 @@ class CpuBudget(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
         if time.process_time() - self.start > self.minutes * 60:
             trainer.should_stop = True
+            self.hit = True

@@ -146,6 +146,13 @@ class TrainConfig:
     weight_decay: float = opt(1e-4, "AdamW weight decay.")
     warmup_fraction: float = opt(0.05, "Fraction of the steps spent warming up.", cli=False)
     dropout: float = opt(0.0, "Dropout before the head.")
+    precise_bn_batches: int = opt(
+        32,
+        "Training batches over which BatchNorm statistics are re-estimated before each "
+        "validation (precise BN; 0: off).",
+    )
+    ema_decay: float = opt(0.0, "EMA of the weights, e.g. 0.99 (0: off).")
+    grad_clip: float = opt(0.0, "Gradient-norm clipping (0: off).")
     augment: bool = opt(
         True,
         "Training augmentation (rotation, scale, shift, flip, brightness, contrast, gamma, noise).",

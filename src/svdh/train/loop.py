@@ -459,7 +459,15 @@ def fit_fold(
     info = None
     if trainer.is_global_zero:
         fit = _FoldFit(ckpt_cb, trainer, resolve_precision(cfg), seconds, timer.seconds)
+        fit.stopped_by = _budget_stop(cfg, trainer, callbacks)
         info = _finish_fold(cfg, data, targets, model.config, fd, fit)
+        if info.get("stopped_by"):
+            print(
+                f"fold {k + 1}/{n_trained}: stopped by {info['stopped_by']} after "
+                f"{info['epochs_run']} of {cfg.epochs} epochs",
+                file=sys.stderr,
+                flush=True,
+            )
     _barrier()
     return (
         info
@@ -498,6 +506,24 @@ class _FoldFit:
     precision: str
     seconds: float
     epoch_seconds: list[float]
+    stopped_by: str | None = None  # the budget option that ended training early, if one did
+
+
+def _budget_stop(cfg: TrainConfig, trainer: Any, callbacks: list[Any]) -> str | None:
+    """``--max-cpu-minutes M`` or ``--max-minutes M`` when that budget ended the fit early."""
+    from lightning.pytorch.callbacks import Timer
+
+    from svdh.train.callbacks import CpuBudget
+
+    if any(isinstance(c, CpuBudget) and c.hit for c in callbacks):
+        return f"--max-cpu-minutes {cfg.max_cpu_minutes:g}"
+    if cfg.max_minutes > 0 and trainer.current_epoch < cfg.epochs:
+        timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+        if any(
+            t.time_remaining("train") is not None and t.time_remaining("train") <= 0 for t in timers
+        ):
+            return f"--max-minutes {cfg.max_minutes:g}"
+    return None
 
 
 def _best_epoch(best: Path) -> int | None:
@@ -541,6 +567,7 @@ def _finish_fold(
         "best_score": None if score is None else float(score),
         "best_epoch": best_epoch,
         "epochs_run": int(fit.trainer.current_epoch),
+        "stopped_by": fit.stopped_by,  # a budget that ended training early (None: it did not)
         "seconds": round(fit.seconds, 1),
         "epoch_seconds": fit.epoch_seconds,  # of this process's epochs (a resumed fit: the new ones)
         "n_train": int(((fold != k) & (fold >= 0)).sum()),
@@ -650,6 +677,7 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
     for c in cols:
         table.add_column(c.upper() if c in ("pcc", "rmse", "mae", "qwk") else c, justify="right")
     table.add_column("best epoch", justify="right")
+    table.add_column("epochs run", justify="right")
     table.add_column("s", justify="right")
 
     def fmt(v: Any, nd: int = 3) -> str:
@@ -662,15 +690,18 @@ def print_metrics_table(metrics: dict[str, Any], title: str) -> None:
             str(f["fold"]),
             *(fmt(f.get(c)) for c in cols),
             fmt(f.get("best_epoch")),
+            fmt(f.get("epochs_run"))
+            + (f" (stopped by {f['stopped_by']})" if f.get("stopped_by") else ""),
             fmt(f.get("seconds"), 0),
         )
     table.add_row(
-        "out-of-fold", *(fmt(metrics["overall"].get(c)) for c in cols), "", "", style="bold"
+        "out-of-fold", *(fmt(metrics["overall"].get(c)) for c in cols), "", "", "", style="bold"
     )
     if metrics.get("test"):
         table.add_row(
             "test (mean of folds)",
             *(fmt(metrics["test"].get(c)) for c in cols),
+            "",
             "",
             "",
             style="bold",
@@ -718,7 +749,7 @@ def assemble_outputs(
                 "fold": k,
                 **{
                     x: infos.get(k, {}).get(x)
-                    for x in ("best_epoch", "best_score", "epochs_run", "seconds")
+                    for x in ("best_epoch", "best_score", "epochs_run", "stopped_by", "seconds")
                 },
             }
         )

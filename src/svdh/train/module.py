@@ -11,7 +11,7 @@ import torch
 
 from svdh.core.scoring import SeverityBins
 from svdh.models.losses import make_loss
-from svdh.models.net import SvdhNet, predict_outputs
+from svdh.models.net import SvdhNet, predict_outputs, recalibrate_batchnorm
 from svdh.models.schemes import (
     Scheme,
     apply_scheme,
@@ -26,6 +26,18 @@ def _pcc(a: np.ndarray, b: np.ndarray) -> float:
         return float("nan")
     with np.errstate(invalid="ignore", divide="ignore"):  # near-constant predictions: NaN
         return float(np.corrcoef(a, b)[0, 1])
+
+
+def ema_callback(decay: float) -> Any:
+    """An EMA of the weights and buffers whose decay ramps up as ``min(decay, (1+n)/(10+n))``
+    after ``n`` updates, so a run of a few hundred steps is not dominated by its start."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    def avg_fn(avg: torch.Tensor, cur: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return avg * d + cur * (1.0 - d)
+
+    return WeightAveraging(avg_fn=avg_fn, use_buffers=True)
 
 
 class SvdhModule(L.LightningModule):
@@ -113,7 +125,7 @@ class SvdhModule(L.LightningModule):
             self.log("train_loss", self._train_sum / self._train_n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        raw = self.model.forward_raw(batch["x"], batch.get("sex")).float()
+        raw = self.model.forward_raw_tta(batch["x"], batch.get("sex")).float()
         rec = {"idx": batch["idx"], "raw": raw}
         if "y" in batch:
             rec["y"] = batch["y"]
@@ -123,6 +135,33 @@ class SvdhModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        n = int(self.cfg.get("precise_bn_batches", 0) or 0)
+        if n > 0 and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._precise_batchnorm(n)
+
+    def _precise_batchnorm(self, n: int) -> None:
+        """Re-estimate BatchNorm statistics on up to ``n`` training batches before each
+        validation, so validation, the checkpoint and predictions use statistics of the
+        current weights (see ``recalibrate_batchnorm``)."""
+        loader = self.trainer.train_dataloader
+        if loader is None:
+            return
+
+        def batches():  # noqa: ANN202
+            for i, b in enumerate(loader):
+                if i >= n:
+                    break
+                b = self.transfer_batch_to_device(b, self.device, 0)
+                yield b["x"], b.get("sex")
+
+        with self.trainer.precision_plugin.forward_context():
+            recalibrate_batchnorm(self.model, batches())
+        if self.trainer.world_size > 1:
+            # every rank saw other images: average, so the ranks keep identical models
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    for buf in (m.running_mean, m.running_var):
+                        buf.copy_(self.all_gather(buf).float().mean(0).to(buf.dtype))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:
@@ -173,6 +212,24 @@ class SvdhModule(L.LightningModule):
             )
 
     # -- optimisation ---------------------------------------------------------------------
+    def configure_callbacks(self) -> list[Any]:
+        """EMA of the weights (``ema_decay`` > 0): validation, checkpoints and predictions
+        use the averaged weights (Lightning's ``WeightAveraging``)."""
+        decay = float(self.cfg.get("ema_decay", 0.0) or 0.0)
+        if decay <= 0:
+            return []
+        return [ema_callback(decay)]
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip = float(self.cfg.get("grad_clip", 0.0) or 0.0) or gradient_clip_val
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
         groups = param_groups(
