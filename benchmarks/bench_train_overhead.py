@@ -26,19 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from svdh.train.run import (
+
+from svdh.models import build_model
+from svdh.models.schemes import Scheme, param_groups
+from svdh.train import TrainConfig, train_run
+from svdh.train.callbacks import _loader
+from svdh.train.data import LazyImages
+from svdh.train.loop import (
     RunData,
-    _loader,
     _target_stats,
     build_targets,
     make_dataset,
     resolve_bins,
 )
-
-from svdh.models import build_model
-from svdh.models.schemes import Scheme, param_groups
-from svdh.train import TrainConfig, train_run
-from svdh.train.data import LazyImages
 
 
 def synthetic_data(n: int, size: int, seed: int = 0) -> RunData:

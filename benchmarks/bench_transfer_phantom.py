@@ -42,11 +42,10 @@ def cohort(
 
 def ra_data(pool: Path, test: Path, n_hands: int, size: int, seed: int):
     """RunData: the first ``n_hands`` hands of the pool (train + 20% validation) + the test cohort."""
-    from svdh.train.run import RunData
-
     from svdh.data.cache import ensure_cache
     from svdh.data.splits import assign_folds
     from svdh.train.data import LazyImages
+    from svdh.train.loop import RunData
 
     c_pool = ensure_cache(f"ra2-dream:{pool}", size, progress=False)
     c_test = ensure_cache(f"ra2-dream:{test}", size, progress=False)

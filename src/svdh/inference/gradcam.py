@@ -20,12 +20,14 @@ from svdh.core.errors import BadConfigError
 
 
 # --------------------------------------------------------------------------- target layers
-def default_target_layer(backbone: str) -> str:
+def default_target_layer(backbone: str, image_size: int | None = None) -> str:
     """The default Grad-CAM layer of a backbone as a module path inside ``SvdhNet``
-    (``backbone.`` + the registry's ``cam_layer``, e.g. ``backbone.layer4``)."""
+    (``backbone.`` + the registry's layer for ``image_size``: the deepest one giving a map of
+    at least 12 x 12 cells, e.g. ``backbone.layer2`` at 96 px)."""
     from svdh.models.backbones import get_backbone
 
-    return f"backbone.{get_backbone(backbone).cam_layer}"
+    spec = get_backbone(backbone)
+    return f"backbone.{spec.cam_layer if image_size is None else spec.cam_layer_for(image_size)}"
 
 
 def resolve_layer(model: Any, path: str) -> Any:
@@ -108,7 +110,7 @@ class Explainer:
 
     ``models[m][k]`` are fold models of member ``m`` (as built by :meth:`Bundle.build_models`),
     ``archs[m]`` their architecture dicts (``backbone``, ``task``). ``target_layer`` overrides the
-    backbone's default (a dotted module path, same for all members). ``weights`` weigh members in
+    backbone's default for ``image_size`` (a dotted module path, same for all members). ``weights`` weigh members in
     the ensemble map (default equal). ``head`` is ``score`` or ``class``.
     """
 
@@ -120,6 +122,7 @@ class Explainer:
         names: Sequence[str] | None = None,
         weights: Sequence[float] | None = None,
         target_layer: str | None = None,
+        image_size: int | None = None,
         head: str = "score",
         representative_scores: Sequence[float] | np.ndarray | None = None,
         method: str = "gradcam",
@@ -150,7 +153,7 @@ class Explainer:
         self.cams: list[list[Any]] = []
         self.layers: list[str] = []
         for member, arch in zip(models, self.archs, strict=True):
-            layer = target_layer or default_target_layer(str(arch.get("backbone")))
+            layer = target_layer or default_target_layer(str(arch.get("backbone")), image_size)
             self.layers.append(layer)
             cams = []
             for net in member:

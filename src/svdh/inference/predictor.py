@@ -301,6 +301,7 @@ class Predictor:
                 names=self.names,
                 weights=coef,
                 target_layer=self.target_layer,
+                image_size=self.image_size,
                 head=self.cam_head,
                 representative_scores=self.bins.representative_scores,
             )
