@@ -28,7 +28,7 @@ LOSSES = {
     "classification": ("ce",),
     "ordinal": ("coral",),
 }
-DEFAULT_LOSS = {"regression": "mse", "boneage": "l1", "classification": "ce", "ordinal": "coral"}
+DEFAULT_LOSS = {"regression": "mse", "boneage": "huber", "classification": "ce", "ordinal": "coral"}
 
 
 def class_weights_from_labels(labels: Sequence[int] | np.ndarray, n_classes: int) -> torch.Tensor:
@@ -84,7 +84,7 @@ def make_loss(
         return nn.MSELoss()
     if name == "huber":
         return nn.HuberLoss(delta=huber_delta)
-    if name == "l1":  # the mean absolute error itself: what bone age is judged by
+    if name == "l1":  # the mean absolute error itself
         return nn.L1Loss()
     if name == "ce":
         if not 0.0 <= label_smoothing < 1.0:
