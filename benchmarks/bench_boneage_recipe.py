@@ -46,26 +46,25 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    import svdh.train.run as run_mod
-    from svdh.core.preprocess import PreprocessConfig
+    import svdh.train.loop as run_mod
     from svdh.data.cache import ensure_cache
     from svdh.evaluate.boneage import figures_of_table
     from svdh.train import TrainConfig
     from svdh.train.data import LazyImages, radiograph_augmentation
-    from svdh.train.run import RunData, assign_run_folds, train_run
+    from svdh.train.loop import RunData, assign_run_folds, train_run
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if a.aug_strength != 1.0:
         run_mod.radiograph_augmentation = lambda: radiograph_augmentation(a.aug_strength)
     src = f"rsna-boneage:{a.data}"
-    pre = PreprocessConfig(size=a.size, crop=bool(a.crop))
-    cache = ensure_cache(src, a.size, cfg=pre, workers=2, progress=False)
     cfg = TrainConfig(
         source=src, task="boneage", backbone=a.backbone, folds=1, val_fraction=0.15,
         test_fraction=0.1, epochs=a.epochs, batch_size=a.batch, image_size=a.size, lr=a.lr,
         loss=a.loss, use_sex=bool(a.sex), patience=0, accelerator="cpu", num_workers=0,
-        augment=bool(a.augment), precision=a.precision,
+        augment=bool(a.augment), precision=a.precision, crop=bool(a.crop),
     )  # fmt: skip
+    pre = cfg.preprocess
+    cache = ensure_cache(src, a.size, cfg=pre, workers=2, progress=False)
     man = cache.manifest.copy()
     man.attrs["source"] = src
     man = assign_run_folds(cfg, man)
