@@ -82,7 +82,14 @@ def predict(
     patients: Path | None = typer.Option(
         None,
         "--patients",
-        help="CSV with columns image,patient_id[,side] to sum both hands of a patient.",
+        help="CSV with columns image,patient_id[,side][,sex] to sum both hands of a patient "
+        "(and, for bone age, the child's sex: a sex column M/F or the RSNA male column).",
+    ),
+    sex: str | None = typer.Option(
+        None,
+        "--sex",
+        help="Bone-age models: the child's sex, M or F, for every image (default: the "
+        "--patients CSV, else the DICOM PatientSex tag).",
     ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     use_onnx: bool = typer.Option(
@@ -104,7 +111,7 @@ def predict(
 ) -> None:
     """Score hand radiographs with a model bundle.
 
-    Per image: the SvdH score, erosion and JSN where the model has them, the 90% interval, the severity class (with probabilities for class models), the spread between members and quality warnings. Where patient ids are known (DICOM PatientID, --patients CSV, or <patient>-LH/-RH file names) it also gives each patient's hands-and-wrists total. Files that cannot be read get an error row; the exit code is 1 when any failed.
+    Per image: the SvdH score, erosion and JSN where the model has them, the 90% interval, the severity class (with probabilities for class models), the spread between members and quality warnings. Where patient ids are known (DICOM PatientID, --patients CSV, or <patient>-LH/-RH file names) it also gives each patient's hands-and-wrists total. A bone-age bundle answers in months instead, with the sex it was given (--sex, the patients CSV or DICOM PatientSex). Files that cannot be read get an error row; the exit code is 1 when any failed.
     """
     from svdh.core.errors import BadConfigError
     from svdh.inference.inputs import expand_inputs, read_patients_csv
@@ -128,6 +135,7 @@ def predict(
         target_layer=target_layer,
         cam_head=cam_head,
         workers=workers,
+        sex=sex,
     )
     summary = _score_with_progress(predictor, paths, out, cam, pmap, lines=out is None)
     _report(summary, cam, lines=out is None)

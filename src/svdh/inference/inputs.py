@@ -73,12 +73,16 @@ def _folder_image(p: Path) -> bool:
 class PatientInfo:
     patient_id: str | None
     side: str | None
+    sex: str | None = None  # M or F (bone age), from a sex or male column
 
 
 def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
-    """A CSV map ``image, patient_id[, side]``; ``image`` is matched against a file's path,
-    name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH`` accepted)."""
+    """A CSV map ``image, patient_id[, side][, sex]``; ``image`` is matched against a file's
+    path, name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH``
+    accepted); sex (for bone age) M or F, from a ``sex`` column or the RSNA ``male`` one."""
     import pandas as pd
+
+    from svdh.inference.sex import norm_sex
 
     p = Path(path)
     if not p.is_file():
@@ -98,9 +102,11 @@ def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
         if not img or not pid:
             raise BadDatasetError(f"{p}: row {i}: image and patient_id must not be empty")
         side = norm_side(getattr(row, "side", "") or "", f"{p}: row {i}")
+        sex_cell = getattr(row, "sex", "") or getattr(row, "male", "") or ""
+        sex = norm_sex(sex_cell, f"{p}: row {i}: sex")
         if img in out:
             raise BadDatasetError(f"{p}: row {i}: image {img!r} is listed twice")
-        out[img] = PatientInfo(pid, side)
+        out[img] = PatientInfo(pid, side, sex)
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from svdh.core.errors import BadConfigError
 from svdh.core.hands import PatientTotals
 from svdh.inference.inputs import PatientInfo
-from svdh.inference.prediction import Prediction
+from svdh.inference.prediction import BONEAGE, SVDH, Prediction
 
 #: Columns of ``out_patients.csv``.
 PATIENT_COLUMNS = [
@@ -65,6 +65,7 @@ class ResultWriter:
         n_classes: int,
         member_names: Sequence[str],
         header: Mapping[str, Any] | None = None,
+        family: str = SVDH,
     ) -> None:
         self.path = Path(path)
         self.kind = "json" if self.path.suffix.lower() == ".json" else "csv"
@@ -78,7 +79,7 @@ class ResultWriter:
         if self.kind == "json":
             self._fh.write("{\n" + f'"model": {json.dumps(dict(header or {}))},\n"images": [\n')
         else:
-            cols = Prediction.columns(n_classes, self.member_names)
+            cols = Prediction.columns(n_classes, self.member_names, family)
             self._csv = csv.DictWriter(self._fh, fieldnames=cols)
             self._csv.writeheader()
 
@@ -134,7 +135,11 @@ class _CamFiles:
             ensemble=np.asarray(pred.cam)[None],
             member_names=list(pred.cam_member_names or []),
         )
-        title = f"{Path(pred.image).name}: {pred.score:.1f}"
+        title = (
+            f"{Path(pred.image).name}: {pred.bone_age_months:.0f} months"
+            if pred.family == BONEAGE and pred.bone_age_months is not None
+            else f"{Path(pred.image).name}: {pred.score:.1f}"
+        )
         image = pred.display if pred.display is not None else pred.preprocessed
         assert image is not None, "a prediction with a heat map has its image"
         pred.cam_path = write_cam(self.cam_dir, stem, image, result, 0, title)["overlay"]
@@ -152,14 +157,21 @@ def predict_files(
     """Score ``paths`` with a :class:`~svdh.inference.predictor.Predictor`, streaming into
     ``out`` (and Grad-CAM files into ``cam_dir``); returns a summary: ``n_images``,
     ``n_scored``, ``n_failed``, ``n_warned``, ``n_patients_with_total``, ``patients``, ``outputs``."""
-    bins = predictor.bins
+    bins = predictor.bins  # None for bone age: months, no classes, no two-hand totals
+    family = SVDH if bins is not None else BONEAGE
     writer = (
-        ResultWriter(out, bins.n_classes, predictor.names, predictor.bundle.summary())
+        ResultWriter(
+            out,
+            bins.n_classes if bins is not None else 0,
+            predictor.names,
+            predictor.bundle.summary(),
+            family,
+        )
         if out
         else None
     )
     cams = _CamFiles(cam_dir) if cam_dir is not None else None
-    totals = PatientTotals(bins, predictor.bundle.score_scope)
+    totals = PatientTotals(bins, predictor.bundle.score_scope) if bins is not None else None
     n = n_failed = n_warned = 0
     try:
         for pred in predictor.predict_paths(paths, patients=patients, cam=cams is not None):
@@ -168,12 +180,13 @@ def predict_files(
             n_warned += bool(not pred.error and pred.warnings)
             if cams is not None:
                 cams.write(pred)
-            totals.add(pred)
+            if totals is not None:
+                totals.add(pred)
             if writer is not None:
                 writer.write(pred)
             if on_row is not None:
                 on_row(pred)
-        patient_rows = totals.totals()
+        patient_rows = totals.totals() if totals is not None else []
         summary: dict[str, Any] = {
             "n_images": n,
             "n_scored": n - n_failed,
