@@ -82,14 +82,10 @@ def predict(
     patients: Path | None = typer.Option(
         None,
         "--patients",
-        help="CSV with columns image,patient_id[,side][,sex] to sum both hands of a patient "
-        "(and, for bone age, the child's sex: a sex column M/F or the RSNA male column).",
+        help="CSV image,patient_id[,side][,sex]: both hands of a patient; a child's sex (M/F or male).",
     ),
     sex: str | None = typer.Option(
-        None,
-        "--sex",
-        help="Bone-age models: the child's sex, M or F, for every image (default: the "
-        "--patients CSV, else the DICOM PatientSex tag).",
+        None, "--sex", help="Bone age: M or F for every image (else --patients, DICOM PatientSex)."
     ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     use_onnx: bool = typer.Option(
