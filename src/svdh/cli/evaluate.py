@@ -130,6 +130,56 @@ def _figures_table(title: str, columns: dict[str, dict[str, Any]]):
     return t
 
 
+def print_boneage(m: dict[str, Any]) -> None:
+    """Bone-age figures in months: overall, then the bias by 3-year band of true age."""
+    from rich.table import Table
+
+    con = _console()
+    cols = {"out-of-fold": m["boneage"]}
+    if m.get("test", {}).get("boneage"):
+        cols["held-out test"] = m["test"]["boneage"]
+    t = Table(title=f"{m.get('run', '')}: bone age (months)", title_justify="left")
+    t.add_column("figure")
+    for name in cols:
+        t.add_column(name, justify="right")
+    for key, label in (
+        ("n", "n"),
+        ("mae", "MAE (months)"),
+        ("rmse", "RMSE (months)"),
+        ("bias", "bias (months, predicted - true)"),
+        ("pcc", "PCC"),
+    ):
+        t.add_row(label, *(str(c[key]) if key == "n" else _n(c.get(key), 2) for c in cols.values()))
+    t.add_row("within 12 months", *(f"{_n(100 * c['within_12'], 1)}%" for c in cols.values()))
+    if any(c.get("interval") for c in (m, m.get("test", {}))):
+        t.add_row(
+            "interval coverage",
+            *(
+                f"{_n(100 * src['interval']['coverage'], 1)}% of "
+                f"{_n(100 * src['interval'].get('level', 0.9), 0)}%"
+                if src.get("interval")
+                else "–"
+                for src in ([m, m["test"]] if len(cols) > 1 else [m])
+            ),
+        )
+    con.print(t)
+    for name, c in cols.items():
+        b = Table(title=f"{name}: errors by true bone age (3-year bands)", title_justify="left")
+        for col in ("band", "n", "MAE", "RMSE", "bias"):
+            b.add_column(col, justify="right")
+        for r in c["by_band"]:
+            flag = " !" if abs(r["bias"]) > 12 else ""
+            b.add_row(
+                r["band"], str(r["n"]), _n(r["mae"], 1), _n(r["rmse"], 1), _n(r["bias"], 1) + flag
+            )
+        for sex, r in (c.get("by_sex") or {}).items():
+            if r["n"]:
+                b.add_row(sex, str(r["n"]), _n(r["mae"], 1), _n(r["rmse"], 1), _n(r["bias"], 1))
+        con.print(b)
+    if any(c["bands_over_limit"] for c in cols.values()):
+        con.print("! a band whose bias exceeds 12 months")
+
+
 def print_evaluation(m: dict[str, Any]) -> None:
     """Rich tables of an :func:`svdh.evaluate.metrics.evaluate_run` result."""
     from rich.table import Table
@@ -137,6 +187,9 @@ def print_evaluation(m: dict[str, Any]) -> None:
     con = _console()
     for w in m.get("warnings", []):
         con.print(f"[bold yellow]warning:[/] {w}")
+    if m.get("boneage"):
+        print_boneage(m)
+        return
     cols: dict[str, dict[str, Any]] = {"model, per image (out-of-fold)": m}
     if "human" in m:
         if m["human"]["n"] != m["n"]:
@@ -285,19 +338,26 @@ def evaluate(
         help="hand or patient: the score range of a bare CSV "
         "(default: from a score_scope or side column, else patient).",
     ),
+    task: str | None = typer.Option(
+        None,
+        "--task",
+        help="Task of a bare CSV: regression, classification, ordinal or boneage (months) "
+        "(default: a task column; boneage where a male or boneage column is present).",
+    ),
 ) -> None:
     """Evaluate predictions of a run, an ensemble or a CSV against the reader's scores.
 
     Agreement (PCC with a patient-bootstrap 95% CI, RMSE, MAE, R², Lin's CCC, ICC(2,1), Bland-Altman, share
     within the SDC, errors by score range), severity classes (accuracy, balanced accuracy, QWK, confusion
     matrix), conformal interval coverage, per patient (both hands summed) and a second reader side by side.
+    A bone-age run or CSV gets months instead: MAE, RMSE, bias, and the bias by 3-year age band and by sex.
     """
     from svdh.evaluate.change import add_change
     from svdh.evaluate.metrics import evaluate_run
     from svdh.runs.layout import RunDir
     from svdh.runs.tables import load_predictions, write_json
 
-    run = load_predictions(predictions, scope=scope)
+    run = load_predictions(predictions, scope=scope, task=task)
     m = evaluate_run(
         run,
         sdc=sdc,

@@ -96,8 +96,12 @@ def predict(
     patients: Path | None = typer.Option(
         None,
         "--patients",
-        help="CSV with columns image,patient_id[,side][,visit] to sum both hands of a patient "
-        "(per visit) and, with two or more visits, write the change table (out_changes.csv).",
+        help="CSV with columns image,patient_id[,side][,visit][,sex] to sum both hands of a "
+        "patient (per visit) and, with two or more visits, write the change table "
+        "(out_changes.csv); sex (M/F or male) for bone age.",
+    ),
+    sex: str | None = typer.Option(
+        None, "--sex", help="Bone age: M or F for every image (else --patients, DICOM PatientSex)."
     ),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     use_onnx: bool = typer.Option(
@@ -120,7 +124,7 @@ def predict(
 ) -> None:
     """Score hand radiographs with a model bundle.
 
-    Per image: the SvdH score, erosion and JSN where the model has them, the 90% interval, the severity class (with probabilities for class models), the spread between members and quality warnings. Where patient ids are known (DICOM PatientID, --patients CSV, or <patient>-LH/-RH file names) it also gives each patient's hands-and-wrists total. Files that cannot be read get an error row; the exit code is 1 when any failed.
+    Per image: the SvdH score, erosion and JSN where the model has them, the 90% interval, the severity class (with probabilities for class models), the spread between members and quality warnings. Where patient ids are known (DICOM PatientID, --patients CSV, or <patient>-LH/-RH file names) it also gives each patient's hands-and-wrists total. A bone-age bundle answers in months instead, with the sex it was given (--sex, the patients CSV or DICOM PatientSex). Files that cannot be read get an error row; the exit code is 1 when any failed.
     """
     from svdh.core.errors import BadConfigError
     from svdh.inference.inputs import expand_inputs, read_patients_csv
@@ -144,6 +148,7 @@ def predict(
         target_layer=target_layer,
         cam_head=cam_head,
         workers=workers,
+        sex=sex,
     )
     summary = _score_with_progress(predictor, paths, out, cam, pmap, lines=out is None)
     _report(summary, cam, lines=out is None)

@@ -32,7 +32,7 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "val_fraction": (0.15, "Validation fraction with --folds 1."),
     "test_fraction": (0.1, "Held-out test fraction; its MAE in months is the headline figure."),
     "use_sex": (True, "Give the model the sex of the child (RSNA 'male')."),
-    "loss": ("huber", "mse or huber."),
+    "loss": ("huber", "huber, mse or l1 (the MAE itself)."),
     "patience": (8, "Early-stopping patience in epochs (0: off)."),
     "seed": (0, "Seed."),
     "max_minutes": (0.0, "Wall-clock limit in minutes (0: none)."),

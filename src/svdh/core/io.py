@@ -96,7 +96,8 @@ class Radiograph:
     ``pixels``: float32 H x W in [0, 1], bright = bone (MONOCHROME2).
     ``meta``: ``source`` (path or name), ``format``, ``width``, ``height``, ``bit_depth``,
     ``photometric`` (as stored: MONOCHROME1/2, RGB...), and for DICOM where present
-    ``patient_id``, ``study_date``, ``laterality`` (and ``view``, ``body_part``).
+    ``patient_id``, ``patient_sex`` (M, F or O), ``study_date``, ``laterality`` (and
+    ``view``, ``body_part``).
     """
 
     pixels: np.ndarray
@@ -762,6 +763,7 @@ def _dicom_meta(ds: Any) -> dict[str, str]:
     meta: dict[str, str] = {}
     for key, tag in (
         ("patient_id", "PatientID"),
+        ("patient_sex", "PatientSex"),
         ("study_date", "StudyDate"),
         ("laterality", "ImageLaterality"),
         ("view", "ViewPosition"),

@@ -633,7 +633,13 @@ def ensure_cache(
         for ch in label.split(":", 1)[0] + "-" + Path(label.split(":", 1)[-1]).name
     )
     out = root / f"{slug.strip('-')}-{cfg.size}px-{digest}"
-    prepare(source, out, cfg, workers, skip_invalid=skip_invalid, progress=progress)
+    # Processes started together (torchrun nodes sharing a file system, or a local launch)
+    # must not build one cache at once: the first builds it, the others then find it ready.
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        prepare(source, out, cfg, workers, skip_invalid=skip_invalid, progress=progress)
     return open_cache(out)
 
 

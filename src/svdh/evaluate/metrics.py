@@ -612,6 +612,12 @@ def evaluate_run(
             out["patient"] = patient
     if run.test is not None and len(run.test):
         out["test"] = _test_level(run, alpha, method, sdc, n_boot, seed)
+    if run.task == "boneage":  # months: MAE, RMSE, bias by age band and by sex
+        from svdh.evaluate.boneage import figures_of_table
+
+        out["boneage"] = figures_of_table(oof)
+        if "test" in out:
+            out["test"]["boneage"] = figures_of_table(run.test)
     if run.localisation:
         out["localisation"] = run.localisation
     out["warnings"] = _run_warnings(run)

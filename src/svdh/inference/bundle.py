@@ -83,12 +83,15 @@ class Bundle:
 
     @property
     def task(self) -> str:
-        """What the bundle predicts: ``regression`` (a score), ``classification`` or ``ordinal``."""
+        """What the bundle predicts: ``regression`` (a score), ``classification``, ``ordinal``
+        or ``boneage`` (months)."""
         return str(self.manifest["task"])
 
     @property
-    def bins(self) -> SeverityBins:
-        return SeverityBins.from_dict(self.manifest["bins"])
+    def bins(self) -> SeverityBins | None:
+        """The severity classes of an SvdH bundle; None for a bone-age bundle (months)."""
+        b = self.manifest.get("bins")
+        return SeverityBins.from_dict(b) if b else None
 
     @property
     def score_scope(self) -> str:
@@ -181,6 +184,7 @@ class Bundle:
             "sha256": self.sha256,
             "kind": self.manifest.get("kind"),
             "task": self.task,
+            "unit": "months" if self.task == "boneage" else "SvdH score",
             "score_scope": self.score_scope,
             "image_size": self.image_size,
             "members": [
@@ -269,7 +273,7 @@ def save_bundle(
     members: Sequence[Member],
     *,
     task: str,
-    bins: SeverityBins,
+    bins: SeverityBins | None,
     preprocess: Mapping[str, Any],
     image_size: int | None = None,
     score_scope: str = "hand",
@@ -305,7 +309,7 @@ def save_bundle(
         "kind": kind,
         "task": task,
         "score_scope": score_scope,
-        "bins": bins.to_dict(),
+        "bins": bins.to_dict() if bins is not None else None,
         "preprocess": plain(pp),
         "members": member_entries,
         "combine": plain(dict(combine or {"method": "mean"})),
@@ -643,12 +647,9 @@ def export_bundle(
 
     src, out = Path(src), Path(out)
     run = read_run(src)
-    if run.task == Task.BONEAGE:
-        raise BadRunError(
-            f"{src}: a bone-age run predicts months, not SvdH scores; export an SvdH run or ensemble"
-        )
-    bins = run.bins
-    assert bins is not None
+    bins = run.bins  # None for bone age (months, no severity classes)
+    if run.task != Task.BONEAGE and bins is None:
+        raise BadRunError(f"{src}: the run has no severity bins; retrain with this svdh")
     member_dirs, names, combine, conformal = _combination(src, run)
     members, preprocess = _members(src, run, member_dirs, names)
     kwargs: dict[str, Any] = dict(
@@ -668,13 +669,19 @@ def export_bundle(
     change = run_calibration(run)
     if change:
         extra["change"] = change
+    if onnx and any(m.arch.get("use_sex") for m in members):
+        raise BadRunError(
+            f"{src}: --onnx is not offered for a bone-age model that takes the child's sex "
+            "(the graph has one image input); export without --onnx"
+        )
     if onnx:
         onnx_path = out.with_suffix(".onnx")
         export_onnx(
             members,
             onnx_path,
             image_size=kwargs["image_size"],
-            doc={k: v for k, v in kwargs.items() if k not in ("bins",)} | {"bins": bins.to_dict()},
+            doc={k: v for k, v in kwargs.items() if k not in ("bins",)}
+            | {"bins": bins.to_dict() if bins is not None else None},
         )
         extra["onnx"] = {
             "file": onnx_path.name,

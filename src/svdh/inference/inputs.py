@@ -76,13 +76,17 @@ class PatientInfo:
     patient_id: str | None
     side: str | None
     visit: str | None = None  # a --patients CSV's visit column, or <id>-V<visit>-LH names
+    sex: str | None = None  # M or F (bone age), from a sex or male column
 
 
 def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
-    """A CSV map ``image, patient_id[, side][, visit]``; ``image`` is matched against a file's
-    path, name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH``
-    accepted); visit a number or a date (:mod:`svdh.core.visits`)."""
+    """A CSV map ``image, patient_id[, side][, visit][, sex]``; ``image`` is matched against a
+    file's path, name or stem (in that order). Side is L or R (``left``/``right``/``LH``/``RH``
+    accepted); visit a number or a date (:mod:`svdh.core.visits`); sex (for bone age) M or F,
+    from a ``sex`` column or the RSNA ``male`` one."""
     import pandas as pd
+
+    from svdh.inference.sex import norm_sex
 
     p = Path(path)
     if not p.is_file():
@@ -102,13 +106,15 @@ def read_patients_csv(path: str | Path) -> dict[str, PatientInfo]:
         if not img or not pid:
             raise BadDatasetError(f"{p}: row {i}: image and patient_id must not be empty")
         side = norm_side(getattr(row, "side", "") or "", f"{p}: row {i}")
+        sex_cell = getattr(row, "sex", "") or getattr(row, "male", "") or ""
+        sex = norm_sex(sex_cell, f"{p}: row {i}: sex")
         if img in out:
             raise BadDatasetError(f"{p}: row {i}: image {img!r} is listed twice")
         try:
             visit = normalize_visit(getattr(row, "visit", "")) or None
         except ValueError as exc:
             raise BadDatasetError(f"{p}: row {i}: {exc}") from None
-        out[img] = PatientInfo(pid, side, visit)
+        out[img] = PatientInfo(pid, side, visit=visit, sex=sex)
     return out
 
 

@@ -28,7 +28,11 @@ import numpy as np
 #: ``interval`` ``interval_lo``/``interval_hi`` columns; ``probs`` ``p_0..p_K-1`` columns;
 #: ``members`` ``member_<name>`` columns; ``list`` one ``; ``-joined column; ``array`` neither
 #: (heat maps and images, for the CAM files and the web page's views).
-_KINDS = ("value", "interval", "probs", "members", "list", "array")
+_KINDS = ("value", "interval", "probs", "members", "list", "array", "hidden")
+#: Which models a field belongs to (``only`` metadata): SvdH models (scores, severity classes)
+#: or bone-age models (months, the child's sex); a prediction renders its own family's fields
+#: and the shared ones, so a bone-age output never shows a severity class.
+SVDH, BONEAGE = "svdh", "boneage"
 
 
 def _out(
@@ -40,10 +44,12 @@ def _out(
     json_key: str | None = None,
     required: bool = False,
     digits: int = 3,
+    only: str | None = None,
 ) -> Any:
     """A :class:`Prediction` field: ``doc`` describes it (API schema); ``column``/``json_key``
     rename it in CSV/JSON; ``required`` marks it present on every scored image in the API
-    schema; ``digits`` rounds floats in CSV."""
+    schema; ``digits`` rounds floats in CSV; ``only``: :data:`SVDH` or :data:`BONEAGE` where
+    the field belongs to one family of models."""
     assert kind in _KINDS, kind
     meta = {
         "doc": doc,
@@ -52,6 +58,7 @@ def _out(
         "json": json_key,
         "required": required,
         "digits": digits,
+        "only": only,
     }
     if isinstance(default, list):
         return field(default_factory=list, metadata=meta)
@@ -69,16 +76,31 @@ class Prediction:
         "visit, where known: a number, or the date (YYYY-MM-DD) from DICOM StudyDate or --patients"
     )
     score: float | None = _out(
-        "predicted SvdH total of this image (one hand 0-140, or 0-280)", required=True
+        "predicted SvdH total of this image (one hand 0-140, or 0-280)", required=True, only=SVDH
+    )
+    bone_age_months: float | None = _out(
+        "predicted bone age in months (bone-age models)", digits=1, only=BONEAGE
+    )
+    sex: str | None = _out(
+        "the child's sex given to a bone-age model: M, F, or empty where unknown", only=BONEAGE
+    )
+    sex_from: str | None = _out(
+        "where the sex came from: --sex, patients CSV or DICOM PatientSex", only=BONEAGE
     )
     interval: list[float] | None = _out("[low, high] prediction interval", kind="interval")
-    severity_class: int | None = _out("ordinal severity class, 0 = no damage", required=True)
-    severity_label: str | None = _out("score range of the class, e.g. '5-9'")
-    probs: list[float] | None = _out(
-        "probability of each severity class", kind="probs", json_key="probabilities", digits=4
+    severity_class: int | None = _out(
+        "ordinal severity class, 0 = no damage", required=True, only=SVDH
     )
-    erosion: float | None = _out("predicted erosion sub-score, where the model has it")
-    jsn: float | None = _out("predicted joint-space-narrowing sub-score, where present")
+    severity_label: str | None = _out("score range of the class, e.g. '5-9'", only=SVDH)
+    probs: list[float] | None = _out(
+        "probability of each severity class",
+        kind="probs",
+        json_key="probabilities",
+        digits=4,
+        only=SVDH,
+    )
+    erosion: float | None = _out("predicted erosion sub-score, where the model has it", only=SVDH)
+    jsn: float | None = _out("predicted joint-space-narrowing sub-score, where present", only=SVDH)
     member_spread: float | None = _out("spread between ensemble members (or fold models)")
     member_scores: dict[str, float | None] | None = _out(
         "each ensemble member's score", kind="members"
@@ -94,6 +116,8 @@ class Prediction:
     cam_member_names: list[str] | None = _out("names of the members' maps", kind="array")
     preprocessed: np.ndarray | None = _out("the uint8 model input", kind="array")
     display: np.ndarray | None = _out("the model's field at display resolution", kind="array")
+    #: the family of the model that made it (:data:`SVDH` or :data:`BONEAGE`): which fields render
+    family: str = _out("svdh or boneage", kind="hidden", default=SVDH)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -105,9 +129,10 @@ class Prediction:
     # ------------------------------------------------------------------ renderers
     def to_row(self, n_classes: int, member_names: Sequence[str]) -> dict[str, Any]:
         """One flat CSV row: numbers rounded, None as empty; ``n_classes`` ``p_k`` columns and one
-        ``member_<name>`` column per member, so every row of a file has the same columns."""
+        ``member_<name>`` column per member, so every row of a file has the same columns (those
+        of the prediction's :attr:`family`: a bone-age row has months, never classes)."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
+        for f in self._fields():
             kind, v = f.metadata["kind"], getattr(self, f.name)
             digits = f.metadata["digits"]
             if kind == "value":
@@ -126,15 +151,23 @@ class Prediction:
         return out
 
     @classmethod
-    def columns(cls, n_classes: int, member_names: Sequence[str]) -> list[str]:
-        """The CSV header of :meth:`to_row`."""
-        return list(cls.failed("", "").to_row(n_classes, member_names))
+    def columns(cls, n_classes: int, member_names: Sequence[str], family: str = SVDH) -> list[str]:
+        """The CSV header of :meth:`to_row` for predictions of ``family``."""
+        return list(cls.failed("", "", family=family).to_row(n_classes, member_names))
+
+    def _fields(self) -> list[dataclasses.Field[Any]]:
+        """The fields this prediction renders: the shared ones and its family's."""
+        return [
+            f
+            for f in dataclasses.fields(self)
+            if f.metadata["only"] in (None, self.family) and f.metadata["kind"] != "hidden"
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """The JSON-safe fields (what the API answers and ``-o out.json`` writes per image):
         non-finite numbers become null, arrays are left out."""
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
+        for f in self._fields():
             kind, v = f.metadata["kind"], getattr(self, f.name)
             if kind == "array":
                 continue
@@ -152,13 +185,16 @@ class Prediction:
         return out
 
     @classmethod
-    def json_fields(cls) -> list[tuple[str, Any, str, bool, Any]]:
+    def json_fields(cls, family: str | None = None) -> list[tuple[str, Any, str, bool, Any]]:
         """The schema of :meth:`to_json`: ``(key, type, description, required, default)`` per
-        key, for the web's response model (one declaration, here)."""
+        key, for the web's response model (one declaration, here); of one ``family``'s
+        predictions where given, else of all."""
         hints = get_type_hints(cls)
         out = []
         for f in dataclasses.fields(cls):
-            if f.metadata["kind"] == "array":
+            if f.metadata["kind"] in ("array", "hidden"):
+                continue
+            if family is not None and f.metadata["only"] not in (None, family):
                 continue
             default = [] if f.metadata["kind"] == "list" else f.default
             out.append(
@@ -177,6 +213,17 @@ class Prediction:
         if self.error:
             return f"{self.image}: ERROR {self.error}"
         lo, hi = self.interval or (None, None)
+        if self.family == BONEAGE:
+            sex = f"sex {self.sex} ({self.sex_from})" if self.sex else "sex unknown"
+            parts = [
+                f"{self.image}: bone age {_fmt(self.bone_age_months)} months "
+                f"[{_fmt(lo)}, {_fmt(hi)}]",
+                sex,
+                f"spread {_fmt(self.member_spread)}",
+            ]
+            if self.warnings:
+                parts.append("WARNING: " + "; ".join(self.warnings))
+            return "  ".join(parts)
         parts = [
             f"{self.image}: score {_fmt(self.score)} [{_fmt(lo)}, {_fmt(hi)}]",
             f"class {self.severity_class} ({self.severity_label})",

@@ -45,7 +45,8 @@ from svdh.core.scoring import SeverityBins
 from svdh.inference.bundle import Bundle, file_sha256, load_bundle
 from svdh.inference.changes import visit_of
 from svdh.inference.inputs import PatientInfo, lookup_patient, patient_from_name
-from svdh.inference.prediction import Prediction
+from svdh.inference.prediction import BONEAGE, SVDH, Prediction
+from svdh.inference.sex import norm_sex, resolve_sex, sex_code
 
 
 # --------------------------------------------------------------------------- quality checks
@@ -103,6 +104,8 @@ class Prepared:
     side: str | None = None
     visit: str | None = None
     warnings: list[str] = field(default_factory=list)
+    sex: str | None = None  # M or F (bone age)
+    sex_from: str | None = None
 
 
 class Predictor:
@@ -112,7 +115,8 @@ class Predictor:
     ``backend``: ``torch`` or ``onnx`` (onnxruntime on the graph written by
     ``svdh export --onnx``; Grad-CAM always uses torch). ``folds``: use only these fold models of
     each member (default all). ``target_layer``/``cam_head``: Grad-CAM options. ``workers``:
-    threads reading files ahead (default: none on a CPU, up to 4 beside a GPU).
+    threads reading files ahead (default: none on a CPU, up to 4 beside a GPU). ``sex``: M or
+    F for every image (bone-age bundles; else from the patients CSV or DICOM PatientSex).
     """
 
     def __init__(
@@ -126,6 +130,7 @@ class Predictor:
         target_layer: str | None = None,
         cam_head: str = "score",
         workers: int | None = None,
+        sex: str | None = None,
     ) -> None:
         from svdh.core.preprocess import PreprocessConfig
 
@@ -136,7 +141,13 @@ class Predictor:
             raise BadConfigError(f"backend must be 'torch' or 'onnx', got {backend!r}")
         self.batch_size, self.backend = int(batch_size), backend
         self.preprocess_config = PreprocessConfig.from_dict(self.bundle.preprocess)
-        self.bins: SeverityBins = self.bundle.bins
+        self.bins: SeverityBins | None = self.bundle.bins  # None: a bone-age bundle (months)
+        self.family = BONEAGE if self.bundle.task == "boneage" else SVDH
+        if self.family == SVDH and self.bins is None:
+            raise BadBundleError(f"{self.bundle.path}: an SvdH bundle without severity bins")
+        self.sex = norm_sex(sex, "--sex") if sex else None
+        if self.sex and self.family != BONEAGE:
+            raise BadConfigError("--sex is for bone-age models; this bundle scores SvdH")
         self.device = _device(device)
         if workers is None:
             # On a CPU the forward pass already uses every core: reader threads would only
@@ -155,6 +166,8 @@ class Predictor:
         self.folds = [list(folds) if folds is not None else list(range(n)) for n in n_models]
         self.archs = [dict(m["arch"]) for m in members]
         self.tasks = [str(a.get("task", "regression")) for a in self.archs]
+        #: the bone-age members take the child's sex as an input
+        self.uses_sex = any(bool(a.get("use_sex")) for a in self.archs)
         self.names = [str(m.get("name", f"member{i}")) for i, m in enumerate(members)]
         #: written with every prediction: the bundle's name and version (its checksum's first 12 hex)
         path = self.bundle.path
@@ -193,9 +206,10 @@ class Predictor:
     def image_size(self) -> int:
         return self.preprocess_config.size
 
-    def forward_raw(self, x: np.ndarray) -> list[list[np.ndarray]]:
+    def forward_raw(self, x: np.ndarray, sex: np.ndarray | None = None) -> list[list[np.ndarray]]:
         """Raw outputs of every fold model in use for a uint8 batch ``B x S x S``:
-        ``raw[member][j]`` (B x D float32)."""
+        ``raw[member][j]`` (B x D float32). ``sex``: B codes (+1 male, -1 female, 0 unknown)
+        for bone-age models that take it."""
         if self.backend == "onnx":
             inp = (np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0))[:, None]
             outs = self._session.run(None, {"image": inp})
@@ -209,10 +223,13 @@ class Predictor:
 
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
         t = t.unsqueeze(1).float().div_(255.0)
+        s = None
+        if sex is not None and self.uses_sex:
+            s = torch.as_tensor(np.asarray(sex, np.float32), device=self.device)
         raws: list[list[np.ndarray]] = []
         with torch.inference_mode():
             for member in self.models:
-                raws.append([net(t).float().cpu().numpy() for net in member])
+                raws.append([net(t, s).float().cpu().numpy() for net in member])
         return raws
 
     # ---------------------------------------------------------------- combining
@@ -248,6 +265,8 @@ class Predictor:
         of :meth:`forward_raw`."""
         bins = self.bins
         mo = self._member_outputs(raws)
+        if bins is None:
+            return self._combine_months(mo)
         S, P, ero, jsn = mo["S"], mo["P"], mo["erosion"], mo["jsn"]
         meta = self.bundle.combine.get("meta_learner")
         if meta:
@@ -286,6 +305,25 @@ class Predictor:
             for i in range(S.shape[0])
         ]
 
+    def _combine_months(self, mo: dict[str, Any]) -> list[dict[str, Any]]:
+        """Bone age: the mean of the members' months (each the mean of its fold models), the
+        conformal interval in months, the spread between members or fold models."""
+        S = mo["S"]
+        months = np.clip(S.mean(axis=1), 0, None)
+        spread = S.std(axis=1) if S.shape[1] > 1 else mo["fold_scores"][0].std(axis=1)
+        lo, hi = self._conformal.interval(months) if self._conformal is not None else (None, None)
+        return [
+            {
+                "bone_age_months": float(months[i]),
+                "interval": [float(max(0.0, lo[i])), float(hi[i])]
+                if lo is not None and hi is not None
+                else None,
+                "member_spread": float(spread[i]),
+                "member_scores": {n: float(S[i, j]) for j, n in enumerate(self.names)},
+            }
+            for i in range(S.shape[0])
+        ]
+
     # ---------------------------------------------------------------- Grad-CAM
     @property
     def explainer(self) -> Any:
@@ -303,7 +341,7 @@ class Predictor:
                 target_layer=self.target_layer,
                 image_size=self.image_size,
                 head=self.cam_head,
-                representative_scores=self.bins.representative_scores,
+                representative_scores=self.bins.representative_scores if self.bins else None,
             )
         return self._explainer
 
@@ -352,6 +390,18 @@ class Predictor:
             visit = info.visit or visit
         item.patient_id, item.side = (str(pid) if pid else None), side
         item.visit = visit_of(meta, visit) or None  # --patients, name, else DICOM StudyDate
+        if self.family == BONEAGE:
+            try:
+                item.sex, item.sex_from = resolve_sex(
+                    self.sex, info.sex if info else None, meta.get("patient_sex")
+                )
+            except SvdhError:  # an odd DICOM PatientSex: unknown, said in the warnings
+                item.sex, item.sex_from = None, None
+            if item.sex is None and self.uses_sex:
+                item.warnings.append(
+                    "sex unknown: the model assumed neither (give --sex M|F or a sex column "
+                    "in --patients)"
+                )
         return item
 
     def score(self, items: Sequence[Prepared], cam: bool = False) -> Iterator[Prediction]:
@@ -360,7 +410,8 @@ class Predictor:
         results: dict[int, Prediction] = {}
         if ok:
             x = np.stack([it.x for it in ok if it.x is not None])
-            numbers = self.combine(self.forward_raw(x))
+            sex = np.array([sex_code(it.sex) for it in ok], np.float32)
+            numbers = self.combine(self.forward_raw(x, sex))
             cams = self.cam(x) if cam else None
             for j, (it, nums) in enumerate(zip(ok, numbers, strict=True)):
                 pred = Prediction(**self._known(it), warnings=list(it.warnings), **nums)
@@ -383,14 +434,18 @@ class Predictor:
 
     def _known(self, it: Prepared) -> dict[str, Any]:
         """What every prediction of ``it`` carries, scored or not."""
-        return {
+        known = {
             "image": it.name,
             "patient_id": it.patient_id,
             "side": it.side,
             "visit": it.visit,
             "model": self.model_name,
             "model_version": self.model_version,
+            "family": self.family,
         }
+        if self.family == BONEAGE:
+            known.update(sex=it.sex, sex_from=it.sex_from)
+        return known
 
     # ---------------------------------------------------------------- streaming
     def predict_images(

@@ -23,7 +23,7 @@ from svdh.core.files import atomic_write_text
 from svdh.core.hands import PatientTotals
 from svdh.inference.changes import ChangeCollector, write_change_table
 from svdh.inference.inputs import PatientInfo
-from svdh.inference.prediction import Prediction
+from svdh.inference.prediction import BONEAGE, SVDH, Prediction
 
 #: Columns of ``out_patients.csv``.
 PATIENT_COLUMNS = [
@@ -72,6 +72,7 @@ class ResultWriter:
         n_classes: int,
         member_names: Sequence[str],
         header: Mapping[str, Any] | None = None,
+        family: str = SVDH,
     ) -> None:
         self.path = Path(path)
         self.kind = "json" if self.path.suffix.lower() == ".json" else "csv"
@@ -91,7 +92,7 @@ class ResultWriter:
                 head = json.dumps(dict(header or {}))
                 self._fh.write("{\n" + f'"model": {head},\n"images": [\n')
             else:
-                cols = Prediction.columns(n_classes, self.member_names)
+                cols = Prediction.columns(n_classes, self.member_names, family)
                 self._csv = csv.DictWriter(self._fh, fieldnames=cols)
                 self._csv.writeheader()
 
@@ -190,7 +191,11 @@ class _CamFiles:
             ensemble=np.asarray(pred.cam)[None],
             member_names=list(pred.cam_member_names or []),
         )
-        title = f"{Path(pred.image).name}: {pred.score:.1f}"
+        title = (
+            f"{Path(pred.image).name}: {pred.bone_age_months:.0f} months"
+            if pred.family == BONEAGE and pred.bone_age_months is not None
+            else f"{Path(pred.image).name}: {pred.score:.1f}"
+        )
         image = pred.display if pred.display is not None else pred.preprocessed
         assert image is not None, "a prediction with a heat map has its image"
         pred.cam_path = write_cam(self.cam_dir, stem, image, result, 0, title)["overlay"]
@@ -208,15 +213,22 @@ def predict_files(
     """Score ``paths`` with a :class:`~svdh.inference.predictor.Predictor`, streaming into
     ``out`` (and Grad-CAM files into ``cam_dir``); returns a summary: ``n_images``,
     ``n_scored``, ``n_failed``, ``n_warned``, ``n_patients_with_total``, ``patients``, ``outputs``."""
-    bins = predictor.bins
+    bins = predictor.bins  # None for bone age: months, no classes, no two-hand totals
+    family = SVDH if bins is not None else BONEAGE
     writer = (
-        ResultWriter(out, bins.n_classes, predictor.names, predictor.bundle.summary())
+        ResultWriter(
+            out,
+            bins.n_classes if bins is not None else 0,
+            predictor.names,
+            predictor.bundle.summary(),
+            family,
+        )
         if out
         else None
     )
     cams = _CamFiles(cam_dir) if cam_dir is not None else None
-    totals = PatientTotals(bins, predictor.bundle.score_scope)
-    changes = ChangeCollector(predictor.bundle.change)
+    totals = PatientTotals(bins, predictor.bundle.score_scope) if bins is not None else None
+    changes = ChangeCollector(predictor.bundle.change) if bins is not None else None
     n = n_failed = n_warned = 0
     try:
         for pred in predictor.predict_paths(paths, patients=patients, cam=cams is not None):
@@ -225,13 +237,15 @@ def predict_files(
             n_warned += bool(not pred.error and pred.warnings)
             if cams is not None:
                 cams.write(pred)
-            totals.add(pred)
-            changes.add(pred)
+            if totals is not None:
+                totals.add(pred)
+            if changes is not None:
+                changes.add(pred)
             if writer is not None:
                 writer.write(pred)
             if on_row is not None:
                 on_row(pred)
-        patient_rows = totals.totals()
+        patient_rows = totals.totals() if totals is not None else []
         summary: dict[str, Any] = {
             "n_images": n,
             "n_scored": n - n_failed,
@@ -239,7 +253,8 @@ def predict_files(
             "n_warned": n_warned,
             "n_patients_with_total": sum(p["total"] is not None for p in patient_rows),
         }
-        summary["n_patient_changes"] = len(change_rows := changes.records())
+        change_rows = changes.records() if changes is not None else []
+        summary["n_patient_changes"] = len(change_rows)
         outputs = writer.close(patient_rows, summary, changes) if writer is not None else []
         writer = None
     finally:

@@ -1,6 +1,6 @@
 """Losses of the four tasks.
 
-* ``mse`` and ``huber`` (regression, bone age) on the standardised, transformed target,
+* ``mse``, ``huber`` and ``l1`` (regression, bone age) on the standardised, transformed target,
 * ``ce``: cross-entropy with optional class weights (against the imbalance of RA cohorts,
   where most patients fall in the lowest classes) and label smoothing,
 * ``coral``: the CORAL ordinal loss of Cao, Mirjalili and Raschka (2020), taken from the
@@ -23,8 +23,8 @@ from torch import nn
 from svdh.core.errors import BadConfigError
 
 LOSSES = {
-    "regression": ("mse", "huber"),
-    "boneage": ("mse", "huber"),
+    "regression": ("mse", "huber", "l1"),
+    "boneage": ("mse", "huber", "l1"),
     "classification": ("ce",),
     "ordinal": ("coral",),
 }
@@ -84,6 +84,8 @@ def make_loss(
         return nn.MSELoss()
     if name == "huber":
         return nn.HuberLoss(delta=huber_delta)
+    if name == "l1":  # the mean absolute error itself
+        return nn.L1Loss()
     if name == "ce":
         if not 0.0 <= label_smoothing < 1.0:
             raise BadConfigError(f"label smoothing must be in [0, 1), got {label_smoothing}")

@@ -288,6 +288,17 @@ def read_run(run_dir: str | Path) -> Run:
     )
 
 
+def _csv_task(df: pd.DataFrame) -> str:
+    """The task of a bare predictions CSV: a ``task`` column; bone age where the table
+    carries the child's sex (``male``, as bone-age runs write it) or a ``boneage`` column;
+    classification with ``p_k`` columns; else regression."""
+    if "task" in df.columns and df["task"].notna().any():
+        return str(df["task"].dropna().iloc[0])
+    if ("male" in df.columns or "boneage" in df.columns) and not prob_columns(df):
+        return "boneage"
+    return "classification" if prob_columns(df) else "regression"
+
+
 def read_predictions_csv(
     path: str | Path, scope: str | None = None, task: str | None = None
 ) -> Run:
@@ -295,8 +306,9 @@ def read_predictions_csv(
     ``reader2``, ``p_k``...) as a :class:`Run`.
 
     The score scope is ``scope`` if given, else a ``score_scope`` column, else ``hand`` when
-    a ``side`` column holds L/R, else ``patient``. The task is ``classification`` when
-    ``p_k`` columns are present, else ``regression``, unless ``task`` says otherwise.
+    a ``side`` column holds L/R, else ``patient``. The task is ``task`` if given, else
+    ``boneage`` for a table with a ``male`` or ``boneage`` column (months, no classes),
+    ``classification`` when ``p_k`` columns are present, else ``regression``.
     """
     p = Path(path)
     if not p.is_file():
@@ -325,21 +337,24 @@ def read_predictions_csv(
     if scope not in ("hand", "patient"):
         raise BadRunError(f"{p}: score scope {scope!r} must be 'hand' or 'patient'")
     if task is None:
-        task = "classification" if prob_columns(df) else "regression"
+        task = _csv_task(df)
+    if task not in TASKS:
+        raise BadRunError(f"{p}: task {task!r} is not one of {', '.join(TASKS)}")
     config: dict[str, Any] = {"task": task, "score_scope": scope, "source": str(p)}
     bins = SeverityBins.for_scope(scope)
-    config["bins"] = bins.to_dict()
+    if task != "boneage":  # months have no severity classes
+        config["bins"] = bins.to_dict()
     k = bins.n_classes if task in CLASS_TASKS else None
     table = validate_table(df, p, class_k=k, allow_test_fold=True)
     return Run(path=p, name=p.stem, config=config, oof=table)
 
 
-def load_predictions(target: str | Path, scope: str | None = None) -> Run:
-    """A run directory, an ensemble directory, or a predictions CSV."""
+def load_predictions(target: str | Path, scope: str | None = None, task: str | None = None) -> Run:
+    """A run directory, an ensemble directory, or a predictions CSV (``task``: of a CSV)."""
     p = Path(target)
     if p.is_dir():
         return read_run(p)
-    return read_predictions_csv(p, scope=scope)
+    return read_predictions_csv(p, scope=scope, task=task)
 
 
 def write_run(

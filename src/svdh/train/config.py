@@ -110,7 +110,8 @@ class TrainConfig:
     )
     loss: str = opt(
         "",
-        "mse or huber (regression, boneage), ce (classification), coral (ordinal); default per task.",
+        "mse, huber or l1 (regression, boneage), ce (classification), coral (ordinal); "
+        "default per task.",
     )
     huber_delta: float = opt(1.0, "Huber loss threshold (standardised units).", cli=False)
     target_transform: str = opt(

@@ -118,6 +118,7 @@ def data_summary(run: Run) -> dict[str, Any]:
         "n_test": len(run.test) if run.test is not None else 0,
         "test_patients": int(run.test["patient_id"].nunique()) if run.test is not None else 0,
         "source": run.config.get("source") or run.config.get("data") or "",
+        "boneage": run.task == "boneage",
     }
     return out
 
@@ -153,6 +154,8 @@ def _comparison_row(run: Run, m: dict[str, Any], split: str = "oof") -> dict[str
         "qwk": _num(src.get("qwk"), 3),
         "class_mae": _num(src.get("class_mae"), 2),
         "coverage": _num(100 * src["interval"]["coverage"], 1) if src.get("interval") else "–",
+        "bias": _num((src.get("boneage") or {}).get("bias"), 2),
+        "max_band_bias": _num((src.get("boneage") or {}).get("max_band_bias"), 1),
     }
 
 
@@ -237,6 +240,7 @@ def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[
         "pred_vs_true": "Predicted against true score",
         "bland_altman": "Bland-Altman agreement",
         "error_by_range": "Error by score range",
+        "error_by_age": "Error by true bone age",
         "confusion": "Severity classes",
         "coverage": "Interval coverage",
         "patient_pred_vs_true": "Per patient (sum of both hands)",

@@ -164,9 +164,15 @@ def confusion_plot(
 
 
 def error_by_range_plot(
-    by_range: list[dict[str, Any]], path: str | Path, *, sdc: float | None = None, title: str = ""
+    by_range: list[dict[str, Any]],
+    path: str | Path,
+    *,
+    sdc: float | None = None,
+    title: str = "",
+    xlabel: str = "True score range (severity class)",
+    ylabel: str = "Score units",
 ) -> Path:
-    """Mean absolute error and bias per true score range (severity class)."""
+    """Mean absolute error and bias per true score range (severity class, or age band)."""
     labels = [r["range"] for r in by_range]
     x = np.arange(len(labels))
     fig = _figure(6.0, 4.0)
@@ -181,8 +187,8 @@ def error_by_range_plot(
         ax.axhline(sdc, color=_RED, ls=":", lw=1, label=f"SDC = {sdc:g}")
     ax.axhline(0, color=_GREY, lw=0.8)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    ax.set_xlabel("True score range (severity class)")
-    ax.set_ylabel("Score units")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, frameon=False)
     ax.set_title(title or "Error by score range", fontsize=11)
     ax.grid(axis="y", alpha=0.25)
@@ -324,6 +330,14 @@ def _range_plots(
             out / "error_by_range.png",
             sdc=metrics.get("sdc"),
             title=f"{name}: error by score range",
+        )
+    if metrics.get("boneage"):
+        plots["error_by_age"] = error_by_range_plot(
+            [{**r, "range": r["band"]} for r in metrics["boneage"]["by_band"]],
+            out / "error_by_age.png",
+            title=f"{name}: error by true bone age",
+            xlabel="True bone age (3-year bands)",
+            ylabel="Months",
         )
     if metrics.get("confusion"):
         plots["confusion"] = confusion_plot(
