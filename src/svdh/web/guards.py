@@ -302,6 +302,10 @@ class OriginGuard:
         origin = _header(scope, b"origin")
         if origin is None:
             return None
+        if origin == "null" and site is not None and site.lower() == "same-origin":
+            # the page's no-referrer policy makes Chromium send "Origin: null" on its own form
+            # POSTs; Sec-Fetch-Site (set by the browser, not by page script) vouches for them
+            return None
         host = (_header(scope, b"host") or "").lower()
         netloc = urlsplit(origin).netloc.lower() if origin != "null" else "null"
         if netloc != host:
