@@ -133,15 +133,21 @@ class Manifest(_Strict):
     format: Literal["svdh-bundle"]
     format_version: int = Field(ge=1)
     kind: str = "run"
-    task: Literal["regression", "classification", "ordinal"]
+    task: Literal["regression", "classification", "ordinal", "boneage"]
     score_scope: Literal["hand", "patient"] = "hand"
-    bins: Bins
+    bins: Bins | None = None  # severity classes: every SvdH task has them, bone age none
     preprocess: dict[str, Any]
     image_size: int | None = Field(default=None, ge=8, le=8192)  # bundles of svdh 0.1 only
     members: list[MemberEntry] = Field(min_length=1)
     combine: Combine = Field(default_factory=lambda: Combine(method="mean"))
     conformal: Conformal | None = None
     card: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _svdh_tasks_have_bins(self) -> Manifest:
+        if self.task != "boneage" and self.bins is None:
+            raise ValueError("an SvdH model needs its severity bins")
+        return self
 
 
 def _describe(exc: ValidationError, limit: int = 3) -> str:
