@@ -50,6 +50,17 @@ def synth(
         help="RA: both hands side by side in one "
         "<id>-BH image (the right hand on the image's left) instead of -LH/-RH.",
     ),
+    faults: str = typer.Option(
+        "",
+        "--faults",
+        help="Film faults to add, comma-separated: rotate (quarter turns), mirror, plate "
+        "(grey tilted plate on a grey bed), frame (bright collimator bands), marker (lead "
+        "marker and ring), wrist (wrist-only view), cut (fingers cut off), or all. The truth "
+        "is in landmarks.json (docs/film-quality.md).",
+    ),
+    fault_rate: float = typer.Option(
+        0.5, "--fault-rate", help="Probability of each fault other than rotate/mirror."
+    ),
     monochrome1: bool = typer.Option(
         False, "--monochrome1", help="DICOM: store inverted MONOCHROME1 pixels."
     ),
@@ -81,7 +92,8 @@ def synth(
         return run_visits(**{k: v for k, v in locals().items() if k in VISIT_ARGS})
     summary = _generate(
         out, n=n, mode=mode, size=size, seed=seed, severity=severity, fmt=fmt, bits=bits,
-        workers=workers, dual_hand=dual_hand, monochrome1=monochrome1,
+        workers=workers, dual_hand=dual_hand, monochrome1=monochrome1, faults=faults,
+        fault_rate=fault_rate,
     )  # fmt: skip
     typer.echo(summary.describe())
     typer.echo(f"labels: {summary.labels_csv}\nlandmarks: {summary.landmarks_json}")
