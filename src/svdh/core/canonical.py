@@ -708,12 +708,12 @@ def _cut_and_turn(
     pad = int(round(0.06 * max(x1 - x0, y1 - y0)))
     x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
     crop = img[y0:y1, x0:x1].copy()
-    blank = np.zeros(m.shape, np.uint8)
+    together = np.zeros(m.shape, np.uint8)
     for o in others:
-        blank |= o.astype(np.uint8)
-    blank = cv2.dilate(blank, np.ones((5, 5), np.uint8))
+        together |= o.astype(np.uint8)
+    blank = cv2.dilate(together, np.ones((5, 5), np.uint8)) > 0
     if sm is not None and sm.field is not None:
-        blank |= (~sm.field).astype(np.uint8)
+        blank = blank | ~sm.field
     if blank.any():
         big = _upscale_window(blank, m.shape, (w, h), (x0, y0, x1, y1)) > 0
         if big.any() and (~big).sum() > 64:

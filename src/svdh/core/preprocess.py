@@ -480,8 +480,9 @@ def _find_plate(small: np.ndarray) -> tuple[np.ndarray, tuple[int, int], float] 
     # the bed's noise sets how close to its grey a pixel must be to count as bed
     sigma = 1.4826 * float(np.median(np.abs(ring - bed)))
     tol = max(4.0 * sigma, 0.004)
-    near_bed = (np.abs(small - bed) < tol).astype(np.uint8)
-    near_bed = cv2.morphologyEx(near_bed, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    near_bed = cv2.morphologyEx(
+        (np.abs(small - bed) < tol).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)
+    )
     n, labels = cv2.connectedComponents(near_bed, connectivity=4)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     bed_mask = np.isin(labels, edge_labels[edge_labels > 0]) & (near_bed > 0)
