@@ -231,3 +231,53 @@ def test_real_feet_are_refused_as_feet(ra2_dream_dir: Path) -> None:
         (hand,) = C.canonicalise(img)
         assert hand.decision.view == "foot" and hand.decision.refused, f
         assert "foot" in hand.decision.reason
+
+
+# --------------------------------------------------------------------------- the model inputs
+
+
+def test_model_inputs_keep_old_models_inputs_and_turn_for_canonical_ones() -> None:
+    from svdh.core.preprocess import PreprocessConfig, preprocess
+
+    img = _phantom(0, "R")
+    old = PreprocessConfig(size=64)
+    (plain,) = C.model_inputs(img.image, old)
+    assert np.array_equal(plain.x, preprocess(img.image, old))  # byte-identical for old bundles
+    assert PreprocessConfig.from_dict(old.to_dict()).canonical is False
+    assert PreprocessConfig.from_dict({"size": 64}).canonical is False  # records before it
+    (turned,) = C.model_inputs(_transform(img.image, 3, True), PreprocessConfig(64, canonical=True))
+    assert turned.decision.rotation_k == 3 and turned.x.shape == (64, 64)
+    both = C.model_inputs(_phantom(1, "B").image, old)
+    assert [m.decision.side for m in both] == ["R", "L"] and all(m.x is not None for m in both)
+
+
+def test_predictor_splits_both_hands_films_and_keeps_wrist_views_out_of_totals(
+    world, tmp_path: Path
+) -> None:
+    from svdh.core.hands import PatientTotals
+    from svdh.inference.predictor import Predictor
+    from svdh.synth import quantize
+    from svdh.synth.cohort import write_png
+
+    write_png(tmp_path / "P1-BH.png", quantize(_phantom(0, "B").image))
+    write_png(tmp_path / "P2-LH.png", quantize(_phantom(1, "L", ("wrist",)).image))
+    write_png(tmp_path / "P2-RH.png", quantize(_phantom(1, "R").image))
+    foot = np.rot90(_phantom(2, "L").image).copy()  # a hand turned: still a hand
+    write_png(tmp_path / "P3-LH.png", quantize(1.0 - foot))  # inverted: refused
+    predictor = Predictor(world.run_bundle)
+    preds = list(predictor.predict_paths(sorted(tmp_path.glob("*.png"))))
+    by = {(Path(p.image).name, p.hand): p for p in preds}
+    r, left = by[("P1-BH.png", "1/2")], by[("P1-BH.png", "2/2")]
+    assert (r.side, left.side) == ("R", "L") and r.side_source == left.side_source == "position"
+    assert r.patient_id == left.patient_id == "P1" and r.in_totals and left.score is not None
+    wrist = by[("P2-LH.png", None)]
+    assert wrist.view == "wrist_only" and wrist.in_totals is False and wrist.score is not None
+    assert C.WRIST_ONLY_WARNING in wrist.warnings
+    inv = by[("P3-LH.png", None)]
+    assert inv.error and "refused" in inv.error and "inverted" in inv.error
+    totals = PatientTotals(predictor.bins, predictor.bundle.score_scope)
+    for p in preds:
+        totals.add(p)
+    got = {t["patient_id"]: t for t in totals.totals()}
+    assert got["P1"]["total"] is not None  # both hands of one film: a 0-280 total
+    assert got["P2"]["total"] is None  # the wrist-only view never enters it

@@ -689,6 +689,51 @@ def canonicalise(image: Any, hints: SideHints | None = None) -> list[CanonicalHa
     return hands
 
 
+@dataclass
+class ModelInput:
+    """One hand ready for a model: ``x`` (uint8, ``cfg.size`` square; None where refused), the
+    crop's :class:`~svdh.core.preprocess.Transform` (from ``pixels``), the decision, and
+    ``pixels``, the float image the crop was taken from (for display images)."""
+
+    x: np.ndarray | None
+    transform: Any
+    decision: FilmDecision
+    pixels: np.ndarray
+
+
+def model_inputs(image: Any, cfg: Any = None, hints: SideHints | None = None) -> list[ModelInput]:
+    """The canonical stage and the crop in one: one :class:`ModelInput` per hand of the film.
+
+    With ``cfg.canonical`` each hand is turned fingers-up and shown as a left hand (what a model
+    trained with it sees); without, a single-hand film is cropped as it is (exactly
+    :func:`~svdh.core.preprocess.preprocess`, as older models were trained) and a both-hands
+    film is cut into its hands unturned. The decisions (view, refusal, side, warnings) are made
+    either way. Used by training caches, prediction, the web and explanations alike.
+    """
+    from svdh.core.preprocess import PreprocessConfig, preprocess
+
+    cfg = cfg or PreprocessConfig()
+    img = as_float_image(image)
+    results, sm = _analyse(img, hints)
+    out = []
+    for d, m in results:
+        if d.refused or m is None:
+            out.append(ModelInput(None, None, d, img))
+            continue
+        if cfg.canonical:
+            others = [mm for dd, mm in results if mm is not None and mm is not m]
+            pixels, _ = _cut_and_turn(img, d, m, others, sm)
+        elif d.n_hands == 1:
+            pixels = img
+        else:
+            flat = replace(d, rotation_k=0, tilt_deg=0.0, mirrored=False)
+            others = [mm for dd, mm in results if mm is not None and mm is not m]
+            pixels, _ = _cut_and_turn(img, flat, m, others, sm)
+        x, t = preprocess(pixels, cfg, return_transform=True)
+        out.append(ModelInput(x, t, d, pixels))
+    return out
+
+
 def _cut_and_turn(
     img: np.ndarray,
     d: FilmDecision,
@@ -788,7 +833,9 @@ __all__ = [
     "Shape",
     "SideHints",
     "analyse",
+    "ModelInput",
     "canonicalise",
+    "model_inputs",
     "classify_view",
     "measure",
     "orientation",

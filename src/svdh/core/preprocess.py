@@ -54,6 +54,9 @@ class PreprocessConfig:
     ``low_pct`` / ``high_pct``: percentiles mapped to black / white.
     ``clahe``: contrast-limited adaptive histogram equalisation after resizing, with
     ``clahe_clip`` (clip limit) and ``clahe_tiles`` (tiles per side).
+    ``canonical``: turn every hand fingers-up and show it as a left-hand PA view before the
+    crop (:func:`svdh.core.canonical.model_inputs`); records without the key (older runs and
+    bundles) read as False, so their inputs stay as they were trained.
     """
 
     size: int = 256
@@ -64,6 +67,7 @@ class PreprocessConfig:
     clahe: bool = False
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
+    canonical: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, (int, np.integer)) or not 8 <= int(self.size) <= 4096:

@@ -504,6 +504,17 @@ def _init_worker(
     )
 
 
+def _canonical_input(rad: Any, cfg: PreprocessConfig) -> tuple[np.ndarray, Any]:
+    """The first hand of :func:`svdh.core.canonical.model_inputs` (a refused film is an error).
+    Its transform maps the turned hand's pixels, not the film's."""
+    from svdh.core.canonical import model_inputs
+
+    first = model_inputs(rad, cfg)[0]
+    if first.x is None:
+        raise BadDatasetError(f"refused: {first.decision.reason}")
+    return first.x, first.transform
+
+
 def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str | None]]:
     from svdh.core.io import read_radiograph
     from svdh.core.preprocess import preprocess
@@ -513,7 +524,10 @@ def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str
     for i, path in items:
         try:
             rad = read_radiograph(path, max_pixels=_STATE["max_pixels"])
-            arr, t = preprocess(rad, cfg, return_transform=True)
+            if cfg.canonical:  # the prediction's own stage (svdh.core.canonical)
+                arr, t = _canonical_input(rad, cfg)
+            else:
+                arr, t = preprocess(rad, cfg, return_transform=True)
         except SvdhError as exc:
             msg = str(exc)
             out.append((i, None, msg.removeprefix(f"{path}: ")))
