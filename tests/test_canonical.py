@@ -281,3 +281,25 @@ def test_predictor_splits_both_hands_films_and_keeps_wrist_views_out_of_totals(
     got = {t["patient_id"]: t for t in totals.totals()}
     assert got["P1"]["total"] is not None  # both hands of one film: a 0-280 total
     assert got["P2"]["total"] is None  # the wrist-only view never enters it
+
+
+def test_canonical_training_cache_sees_what_prediction_sees(tmp_path: Path) -> None:
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data.cache import ensure_cache
+    from svdh.synth import generate_cohort
+
+    cohort = tmp_path / "c"
+    generate_cohort(cohort, n=3, size=192, seed=5, faults="rotate,mirror")
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = ensure_cache(
+        f"ra2-dream:{cohort}", 64, tmp_path / "cache", cfg=cfg, workers=1, progress=False
+    )
+    assert cache.config.canonical and len(cache.manifest) == 6
+    plain = ensure_cache(f"ra2-dream:{cohort}", 64, tmp_path / "cache", workers=1, progress=False)
+    changed = 0
+    for i, path in enumerate(cache.manifest["image"]):
+        # the training input is the prediction's input, byte for byte
+        (mi,) = C.model_inputs(read_radiograph(path), cfg)
+        assert np.array_equal(np.asarray(cache.images[i]), mi.x)
+        changed += int(not np.array_equal(np.asarray(cache.images[i]), np.asarray(plain.images[i])))
+    assert changed >= 4  # turned and mirrored films: most inputs differ from the plain crop

@@ -505,14 +505,18 @@ def _init_worker(
 
 
 def _canonical_input(rad: Any, cfg: PreprocessConfig) -> tuple[np.ndarray, Any]:
-    """The first hand of :func:`svdh.core.canonical.model_inputs` (a refused film is an error).
-    Its transform maps the turned hand's pixels, not the film's."""
+    """The hand of a single-hand film as :func:`svdh.core.canonical.model_inputs` turns it (a
+    refused film is an error); its transform maps the turned hand's pixels, not the film's. A
+    both-hands film (one ``both`` row scored on the patient scale) stays whole, as before."""
     from svdh.core.canonical import model_inputs
+    from svdh.core.preprocess import preprocess
 
-    first = model_inputs(rad, cfg)[0]
-    if first.x is None:
-        raise BadDatasetError(f"refused: {first.decision.reason}")
-    return first.x, first.transform
+    hands = model_inputs(rad, cfg)
+    if hands[0].x is None:
+        raise BadDatasetError(f"refused: {hands[0].decision.reason}")
+    if len(hands) > 1:
+        return preprocess(rad, cfg, return_transform=True)
+    return hands[0].x, hands[0].transform
 
 
 def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str | None]]:
