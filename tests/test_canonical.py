@@ -303,3 +303,28 @@ def test_canonical_training_cache_sees_what_prediction_sees(tmp_path: Path) -> N
         assert np.array_equal(np.asarray(cache.images[i]), mi.x)
         changed += int(not np.array_equal(np.asarray(cache.images[i]), np.asarray(plain.images[i])))
     assert changed >= 4  # turned and mirrored films: most inputs differ from the plain crop
+
+
+def test_web_answers_every_hand_of_a_both_hands_film_and_its_total(world) -> None:
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from svdh.inference.predictor import Predictor
+    from svdh.synth import quantize
+    from svdh.web.app import create_app
+
+    buf = io.BytesIO()
+    Image.fromarray(quantize(_phantom(0, "B").image)).save(buf, format="PNG")
+    with TestClient(create_app(Predictor(world.run_bundle))) as client:
+        r = client.post(
+            "/api/v1/score", files=[("files", ("P9-BH.png", buf.getvalue(), "image/png"))]
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (res,) = body["results"]
+    assert [h["side"] for h in res["hands"]] == ["R", "L"]
+    assert [h["hand"] for h in res["hands"]] == ["1/2", "2/2"]
+    (pat,) = body["patients"]
+    assert pat["patient_id"] == "P9" and pat["total"] is not None
