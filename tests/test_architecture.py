@@ -149,12 +149,7 @@ def _long_in(unit: str) -> list[str]:
 # What is still too long today, and whose issue-11 branch shortens it. A function over the
 # limit that is not listed fails test_no_new_long_functions now; a package whose listed
 # functions all get short turns its xfail into a failure: delete its entry at the merge.
-STILL_LONG: dict[str, tuple[str, set[str]]] = {
-    "core": (
-        "anyfilm: core/preprocess.hand_mask_small; harden: core/io._read_dicom",
-        {"svdh/core/preprocess.py hand_mask_small", "svdh/core/io.py _read_dicom"},
-    ),
-}
+STILL_LONG: dict[str, tuple[str, set[str]]] = {}
 
 
 def test_no_new_long_functions():

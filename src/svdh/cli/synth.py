@@ -13,6 +13,19 @@ from svdh.cli.synth_visits import PROGRESSION_RATE, REPEAT, VISIT_ARGS, VISITS, 
 # one-line BadConfigError (the typer in use raises a parse error the CLI cannot catch).
 
 
+_FAULTS = typer.Option(
+    "",
+    "--faults",
+    help="Film faults to add, comma-separated: rotate (quarter turns), mirror, plate "
+    "(grey tilted plate on a grey bed), frame (bright collimator bands), marker (lead "
+    "marker and ring), wrist (wrist-only view), cut (fingers cut off), or all. The truth "
+    "is in landmarks.json (docs/film-quality.md).",
+)
+_FAULT_RATE = typer.Option(
+    0.5, "--fault-rate", help="Probability of each fault other than rotate/mirror."
+)
+
+
 def synth(
     out: Path = typer.Option(
         ..., "--out", "-o", help="Folder to write the cohort into (new or empty)."
@@ -50,6 +63,8 @@ def synth(
         help="RA: both hands side by side in one "
         "<id>-BH image (the right hand on the image's left) instead of -LH/-RH.",
     ),
+    faults: str = _FAULTS,
+    fault_rate: float = _FAULT_RATE,
     monochrome1: bool = typer.Option(
         False, "--monochrome1", help="DICOM: store inverted MONOCHROME1 pixels."
     ),
@@ -70,18 +85,15 @@ def synth(
 
     RA mode writes training.csv (RA2-DREAM columns, hands only) beside <id>-LH and <id>-RH images, so 'ra2-dream:DIR' reads the cohort like the real data; child mode writes boneage.csv beside <id>.png like RSNA Bone Age. Both write landmarks.json with the pixel position of every scored joint and its scores, for measuring where heat maps land. See docs/synth.md.
     """
-    from svdh.core.errors import BadConfigError
     from svdh.synth import make_sheet
 
-    if monochrome1 and fmt != "dicom":
-        raise BadConfigError("--monochrome1 applies to --format dicom only")
-    if not 32 <= sheet_tile <= 2048:
-        raise BadConfigError(f"--sheet-tile must be 32-2048 pixels, got {sheet_tile}")
+    _check(fmt, monochrome1, sheet_tile)
     if visits > 1 or repeat:  # the same patients over time (svdh.synth.visits)
         return run_visits(**{k: v for k, v in locals().items() if k in VISIT_ARGS})
     summary = _generate(
         out, n=n, mode=mode, size=size, seed=seed, severity=severity, fmt=fmt, bits=bits,
-        workers=workers, dual_hand=dual_hand, monochrome1=monochrome1,
+        workers=workers, dual_hand=dual_hand, monochrome1=monochrome1, faults=faults,
+        fault_rate=fault_rate,
     )  # fmt: skip
     typer.echo(summary.describe())
     typer.echo(f"labels: {summary.labels_csv}\nlandmarks: {summary.landmarks_json}")
@@ -89,6 +101,15 @@ def synth(
         typer.echo(f"contact sheet: {make_sheet(out, sheet, tile=sheet_tile)}")
     source = "ra2-dream" if mode == "ra" else "rsna-boneage"
     typer.echo(f"load it as: {source}:{out}")
+
+
+def _check(fmt: str, monochrome1: bool, sheet_tile: int) -> None:
+    from svdh.core.errors import BadConfigError
+
+    if monochrome1 and fmt != "dicom":
+        raise BadConfigError("--monochrome1 applies to --format dicom only")
+    if not 32 <= sheet_tile <= 2048:
+        raise BadConfigError(f"--sheet-tile must be 32-2048 pixels, got {sheet_tile}")
 
 
 def _generate(out: Path, n: int, **kw: Any) -> Any:

@@ -107,6 +107,8 @@ class PatientTotals:
         pid = row.get("patient_id")
         if not pid or row.get("error") or row.get("score") is None:
             return
+        if row.get("in_totals") is False:  # wrist-only views (svdh.core.canonical) never count
+            return
         iv = row.get("interval") or (None, None)
         hand = _Hand(
             str(row.get("image")),

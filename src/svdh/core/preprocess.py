@@ -11,8 +11,11 @@ alike, so a model never sees differently prepared pixels. Steps, in order:
    dust) are dropped, every component of at least :data:`_KEEP_FRACTION` of the largest one is
    kept (both hands of a dual-hand film). Rings and other metal sit on the finger component and
    stay inside the box. The box gets a margin of ``cfg.margin`` of its longer side.
-2. **Normalise intensities.** ``cfg.low_pct`` / ``cfg.high_pct`` percentiles of the cropped
-   region map to 0 / 1 (exposure, film density and bit depth no longer matter).
+2. **Normalise intensities.** Black is the film around the hand (or the ``cfg.low_pct``
+   percentile of the crop); white is the ``cfg.high_pct`` percentile of the crop or of the
+   pixels INSIDE the hand mask, the lower of the two, so bright collimator frames and lead
+   markers beside the hand never set it
+   (exposure, film density and bit depth no longer matter).
 3. **Pad to square** with black (the normalised background), keeping the aspect ratio.
 4. **Resize** to ``cfg.size`` (area averaging when shrinking, bilinear when enlarging).
 5. **Optional CLAHE** (OpenCV) on the uint8 result.
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -34,7 +37,7 @@ import numpy as np
 from svdh.core.errors import BadConfigError
 
 #: Bump when the algorithm changes output bytes: caches keyed on the config are then rebuilt.
-ALGORITHM_VERSION = 2
+ALGORITHM_VERSION = 3
 
 #: Working resolution (longer side) of the hand detection.
 _WORK = 256
@@ -51,6 +54,9 @@ class PreprocessConfig:
     ``low_pct`` / ``high_pct``: percentiles mapped to black / white.
     ``clahe``: contrast-limited adaptive histogram equalisation after resizing, with
     ``clahe_clip`` (clip limit) and ``clahe_tiles`` (tiles per side).
+    ``canonical``: turn every hand fingers-up and show it as a left-hand PA view before the
+    crop (:func:`svdh.core.canonical.model_inputs`); records without the key (older runs and
+    bundles) read as False, so their inputs stay as they were trained.
     """
 
     size: int = 256
@@ -61,6 +67,7 @@ class PreprocessConfig:
     clahe: bool = False
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
+    canonical: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, (int, np.integer)) or not 8 <= int(self.size) <= 4096:
@@ -235,6 +242,13 @@ def preprocess(
     crop = img[cy0:cy1, cx0:cx1]
 
     lo, hi = _percentiles(crop, cfg.low_pct, cfg.high_pct)
+    # White is the hand's own brightest bone: the percentile is also taken inside the hand
+    # mask, and the lower of the two wins, so that collimator frames and lead markers beside
+    # the hand do not set the white point (and a ring, a larger share of the hand than of
+    # the crop, does not either).
+    inside = _hand_pixels(crop, det, (cx0, cy0, cx1, cy1))
+    if inside is not None:
+        hi = min(hi, _percentiles(inside, cfg.low_pct, cfg.high_pct)[1])
     # Black is the film around the hand where it is visible: a percentile would land on frame
     # lines or markers in the crop and wash the hand out.
     if det.background is not None and det.background < hi:
@@ -285,11 +299,35 @@ def hand_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
+def _hand_pixels(
+    crop: np.ndarray, det: HandDetection, window: tuple[int, int, int, int]
+) -> np.ndarray | None:
+    """The crop's pixels inside the (upscaled) hand mask; None where the mask is missing or tiny."""
+    import cv2
+
+    if det.mask is None or not det.found:
+        return None
+    x0, y0, x1, y1 = window
+    f = det.scale
+    sx0, sy0 = int(np.floor(x0 * f)), int(np.floor(y0 * f))
+    sx1, sy1 = int(np.ceil(x1 * f)), int(np.ceil(y1 * f))
+    part = det.mask[sy0:sy1, sx0:sx1].astype(np.uint8)
+    if part.sum() < 64:
+        return None
+    big = cv2.resize(part, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST).astype(bool)
+    if big.shape != crop.shape or big.sum() < 256:
+        return None
+    return crop[big]
+
+
 def _percentiles(a: np.ndarray, lo_pct: float, hi_pct: float) -> tuple[float, float]:
     # A strided subsample of ~250k pixels gives the same percentiles as the full image to
     # within a grey level, at a fraction of the cost for 20-megapixel films.
-    step = max(1, int(np.sqrt(a.size / 250_000)))
-    sub = a[::step, ::step]
+    if a.ndim == 1:
+        sub = a[:: max(1, a.size // 250_000)]
+    else:
+        step = max(1, int(np.sqrt(a.size / 250_000)))
+        sub = a[::step, ::step]
     lo, hi = np.percentile(sub, [lo_pct, hi_pct])
     return float(lo), float(hi)
 
@@ -307,6 +345,9 @@ class HandDetection:
     background: float | None
     found: bool
     film: tuple[int, int, int, int] | None = None
+    #: the working-resolution hand mask (None where none was found) and its scale
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    scale: float = 1.0
 
 
 def detect_hand(img: np.ndarray) -> HandDetection:
@@ -329,7 +370,7 @@ def detect_hand(img: np.ndarray) -> HandDetection:
             max(x1, min(w, int(np.floor(fx1 / f)))),
             max(y1, min(h, int(np.floor(fy1 / f)))),
         )
-    return HandDetection((x0, y0, x1, y1), background, True, film_box)
+    return HandDetection((x0, y0, x1, y1), background, True, film_box, mask, f)
 
 
 def hand_box(img: np.ndarray) -> tuple[int, int, int, int]:
@@ -337,16 +378,73 @@ def hand_box(img: np.ndarray) -> tuple[int, int, int, int]:
     return detect_hand(img).box
 
 
+@dataclass(frozen=True)
+class SmallMask:
+    """The hand mask at working resolution (working = original * ``scale``).
+
+    ``mask``: bool, or None when the image is too small or blank to analyse; ``background``:
+    grey level of the film around the hand (None when too little is visible); ``film``:
+    (y0, y1, x0, x1), the box inside bright collimation bands; ``field``: bool, the film area
+    itself (inside a tilted plate where one lies on a scanner bed); ``plate_deg``: the plate's
+    tilt (degrees, counter-clockwise), None where no plate was found.
+    """
+
+    mask: np.ndarray | None
+    scale: float
+    background: float | None = None
+    film: tuple[int, int, int, int] | None = None
+    field: np.ndarray | None = None
+    plate_deg: float | None = None
+
+
 def hand_mask_small(
     img: np.ndarray,
 ) -> tuple[np.ndarray | None, float, float | None, tuple[int, int, int, int] | None]:
-    """The hand mask at working resolution.
+    """The hand mask at working resolution: ``(mask, scale, background, film)`` of
+    :func:`small_mask` (kept for callers of the tuple form)."""
+    sm = small_mask(img)
+    return sm.mask, sm.scale, sm.background, sm.film
 
-    Returns ``(mask, scale, background, film)``: ``mask`` is the working-resolution mask
-    (working = original * ``scale``) or None when the image is too small or blank to analyse;
-    ``background`` is the grey level of the film around the hand (None when too little
-    background is visible); ``film`` (y0, y1, x0, x1) the area inside bright collimation bands.
+
+def small_mask(img: np.ndarray) -> SmallMask:
+    """Find the hand(s) on a ~256 px copy of ``img``: see :class:`SmallMask`.
+
+    A film laid as a (tilted) plate on a scanner bed is first turned upright and cut to the
+    plate, so that the plate's edges and its collimation bands are film edges, not tissue.
     """
+    import cv2
+
+    small, f = _work_image(img)
+    if small is None:
+        return SmallMask(None, f)
+    sh, sw = small.shape
+    plate = _find_plate(small)
+    if plate is None:
+        mask, background, film = _mask_in_field(small)
+        field = np.zeros((sh, sw), bool)
+        if film is not None:
+            field[film[0] : film[1], film[2] : film[3]] = True
+        return SmallMask(mask, f, background, film, field)
+    warp, (pw, ph), deg = plate
+    upright = cv2.warpAffine(
+        small, warp, (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    mask_u, background, film_u = _mask_in_field(upright)
+    inv = cv2.invertAffineTransform(warp)
+    inside = np.zeros((ph, pw), np.uint8)
+    if film_u is not None:
+        inside[film_u[0] : film_u[1], film_u[2] : film_u[3]] = 1
+    field = cv2.warpAffine(inside, inv, (sw, sh), flags=cv2.INTER_NEAREST).astype(bool)
+    if mask_u is None:
+        return SmallMask(None, f, background, None, field, deg)
+    mask = cv2.warpAffine(mask_u.astype(np.uint8), inv, (sw, sh), flags=cv2.INTER_NEAREST)
+    ys, xs = np.nonzero(field)
+    film = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1) if len(ys) else None
+    return SmallMask(mask.astype(bool) & field, f, background, film, field, deg)
+
+
+def _work_image(img: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """The blurred working copy (longer side ~:data:`_WORK`) and its scale; None if blank/tiny."""
     import cv2
 
     h, w = img.shape
@@ -356,56 +454,137 @@ def hand_mask_small(
         if f < 1
         else img.copy()
     )
-    sh, sw = small.shape
-    if min(sh, sw) < 16:
-        return None, f, None, None
+    if min(small.shape) < 16:
+        return None, f
     small = cv2.GaussianBlur(small, (0, 0), 1.0)
     p1, p99 = np.percentile(small, [1, 99])
-    span = float(p99 - p1)
-    if span <= 1e-6:
-        return None, f, None, None
+    if float(p99 - p1) <= 1e-6:
+        return None, f
+    return small, f
 
+
+def _find_plate(small: np.ndarray) -> tuple[np.ndarray, tuple[int, int], float] | None:
+    """A film plate lying on a scanner bed of another grey: (affine to the upright plate, its
+    size, tilt in degrees) or None.
+
+    The bed is the region of the border's grey level connected to the image border; the plate
+    is the rest where it fills its minimum-area rectangle (at least 85%), covers 15-95% of the
+    image, and the bed shows on at least three sides.
+    """
+    import cv2
+
+    sh, sw = small.shape
+    b = max(2, int(0.02 * min(sh, sw)))
+    ring = np.concatenate(
+        [small[:b].ravel(), small[-b:].ravel(), small[:, :b].ravel(), small[:, -b:].ravel()]
+    )
+    bed = float(np.median(ring))
+    if float(np.mean(np.abs(ring - bed) < 0.04)) < 0.6:
+        return None  # no uniform bed all round (anatomy or bands reach the border)
+    # the bed's noise sets how close to its grey a pixel must be to count as bed
+    sigma = 1.4826 * float(np.median(np.abs(ring - bed)))
+    tol = max(4.0 * sigma, 0.004)
+    near_bed = cv2.morphologyEx(
+        (np.abs(small - bed) < tol).astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)
+    )
+    n, labels = cv2.connectedComponents(near_bed, connectivity=4)
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    bed_mask = np.isin(labels, edge_labels[edge_labels > 0]) & (near_bed > 0)
+    rest = (~bed_mask).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(rest, connectivity=4)
+    if n < 2:
+        return None
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    comp = labels == i
+    area = float(comp.sum())
+    if not 0.15 * sh * sw <= area <= 0.95 * sh * sw:
+        return None
+    pts = np.column_stack(np.nonzero(comp)[::-1]).astype(np.float32)
+    (cx, cy), (rw, rh), ang = cv2.minAreaRect(pts)
+    if area < 0.85 * rw * rh:
+        return None
+    sides = sum(
+        bool(bed_mask[region].mean() > 0.5)
+        for region in (np.s_[:b, :], np.s_[-b:, :], np.s_[:, :b], np.s_[:, -b:])
+    )
+    if sides < 3:
+        return None
+    while ang > 45:  # the rectangle's tilt within +-45 degrees, sides swapped to match
+        ang, rw, rh = ang - 90, rh, rw
+    while ang <= -45:
+        ang, rw, rh = ang + 90, rh, rw
+    shrink = max(3, int(0.025 * min(rw, rh)))  # off each side: the plate edge is blurred
+    pw, ph = max(16, int(rw) - 2 * shrink), max(16, int(rh) - 2 * shrink)
+    rot = cv2.getRotationMatrix2D((cx, cy), ang, 1.0)
+    rot[0, 2] += pw / 2 - cx
+    rot[1, 2] += ph / 2 - cy
+    return rot, (pw, ph), float(-ang)
+
+
+def _mask_in_field(
+    small: np.ndarray,
+) -> tuple[np.ndarray | None, float | None, tuple[int, int, int, int] | None]:
+    """(mask, background, film) of a working image whose edges are the film's edges."""
+    import cv2
+
+    span = float(np.subtract(*np.percentile(small, [99, 1])))
     # (a) Collimation borders: peel edge rows/columns that are flat (no anatomy crosses them).
     fy0, fy1, fx0, fx1 = _field(small, 0.08 * span)
-    field = small[fy0:fy1, fx0:fx1]
-
     # (b) The tissue threshold, computed inside the field so that the frame does not bias it.
-    lo, hi = np.percentile(field, [0.5, 99.5])
+    lo, hi = np.percentile(small[fy0:fy1, fx0:fx1], [0.5, 99.5])
     if hi - lo <= 1e-6:
-        return None, f, None, None
+        return None, None, None
     u8_all = np.clip((small - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    u8 = u8_all[fy0:fy1, fx0:fx1]
-    t = _tissue_threshold(u8)
+    t = _tissue_threshold(u8_all[fy0:fy1, fx0:fx1])
     # Bright collimation bands (unexposed film) that the flat-line peel missed because they
     # are tilted or noisy: peel them by their grey level, so the forearm touching one does not
     # pull the band into the hand.
-    by0, by1, bx0, bx1 = _bright_bands(u8_all, t)
+    bands = _bright_bands(u8_all, t)
+    by0, by1, bx0, bx1 = bands
     fy0, fy1, fx0, fx1 = max(fy0, by0), min(fy1, by1), max(fx0, bx0), min(fx1, bx1)
     field, u8 = small[fy0:fy1, fx0:fx1], u8_all[fy0:fy1, fx0:fx1]
     mask = (u8 > t).astype(np.uint8)
-
-    # (c) A small opening cuts thin lines and specks joined to the hand, then keep the hand
-    # components and drop border strips and markers.
     k = max(3, int(round(min(field.shape) * 0.015)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    grown = _hand_components(mask, kernel)
+    if grown is None:
+        return None, None, None
+    hand = mask & grown
+    # The background level (for intensity normalisation): field pixels well away from the hand
+    # and below the tissue threshold (markers and frames are above it).
+    away = ~cv2.dilate(grown, kernel, iterations=2).astype(bool) & (mask == 0)
+    background = float(np.median(field[away])) if away.sum() >= 0.02 * away.size else None
+    full = np.zeros(small.shape, np.uint8)
+    full[fy0:fy1, fx0:fx1] = hand
+    full = _reclaim_strips(full, u8_all, t, (fy0, fy1, fx0, fx1), bands, kernel)
+    return full.astype(bool), background, _film_box(u8_all, t, (fy0, fy1, fx0, fx1), bands)
+
+
+def _hand_components(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray | None:
+    """(c) The hand components of a thresholded field, grown back over what the opening cut.
+
+    A small opening cuts thin lines and specks joined to the hand; border strips and markers
+    are dropped, every component of at least :data:`_KEEP_FRACTION` of the largest one kept.
+    Returns the kept components dilated twice (None where nothing is left).
+    """
+    import cv2
+
+    fh, fw = mask.shape
     # Thin bright lines hugging the image edge (scanner frames) would join everything that
     # touches the edge; a band of 2% is left out of the component analysis and given back below.
-    band = max(2, int(round(0.02 * min(field.shape))))
+    band = max(2, int(round(0.02 * min(fh, fw))))
     inner = mask.copy()
     inner[:band], inner[-band:], inner[:, :band], inner[:, -band:] = 0, 0, 0, 0
     opened = cv2.morphologyEx(inner, cv2.MORPH_OPEN, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
-    fh, fw = field.shape
     candidates = []
     for i in range(1, n):
         x, y, cw, ch, area = (int(v) for v in stats[i])
-        if area < 0.002 * fh * fw:
-            continue
-        if _is_border_strip(x, y, cw, ch, area, fw, fh):
+        if area < 0.002 * fh * fw or _is_border_strip(x, y, cw, ch, area, fw, fh):
             continue
         candidates.append((area, i))
     if not candidates:
-        return None, f, None, None
+        return None
     biggest = max(a for a, _ in candidates)
     # Small pieces are markers, labels or dust, unless the film edge cuts them: anatomy that
     # leaves the field (a thumb or finger on a wrist film) touches the edge, markers rarely do.
@@ -417,21 +596,27 @@ def hand_mask_small(
     ]
     lut = np.zeros(n, np.uint8)
     lut[keep] = 1
-    hand = lut[labels]
     # The opening trimmed fingertips and thin soft tissue: take back the thresholded pixels
     # within reach of the kept components (not the markers, which were dropped).
-    grown = cv2.dilate(hand, kernel, iterations=2)
-    hand = mask & grown
-    # The background level (for intensity normalisation): field pixels well away from the hand
-    # and below the tissue threshold (markers and frames are above it).
-    away = ~cv2.dilate(grown, kernel, iterations=2).astype(bool) & (mask == 0)
-    background = float(np.median(field[away])) if away.sum() >= 0.02 * away.size else None
+    return cv2.dilate(lut[labels], kernel, iterations=2)
 
-    # (d) A flat edge strip peeled in (a) may still hold an extremity that barely crosses it
-    # (a thumb tip in a corner). Where the strip is dark film (not a bright collimation band),
-    # tissue there that touches the hand belongs to it.
-    full = np.zeros((sh, sw), np.uint8)
-    full[fy0:fy1, fx0:fx1] = hand
+
+def _reclaim_strips(
+    full: np.ndarray,
+    u8_all: np.ndarray,
+    t: float,
+    field: tuple[int, int, int, int],
+    bands: tuple[int, int, int, int],
+    kernel: np.ndarray,
+) -> np.ndarray:
+    """(d) A flat edge strip peeled in (a) may still hold an extremity that barely crosses it
+    (a thumb tip in a corner). Where the strip is dark film (not a bright collimation band),
+    tissue there that touches the hand belongs to it."""
+    import cv2
+
+    sh, sw = full.shape
+    fy0, fy1, fx0, fx1 = field
+    by0, by1, bx0, bx1 = bands
     strips = np.zeros((sh, sw), bool)
     region: tuple[slice, slice]
     for region in (np.s_[:fy0, :], np.s_[fy1:, :], np.s_[:, :fx0], np.s_[:, fx1:]):
@@ -442,16 +627,24 @@ def hand_mask_small(
     outside_bands = np.zeros((sh, sw), bool)
     outside_bands[by0:by1, bx0:bx1] = True  # never grow into a bright collimation band
     strips &= outside_bands
-    if strips.any():
-        # (through the edge band, which the component analysis left out)
-        near = cv2.dilate(full, kernel, iterations=3).astype(bool) & outside_bands
-        candidates_px = ((u8_all > t) & (strips | near)).astype(np.uint8) | full
-        n2, lab2 = cv2.connectedComponents(candidates_px, connectivity=8)
-        lut = np.zeros(n2, np.uint8)
-        lut[np.unique(lab2[full > 0])] = 1
-        lut[0] = 0
-        full = lut[lab2]
-    # The film proper: without bright bands nor bright flat strips (the crop margin stops there).
+    if not strips.any():
+        return full
+    # (through the edge band, which the component analysis left out)
+    near = cv2.dilate(full, kernel, iterations=3).astype(bool) & outside_bands
+    candidates_px = ((u8_all > t) & (strips | near)).astype(np.uint8) | full
+    n2, lab2 = cv2.connectedComponents(candidates_px, connectivity=8)
+    lut = np.zeros(n2, np.uint8)
+    lut[np.unique(lab2[full > 0])] = 1
+    lut[0] = 0
+    return lut[lab2]
+
+
+def _film_box(
+    u8_all: np.ndarray, t: float, field: tuple[int, int, int, int], bands: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """The film proper: without bright bands nor bright flat strips (the crop margin stops there)."""
+    fy0, fy1, fx0, fx1 = field
+    by0, by1, bx0, bx1 = bands
     film = [by0, by1, bx0, bx1]
     for k, region in enumerate((np.s_[:fy0, :], np.s_[fy1:, :], np.s_[:, :fx0], np.s_[:, fx1:])):
         part = u8_all[region]
@@ -459,7 +652,7 @@ def hand_mask_small(
             film[k] = (fy0, fy1, fx0, fx1)[k]
     film[0], film[2] = max(film[0], by0), max(film[2], bx0)
     film[1], film[3] = min(film[1], by1), min(film[3], bx1)
-    return full.astype(bool), f, background, (film[0], film[1], film[2], film[3])
+    return (film[0], film[1], film[2], film[3])
 
 
 def _tissue_threshold(u8: np.ndarray) -> float:

@@ -504,6 +504,21 @@ def _init_worker(
     )
 
 
+def _canonical_input(rad: Any, cfg: PreprocessConfig) -> tuple[np.ndarray, Any]:
+    """The hand of a single-hand film as :func:`svdh.core.canonical.model_inputs` turns it (a
+    refused film is an error); its transform maps the turned hand's pixels, not the film's. A
+    both-hands film (one ``both`` row scored on the patient scale) stays whole, as before."""
+    from svdh.core.canonical import model_inputs
+    from svdh.core.preprocess import preprocess
+
+    hands = model_inputs(rad, cfg)
+    if hands[0].x is None:
+        raise BadDatasetError(f"refused: {hands[0].decision.reason}")
+    if len(hands) > 1:
+        return preprocess(rad, cfg, return_transform=True)
+    return hands[0].x, hands[0].transform
+
+
 def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str | None]]:
     from svdh.core.io import read_radiograph
     from svdh.core.preprocess import preprocess
@@ -513,7 +528,10 @@ def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str
     for i, path in items:
         try:
             rad = read_radiograph(path, max_pixels=_STATE["max_pixels"])
-            arr, t = preprocess(rad, cfg, return_transform=True)
+            if cfg.canonical:  # the prediction's own stage (svdh.core.canonical)
+                arr, t = _canonical_input(rad, cfg)
+            else:
+                arr, t = preprocess(rad, cfg, return_transform=True)
         except SvdhError as exc:
             msg = str(exc)
             out.append((i, None, msg.removeprefix(f"{path}: ")))

@@ -150,6 +150,16 @@ def pick_for_sheet(df: pd.DataFrame, max_images: int) -> pd.DataFrame:
     return ordered.iloc[idx]
 
 
+def _decisions(rad: Any) -> str:
+    """One line of what :func:`svdh.core.canonical.analyse` decided for every hand of a film."""
+    from svdh.core.canonical import analyse
+
+    try:
+        return " | ".join(d.summary() for d in analyse(rad))
+    except Exception as exc:  # the sheet is for looking: say it in place
+        return f"canonical stage failed: {exc}"
+
+
 def contact_sheet(
     df: pd.DataFrame,
     out: str | Path,
@@ -160,7 +170,9 @@ def contact_sheet(
     columns: int = 4,
 ) -> Path:
     """Write a PNG: per image, the raw film (red: detected hand box, green: square crop
-    window) beside the preprocessed result, with id and targets underneath."""
+    window) beside the preprocessed result, with id and targets underneath, and under them
+    what the canonical stage decided (svdh.core.canonical: hands, turn, tilt, mirroring, side
+    and its source, view, or the refusal)."""
     from PIL import Image, ImageDraw, ImageFont
 
     from svdh.core.io import read_radiograph
@@ -172,7 +184,7 @@ def contact_sheet(
     chosen = pick_for_sheet(df, max_images)
     targets = row_targets(df)
     font = ImageFont.load_default()
-    cap_h, gap = 14, 6
+    cap_h, gap = 26, 6
     cell_w, cell_h = 2 * tile + gap, tile + cap_h
     n = len(chosen)
     cols = max(1, min(columns, n))
@@ -193,6 +205,7 @@ def contact_sheet(
                 (x, y + tile + 1), _caption(rec, targets)[:60], fill=(220, 220, 220), font=font
             )
             continue
+        draw.text((x, y + tile + 13), _decisions(rad)[:60], fill=(150, 200, 255), font=font)
         raw = _raw_thumbnail(rad.pixels, t, tile)
         sheet.paste(raw, (x + (tile - raw.size[0]) // 2, y + (tile - raw.size[1]) // 2))
         sheet.paste(Image.fromarray(arr).convert("RGB"), (x + tile + gap, y))

@@ -19,7 +19,7 @@ from svdh.core.visits import normalize_visit
 
 #: File name endings read from folders (an explicitly named file is read whatever its name).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
-_SIDE_NAME = re.compile(r"^(?P<pid>.+?)[-_](?P<side>[LR])H?$", re.IGNORECASE)
+_SIDE_NAME = re.compile(r"^(?P<pid>.+?)[-_](?P<side>[LRB])H?$", re.IGNORECASE)
 _VISIT_NAME = re.compile(r"^(?P<pid>.+?)-V(?P<visit>\d+)(?:-F\d+)?$")
 
 
@@ -131,11 +131,14 @@ def lookup_patient(
 
 
 def patient_from_name(name: str | Path) -> PatientInfo | None:
-    """Patient and side from an RA2-DREAM-style file name (``<patient>-LH.png``, ``_R``...)."""
+    """Patient and side from an RA2-DREAM-style file name (``<patient>-LH.png``, ``_R``,
+    ``-BH`` for both hands: side None)."""
     m = _SIDE_NAME.match(Path(name).stem)
     if not m:
         return None
+    side = m.group("side").upper()
+    hand_side = None if side == "B" else side  # -BH: each hand's side is the canonical stage's
     v = _VISIT_NAME.match(m.group("pid"))  # svdh synth --visits: <id>-V2-LH, <id>-V2-F2-LH
     if v:
-        return PatientInfo(v.group("pid"), m.group("side").upper(), v.group("visit"))
-    return PatientInfo(m.group("pid"), m.group("side").upper())
+        return PatientInfo(v.group("pid"), hand_side, v.group("visit"))
+    return PatientInfo(m.group("pid"), hand_side)

@@ -75,6 +75,16 @@ class Prediction:
     visit: str | None = _out(
         "visit, where known: a number, or the date (YYYY-MM-DD) from DICOM StudyDate or --patients"
     )
+    side_source: str | None = _out(
+        "which source decided the side: patients, dicom, filename, position (a both-hands "
+        "film), anatomy (the thumb side)"
+    )
+    hand: str | None = _out("which hand of the film, e.g. '1/2' where a both-hands film was split")
+    view: str | None = _out("hand, wrist_only, foot, inverted or other (docs/film-quality.md)")
+    canonical: str | None = _out(
+        "what was done to the film before the model: quarter turns, tilt, mirroring"
+    )
+    in_totals: bool | None = _out("whether this hand may enter its patient's total")
     score: float | None = _out(
         "predicted SvdH total of this image (one hand 0-140, or 0-280)", required=True, only=SVDH
     )

@@ -20,9 +20,13 @@ probabilities; CORAL cumulative probabilities) and decoded with
 then combined by the ensemble's meta-learner (:func:`svdh.evaluate.ensemble.apply_meta`) or their mean.
 Intervals come from :class:`svdh.evaluate.metrics.ConformalModel`.
 
-Patient ids and sides come from a ``--patients`` CSV, from DICOM (PatientID, ImageLaterality), or
-from RA2-DREAM-style file names (``<patient>-LH.png`` / ``-RH``), in that order of precedence;
-totals are made by :class:`svdh.core.hands.PatientTotals`.
+Every film first goes through :func:`svdh.core.canonical.canonicalise`: turned fingers-up PA,
+shown as a left hand, split where it holds both hands (one prediction per hand), refused where it
+is a foot or an inverted film (an error row with the reason). Patient ids come from a
+``--patients`` CSV, DICOM (PatientID) or RA2-DREAM-style file names (``<patient>-LH.png``,
+``-RH``, ``-BH``); sides from the same sources, then the hand's place on a both-hands film, then
+the thumb side, a conflict being a warning. Totals are made by
+:class:`svdh.core.hands.PatientTotals`; wrist-only views never enter one.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     sex: str | None = None  # M or F (bone age)
     sex_from: str | None = None
+    decision: Any = None  # svdh.core.canonical.FilmDecision
 
 
 class Predictor:
@@ -359,50 +364,76 @@ class Predictor:
     def prepare(
         self, name: str, rad: Any, info: PatientInfo | None = None, display: bool = False
     ) -> Prepared:
-        """Preprocess one decoded radiograph (and, with ``display``, its display image, the same
-        field at :data:`svdh.core.preprocess.DISPLAY_SIZE` px that heat maps are drawn on);
-        patient and side from ``info``, else the DICOM tags, else the file name."""
-        from svdh.core.preprocess import preprocess
+        """The first hand of :meth:`prepare_hands` (one Prepared per image, for callers that
+        score single-hand films)."""
+        return self.prepare_hands(name, rad, info, display)[0]
 
-        item = Prepared(name=name, rad=rad)
-        try:
-            item.x, item.transform = preprocess(rad, self.preprocess_config, return_transform=True)
-            item.warnings = quality_warnings(rad, item.x)
-            if display:
-                item.display = display_image(rad, self.preprocess_config)
-        except SvdhError as exc:
-            item.error = str(exc)
-            return item
-        except MemoryError:  # one huge image must not abort the batch: it gets its error row
-            item.error = (
-                f"{name}: not enough memory to preprocess this image; lower SVDH_MAX_PIXELS"
-            )
-            return item
+    def prepare_hands(
+        self, name: str, rad: Any, info: PatientInfo | None = None, display: bool = False
+    ) -> list[Prepared]:
+        """One :class:`Prepared` per canonical hand of a decoded radiograph.
+
+        :func:`svdh.core.canonical.model_inputs` splits a both-hands film into its hands (turned
+        fingers-up and shown as left hands where the bundle was trained so) or refuses it (a
+        foot, an inverted film: an error item naming the reason); with ``display`` each hand's
+        display image is made too. The side is reconciled from ``info`` (``--patients``), the DICOM
+        laterality, the file name, the hand's place on a both-hands film and the thumb side,
+        in that order; a conflict is a warning."""
+        from svdh.core.canonical import SideHints, model_inputs
+
         meta = getattr(rad, "meta", {}) or {}
-        pid, side = meta.get("patient_id") or None, side_or_none(meta.get("laterality"))
         named = patient_from_name(name)
-        visit = None
-        if named is not None:
-            pid, side = pid or named.patient_id, side or named.side
-            visit = named.visit if named.patient_id == pid else None
-        if info is not None:
-            pid, side = info.patient_id or pid, info.side or side
-            visit = info.visit or visit
-        item.patient_id, item.side = (str(pid) if pid else None), side
-        item.visit = visit_of(meta, visit) or None  # --patients, name, else DICOM StudyDate
-        if self.family == BONEAGE:
-            try:
-                item.sex, item.sex_from = resolve_sex(
-                    self.sex, info.sex if info else None, meta.get("patient_sex")
-                )
-            except SvdhError:  # an odd DICOM PatientSex: unknown, said in the warnings
-                item.sex, item.sex_from = None, None
-            if item.sex is None and self.uses_sex:
-                item.warnings.append(
-                    "sex unknown: the model assumed neither (give --sex M|F or a sex column "
-                    "in --patients)"
-                )
-        return item
+        pid = (info.patient_id if info else None) or meta.get("patient_id") or None
+        pid = pid or (named.patient_id if named else None)
+        by_name = meta.get("patient_id") or (named.patient_id if named else None)
+        visit = named.visit if named is not None and named.patient_id == by_name else None
+        visit = (info.visit if info else None) or visit
+        visit = visit_of(meta, visit) or None  # --patients, name, else DICOM StudyDate
+        hints = SideHints(
+            patients=info.side if info else None,
+            dicom=side_or_none(meta.get("laterality")),
+            filename=named.side if named else None,
+        )
+        try:
+            hands = model_inputs(rad, self.preprocess_config, hints)
+        except SvdhError as exc:
+            return [Prepared(name=name, error=str(exc), patient_id=pid, visit=visit)]
+        except MemoryError:  # one huge image must not abort the batch: it gets its error row
+            error = f"{name}: not enough memory to preprocess this image; lower SVDH_MAX_PIXELS"
+            return [Prepared(name=name, error=error, patient_id=pid, visit=visit)]
+        sex, sex_from, sex_warning = self._sex(info, meta)
+        out = []
+        for hand in hands:
+            d = hand.decision
+            item = Prepared(name=name, decision=d, patient_id=str(pid) if pid else None)
+            item.side, item.visit = d.side, visit
+            item.sex, item.sex_from = sex, sex_from
+            if d.refused or hand.x is None:
+                item.error = f"{name}: refused: {d.reason}"
+                out.append(item)
+                continue
+            item.x, item.transform = hand.x, hand.transform
+            item.warnings = [*d.warnings, *quality_warnings(rad, item.x), *sex_warning]
+            if display:
+                item.display = display_image(hand.pixels, self.preprocess_config)
+            out.append(item)
+        return out
+
+    def _sex(self, info: PatientInfo | None, meta: dict[str, Any]) -> tuple[Any, Any, list[str]]:
+        """Bone age: the child's sex (``--sex``, ``--patients``, DICOM PatientSex, in that
+        order), where it came from, and a warning where the model needs it and none is known."""
+        if self.family != BONEAGE:
+            return None, None, []
+        try:
+            sex, sex_from = resolve_sex(
+                self.sex, info.sex if info else None, meta.get("patient_sex")
+            )
+        except SvdhError:  # an odd DICOM PatientSex: unknown, said in the warnings
+            sex, sex_from = None, None
+        if sex is None and self.uses_sex:
+            warning = "sex unknown: the model assumed neither (give --sex M|F or a sex column in --patients)"
+            return None, None, [warning]
+        return sex, sex_from, []
 
     def score(self, items: Sequence[Prepared], cam: bool = False) -> Iterator[Prediction]:
         """One :class:`Prediction` per prepared item, in order (one forward pass for the batch)."""
@@ -434,11 +465,22 @@ class Predictor:
 
     def _known(self, it: Prepared) -> dict[str, Any]:
         """What every prediction of ``it`` carries, scored or not."""
+        d = it.decision
+        film = {}
+        if d is not None:
+            film = {
+                "side_source": d.side_source,
+                "hand": f"{d.hand_index + 1}/{d.n_hands}" if d.split else None,
+                "view": d.view,
+                "canonical": None if d.refused else d.summary(),
+                "in_totals": d.in_totals,
+            }
         known = {
             "image": it.name,
             "patient_id": it.patient_id,
             "side": it.side,
             "visit": it.visit,
+            **film,
             "model": self.model_name,
             "model_version": self.model_version,
             "family": self.family,
@@ -461,7 +503,7 @@ class Predictor:
                     error = str(rad) if rad is not None else "could not be read"
                     yield Prepared(name=name, error=error)
                 else:
-                    yield self.prepare(name, rad, display=cam)
+                    yield from self.prepare_hands(name, rad, display=cam)
 
         # a batch is full with batch_size images to score (error items ride along)
         yield from self._in_batches(prepared(), cam, count_errors=False)
@@ -478,21 +520,25 @@ class Predictor:
         ahead in worker threads while the previous batch runs through the models."""
         from svdh.core.io import read_radiograph
 
-        def load(p: Path) -> Prepared:
+        def load(p: Path) -> list[Prepared]:
             name = str(p)
             try:
                 rad = read_radiograph(p, max_pixels=max_pixels)
             except SvdhError as exc:
-                return Prepared(name=name, error=str(exc))
+                return [Prepared(name=name, error=str(exc))]
             except Exception as exc:  # a decoder bug must not stop the other images
-                return Prepared(
-                    name=name, error=f"{name}: cannot be read ({type(exc).__name__}: {exc})"
-                )
-            item = self.prepare(name, rad, lookup_patient(patients, p), display=cam)
-            item.rad = None  # keep only the small model input: memory stays flat
-            return item
+                return [
+                    Prepared(
+                        name=name, error=f"{name}: cannot be read ({type(exc).__name__}: {exc})"
+                    )
+                ]
+            items = self.prepare_hands(name, rad, lookup_patient(patients, p), display=cam)
+            for item in items:
+                item.rad = None  # keep only the small model input: memory stays flat
+            return items
 
-        yield from self._in_batches(self._read_ahead(load, paths), cam)
+        hands = (it for items in self._read_ahead(load, paths) for it in items)
+        yield from self._in_batches(hands, cam)
 
     def _in_batches(
         self, items: Iterable[Prepared], cam: bool, count_errors: bool = True
@@ -509,7 +555,7 @@ class Predictor:
         if batch:
             yield from self.score(batch, cam)
 
-    def _read_ahead(self, load: Any, paths: Iterable[str | Path]) -> Iterator[Prepared]:
+    def _read_ahead(self, load: Any, paths: Iterable[str | Path]) -> Iterator[Any]:
         """``load(path)`` over ``paths`` in order: inline without workers, else in a thread pool
         at most two batches ahead of the consumer."""
         if self.workers == 0:
@@ -518,7 +564,7 @@ class Predictor:
             return
         ahead = 2 * self.batch_size
         with ThreadPoolExecutor(self.workers, thread_name_prefix="svdh-read") as pool:
-            queue: deque[Future[Prepared]] = deque()
+            queue: deque[Future[Any]] = deque()
             for p in paths:
                 queue.append(pool.submit(load, Path(p)))
                 if len(queue) >= ahead:

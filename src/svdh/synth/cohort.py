@@ -35,6 +35,7 @@ from svdh.core.errors import BadConfigError
 from svdh.core.landmarks import LANDMARKS_FILE, LANDMARKS_FORMAT, LANDMARKS_VERSION
 from svdh.core.landmarks import load_landmarks as load_landmarks  # re-exported by svdh.synth
 from svdh.synth.damage import parse_severity
+from svdh.synth.faults import apply_faults, fault_rng, parse_faults
 from svdh.synth.phantom import MODES, Patient, RenderedImage, make_patient, quantize, render_patient
 
 FORMATS = ("png", "dicom")
@@ -55,6 +56,9 @@ class CohortOptions:
     bits: int = 8
     dual_hand: bool = False
     id_prefix: str = "SYN"
+    #: film faults of :mod:`svdh.synth.faults` and the probability of each
+    faults: tuple[str, ...] = ()
+    fault_rate: float = 0.5
 
     def validate(self) -> CohortOptions:
         if self.mode not in MODES:
@@ -78,6 +82,9 @@ class CohortOptions:
                 f"patient id prefix must be letters and digits, got {self.id_prefix!r}"
             )
         parse_severity(self.severity)
+        object.__setattr__(self, "faults", parse_faults(self.faults))
+        if not 0.0 <= float(self.fault_rate) <= 1.0:
+            raise BadConfigError(f"--fault-rate must be 0-1, got {self.fault_rate!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +98,8 @@ class CohortOptions:
             "bits": self.bits,
             "dual_hand": self.dual_hand,
             "id_prefix": self.id_prefix,
+            # only when used: the bytes of fault-free cohorts stay as they were
+            **({"faults": list(self.faults), "fault_rate": self.fault_rate} if self.faults else {}),
         }
 
 
@@ -272,6 +281,8 @@ def _image_entry(img: RenderedImage, patient: Patient, side: str) -> dict[str, A
     else:
         entry["hands"] = {sd: _hand_summary(img, sd) for sd in img.sides}
     entry["landmarks"] = landmarks
+    if "faults" in img.extra:
+        entry["faults"] = img.extra["faults"]
     return entry
 
 
@@ -303,6 +314,15 @@ def _write_image(
         )
 
 
+def _with_faults(
+    img: RenderedImage, opts: CohortOptions, patient: Patient, side: str
+) -> RenderedImage:
+    if not opts.faults:
+        return img
+    rng = fault_rng(opts.seed, patient.index, side)
+    return apply_faults(img, opts.faults, rng, opts.fault_rate)
+
+
 def make_patient_files(
     opts: CohortOptions, index: int, out_dir: str, monochrome1: bool = False
 ) -> dict[str, Any]:
@@ -313,7 +333,7 @@ def make_patient_files(
     images: dict[str, Any] = {}
     if opts.mode == "child":
         side = patient.child_side
-        img = render_patient(patient, opts.size, side)
+        img = _with_faults(render_patient(patient, opts.size, side), opts, patient, side)
         name = f"{patient.patient_id}{ext}"
         _write_image(out / name, img, opts, patient, side, monochrome1)
         images[name] = _image_entry(img, patient, side)
@@ -325,7 +345,7 @@ def make_patient_files(
         return {"row": row, "images": images, "value": float(patient.boneage_months or 0)}
     sides = ("B",) if opts.dual_hand else ("L", "R")
     for side in sides:
-        img = render_patient(patient, opts.size, side)
+        img = _with_faults(render_patient(patient, opts.size, side), opts, patient, side)
         name = f"{patient.patient_id}-{side}H{ext}"
         _write_image(out / name, img, opts, patient, side, monochrome1)
         images[name] = _image_entry(img, patient, side)
@@ -392,15 +412,31 @@ def generate_cohort(
     dual_hand: bool = False,
     id_prefix: str = "SYN",
     monochrome1: bool = False,
+    faults: str | tuple[str, ...] = (),
+    fault_rate: float = 0.5,
     progress: Callable[[int], None] | None = None,
 ) -> CohortSummary:
     """Generate ``n`` phantom patients (RA: two hand images each, or one dual-hand image;
     child: one image each) into ``out_dir`` and write the labels and ``landmarks.json``.
 
     Re-running with the same arguments rewrites the same bytes. ``progress`` is called with
-    the number of patients finished so far.
+    the number of patients finished so far. ``faults`` (e.g. ``"rotate,mirror,wrist"``, see
+    :mod:`svdh.synth.faults`) damage each film like clinic films, each with probability
+    ``fault_rate``; what was done is in each image's ``faults`` entry of ``landmarks.json``.
     """
-    opts = CohortOptions(mode, n, size, seed, severity, fmt, bits, dual_hand, id_prefix).validate()
+    opts = CohortOptions(
+        mode,
+        n,
+        size,
+        seed,
+        severity,
+        fmt,
+        bits,
+        dual_hand,
+        id_prefix,
+        parse_faults(faults),
+        fault_rate,
+    ).validate()
     if not isinstance(workers, int) or workers < 1:
         raise BadConfigError(f"--workers must be a positive whole number, got {workers!r}")
     out = Path(out_dir)

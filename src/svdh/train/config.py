@@ -51,7 +51,13 @@ def opt(default: Any, help: str, *flags: str, cli: bool = True, **kw: Any) -> An
 _PP = PreprocessConfig()
 #: TrainConfig fields that are preprocessing settings, and their PreprocessConfig names: the
 #: run stores them once, in its ``preprocess`` section (the cache's PreprocessConfig).
-PREPROCESS_FIELDS = {"image_size": "size", "margin": "margin", "clahe": "clahe", "crop": "crop"}
+PREPROCESS_FIELDS = {
+    "image_size": "size",
+    "margin": "margin",
+    "clahe": "clahe",
+    "crop": "crop",
+    "canonical": "canonical",
+}
 
 _TASK_HELP = (
     "regression (SvdH total), classification or ordinal (severity classes), boneage (months)."
@@ -95,6 +101,12 @@ class TrainConfig:
         _PP.crop,
         "Crop to the detected hand (--no-crop: pad and resize the whole film).",
         "--crop/--no-crop",
+    )
+    canonical: bool = opt(
+        _PP.canonical,
+        "Turn every hand fingers-up and show it as a left-hand PA view before the crop "
+        "(docs/film-quality.md); prediction then does the same.",
+        "--canonical",
     )
     lr: float = opt(1e-3, "Base learning rate (AdamW, warm-up then cosine decay).")
     seed: int = opt(0, "Seed of the folds, the initialisation and the augmentation.")

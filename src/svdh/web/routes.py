@@ -324,8 +324,8 @@ def _patients(info: ModelInfo, outcomes: list[FileOutcome]) -> list[dict[str, An
     """Hands-and-wrists totals by the one rule (:class:`svdh.core.hands.PatientTotals`)."""
     totals = PatientTotals(info.bins, info.score_scope)
     for o in outcomes:
-        if o.prediction is not None:
-            totals.add(o.prediction)
+        for pred in o.hands or ([o.prediction] if o.prediction is not None else []):
+            totals.add(pred)
     return totals.totals()
 
 

@@ -56,6 +56,11 @@ class ImageScore(PredictionModel):  # type: ignore[misc, valid-type]
         None,
         description="with images=true: PNG data URLs of the preprocessed image and Grad-CAM overlay",
     )
+    hands: list[dict[str, Any]] | None = Field(
+        None,
+        description="a both-hands film: every canonical hand's prediction (and views), the "
+        "first being this one",
+    )
 
 
 class ImageError(BaseModel):

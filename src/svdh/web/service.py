@@ -74,6 +74,8 @@ class FileOutcome:
     status: int = 200
     error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: every hand of the film (two for a both-hands film; the first is ``prediction``)
+    hands: list[Prediction] = field(default_factory=list)
 
 
 class Busy(Exception):
@@ -224,19 +226,27 @@ class ScoringService:
         # passes would mix their activations. Decoding and rendering still run in parallel.
         with self._model_lock:
             preds = list(self.predictor.predict_images(items, cam=render))
-        for (i, _), pred in zip(decoded, preds, strict=True):
+        for (i, _), group in zip(decoded, _per_image(preds), strict=True):
             out = outcomes[i]
+            pred = group[0]
             if pred.error:
                 out.status, out.error = 422, f"'{out.name}': {pred.error}"
                 continue
-            # A patient id or side given with the upload wins over DICOM tags and file names.
-            pred.patient_id = patient_ids[i] or pred.patient_id or None
-            pred.side = side_or_none(sides[i]) or pred.side or None
-            pred.visit = visit_of(None, (visits or [None] * len(outcomes))[i]) or pred.visit
-            out.prediction = pred
+            # A patient id or side given with the upload wins over DICOM tags and file names
+            # (a both-hands film keeps each hand's own side).
+            for p in group:
+                p.patient_id = patient_ids[i] or p.patient_id or None
+                if len(group) == 1:
+                    p.side = side_or_none(sides[i]) or p.side or None
+                p.visit = visit_of(None, (visits or [None] * len(outcomes))[i]) or p.visit
+            out.prediction, out.hands = pred, list(group)
             out.result = {**pred.to_json(), **{k: v for k, v in out.meta.items() if v is not None}}
             if render:
                 out.result["views"] = render_views(pred)
+            if len(group) > 1:  # a both-hands film: every canonical hand, with its views
+                out.result["hands"] = [
+                    {**p.to_json(), **({"views": render_views(p)} if render else {})} for p in group
+                ]
 
     def _keep(self, files: list[UploadedFile], outcomes: list[FileOutcome]) -> None:
         """Write the uploads and their results under ``keep_dir`` (only when asked for)."""
@@ -323,6 +333,18 @@ def png_data_url(img: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG", optimize=False)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _per_image(preds: list[Prediction]) -> list[list[Prediction]]:
+    """The predictor's predictions grouped per image: a both-hands film gives its hands
+    ``1/2``, ``2/2`` one after the other (svdh.core.canonical)."""
+    groups: list[list[Prediction]] = []
+    for p in preds:
+        if p.hand and not p.hand.startswith("1/") and groups:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    return groups
 
 
 def render_views(pred: Prediction) -> dict[str, str | None]:

@@ -1,0 +1,330 @@
+"""svdh.core.canonical: any film in, fingers-up left-hand PA views (or a refusal) out.
+
+Phantoms carry their truth (``svdh.synth.faults``: the quarter turn that undoes the film's,
+whether it is mirrored, the view, the sides); the real samples are upright, so their 8
+rotations/mirrors have a known answer too.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svdh.core import canonical as C
+from svdh.core.io import read_radiograph
+from svdh.core.preprocess import as_float_image
+from svdh.synth import render_hand
+from svdh.synth.faults import FAULTS, apply_faults, parse_faults
+
+SIZE = 256
+
+
+def _phantom(index: int, side: str = "L", faults: tuple[str, ...] = (), seed: int = 3, rate=1.0):
+    img = render_hand(seed=seed, index=index, side=side, size=SIZE)
+    if faults:
+        img = apply_faults(img, faults, np.random.default_rng([seed, index]), rate=rate)
+    return img
+
+
+def _upright_and_left_view(hand: C.CanonicalHand, points: dict) -> bool:
+    """Once canonical, radius->MCP3 points up (within 45 degrees), thumb (MCP1) right of MCP5."""
+    p = {k: hand.map_points(points[k]) for k in ("mcp3", "radius", "mcp1", "mcp5")}
+    v = p["mcp3"] - p["radius"]
+    return abs(np.degrees(np.arctan2(v[0], -v[1]))) <= 45 and p["mcp1"][0] > p["mcp5"][0]
+
+
+def _transform(img: np.ndarray, j: int, flip: bool) -> np.ndarray:
+    t = np.rot90(img, j)
+    return np.ascontiguousarray(t[:, ::-1] if flip else t)
+
+
+# --------------------------------------------------------------------------- orientation, side
+
+
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("side", ["L", "R"])
+def test_phantom_hand_in_its_8_rotations_and_mirrors(index: int, side: str) -> None:
+    base = _phantom(index, side)
+    for j in range(4):
+        for flip in (False, True):
+            hands = C.canonicalise(_transform(base.image, j, flip))
+            assert len(hands) == 1
+            d = hands[0].decision
+            assert d.view == "hand" and not d.refused, (j, flip, d)
+            assert d.rotation_k == (j if flip else (-j) % 4), (j, flip, d)
+            mirrored_side = {"L": "R", "R": "L"}[side]
+            assert d.side_anatomy == (mirrored_side if flip else side), (j, flip, d)
+            # without other sources the anatomy decides, and says so
+            assert (d.side, d.side_source) == (d.side_anatomy, "anatomy")
+            # the canonical view is always the left-hand PA view
+            assert d.mirrored == (d.side_anatomy == "R")
+
+
+def test_canonical_pixels_and_point_map_agree_with_the_truth() -> None:
+    img = _phantom(2, "R", ("rotate", "mirror"))
+    truth = img.extra["faults"]
+    (hand,) = C.canonicalise(img.image)
+    d = hand.decision
+    assert d.rotation_k == truth["rotation_k"]
+    assert _upright_and_left_view(hand, img.landmarks["R"])
+    # the mapped MCP3 lies on bright bone of the canonical pixels
+    x, y = np.round(hand.map_points(img.landmarks["R"]["mcp3"])).astype(int)
+    assert hand.pixels[y, x] > np.percentile(hand.pixels, 70)
+
+
+def test_both_hands_film_is_split_and_each_hand_gets_its_side() -> None:
+    img = _phantom(0, "B")
+    hands = C.canonicalise(img.image)
+    assert [h.decision.n_hands for h in hands] == [2, 2]
+    assert [h.decision.hand_index for h in hands] == [0, 1]
+    # PA both-hands film: the patient's right hand on the image left; anatomy agrees
+    assert [h.decision.side_anatomy for h in hands] == ["R", "L"]
+    assert [h.decision.side for h in hands] == ["R", "L"]
+    assert all(h.decision.side_source == "position" for h in hands)
+    assert all(not h.decision.warnings for h in hands)
+    for h, sd in zip(hands, ("R", "L"), strict=True):
+        assert _upright_and_left_view(h, img.landmarks[sd])
+        # the other hand was blanked out: one hand's width of film, not two
+        assert h.pixels.shape[1] < 0.75 * img.image.shape[1]
+
+
+def test_rotated_both_hands_film_keeps_the_hands_apart() -> None:
+    img = _phantom(1, "B")
+    hands = C.canonicalise(_transform(img.image, 1, False))
+    assert [h.decision.side_anatomy for h in hands] == ["R", "L"]
+    assert all(h.decision.rotation_k == 3 for h in hands)
+
+
+def test_film_faults_plate_frame_marker_keep_the_answer() -> None:
+    for index in range(3):
+        img = _phantom(index, "L", ("rotate", "mirror", "plate", "frame", "marker"))
+        truth = img.extra["faults"]
+        assert {"plate", "frame", "marker"} <= set(truth["applied"])
+        (hand,) = C.canonicalise(img.image)
+        assert hand.decision.view == "hand", truth
+        assert _upright_and_left_view(hand, img.landmarks["L"]), (truth, hand.decision)
+        assert hand.decision.side_anatomy == ("R" if truth["mirrored"] else "L")
+
+
+# --------------------------------------------------------------------------- views
+
+
+@pytest.mark.parametrize("kind", ["wrist", "cut"])
+def test_wrist_only_and_cut_off_views_get_the_warning_and_stay_out_of_totals(kind: str) -> None:
+    # measured on 24 phantoms each (256 px): wrist 24/24, cut across the proximal phalanges
+    # 22/24 (the two misses keep arched finger stubs); here 6 films, at most one miss
+    views = []
+    for index in range(6):
+        img = _phantom(index, "LR"[index % 2], (kind,))
+        assert img.extra["faults"]["view"] == "wrist_only"
+        (hand,) = C.canonicalise(img.image)
+        d = hand.decision
+        views.append(d.view)
+        if d.view == "wrist_only":
+            assert C.WRIST_ONLY_WARNING in d.warnings and not d.in_totals and not d.refused
+    assert views.count("wrist_only") >= 5, views
+
+
+def test_inverted_blank_and_formless_images_are_refused_with_a_reason() -> None:
+    img = _phantom(0, "L")
+    (inv,) = C.canonicalise(1.0 - img.image)
+    assert inv.decision.refused and inv.decision.view == "inverted"
+    assert "inverted" in inv.decision.reason and "MONOCHROME2" in inv.decision.reason
+    (blank,) = C.canonicalise(np.full((300, 200), 0.4, np.float32))
+    assert blank.decision.refused and blank.decision.view == "other"
+    # a smooth blob: nothing hand-like about it
+    yy, xx = np.mgrid[:300, :300]
+    blob = (np.exp(-((xx - 150) ** 2 + (yy - 150) ** 2) / 4000.0) * 0.8).astype(np.float32)
+    (b,) = C.canonicalise(blob)
+    assert b.decision.view != "hand" and not b.decision.in_totals
+
+
+# --------------------------------------------------------------------------- laterality
+
+
+def test_reconcile_side_reports_every_conflict_and_who_decided() -> None:
+    assert C.reconcile_side("L") == ("L", "anatomy", ())
+    side, src, warn = C.reconcile_side("R", C.SideHints(filename="L"))
+    assert (side, src) == ("L", "filename")
+    assert len(warn) == 1 and "anatomy" in warn[0] and "mirrored" in warn[0]
+    side, src, warn = C.reconcile_side("L", C.SideHints(patients="R", dicom="L", filename="L"))
+    assert (side, src) == ("R", "patients") and len(warn) == 3
+    assert C.reconcile_side(None, C.SideHints(filename="B")) == (None, None, ())
+    assert C.reconcile_side("L", C.SideHints(dicom="L")) == ("L", "dicom", ())
+
+
+def test_mirrored_film_with_a_labelled_side_is_a_reported_conflict() -> None:
+    img = _phantom(0, "L", ())
+    (hand,) = C.canonicalise(img.image[:, ::-1].copy(), C.SideHints(filename="L"))
+    d = hand.decision
+    assert d.side_anatomy == "R" and d.side == "L" and d.side_source == "filename"
+    assert any("side conflict" in w for w in d.warnings)
+
+
+def test_decision_round_trips_to_plain_data_and_says_what_was_done() -> None:
+    (hand,) = C.canonicalise(_transform(_phantom(0, "R").image, 1, False))
+    d = hand.decision.to_dict()
+    assert d["rotation_k"] == 3 and d["view"] == "hand" and isinstance(d["box"], list)
+    assert "rot 270" in hand.decision.summary() and "anatomy" in hand.decision.summary()
+
+
+# --------------------------------------------------------------------------- synth faults
+
+
+def test_fault_truth_moves_the_landmarks_with_the_pixels() -> None:
+    plain = _phantom(0, "L")
+    for seed in range(4):
+        img = apply_faults(plain, ("rotate", "mirror"), np.random.default_rng(seed))
+        t = img.extra["faults"]
+        # undo: rot90 by rotation_k, then flip if mirrored, gives the plain film back
+        back = np.rot90(img.image, t["rotation_k"])
+        back = back[:, ::-1] if t["mirrored"] else back
+        assert np.array_equal(back, plain.image)
+        for name in ("mcp3", "radius"):
+            x, y = np.round(img.landmarks["L"][name]).astype(int)
+            x0, y0 = np.round(plain.landmarks["L"][name]).astype(int)
+            assert abs(float(img.image[y, x]) - float(plain.image[y0, x0])) < 1e-5
+
+
+def test_parse_faults() -> None:
+    assert parse_faults("mirror, rotate") == ("rotate", "mirror")
+    assert parse_faults("all") == FAULTS
+    assert parse_faults("") == ()
+    with pytest.raises(Exception, match="unknown film fault"):
+        parse_faults("rotate,spin")
+
+
+# --------------------------------------------------------------------------- real samples
+
+
+def _real(root: Path, pattern: str) -> list[str]:
+    return sorted(glob.glob(str(root / pattern)))
+
+
+@pytest.mark.real_data
+def test_real_hands_in_their_rotations_and_mirrors(
+    ra2_dream_dir: Path, rsna_sample_dir: Path
+) -> None:
+    files = _real(ra2_dream_dir, "*H.jpg") + _real(rsna_sample_dir, "*.png")[::3]
+    assert len(files) == 6 + 7
+    for i, f in enumerate(files):
+        truth = "R" if "-RH" in f else "L"
+        img = as_float_image(read_radiograph(f))
+        # two of the 8 transforms per film, a different pair each film: all 8 are covered
+        for j, flip in (((i % 4), False), ((i + 1) % 4, True)):
+            (hand,) = C.canonicalise(_transform(img, j, flip))
+            d = hand.decision
+            assert d.view == "hand", (f, j, flip, d)
+            assert d.rotation_k == (j if flip else (-j) % 4), (f, j, flip, d)
+            assert d.side_anatomy == ({"L": "R", "R": "L"}[truth] if flip else truth), (f, j, flip)
+
+
+@pytest.mark.real_data
+def test_real_feet_are_refused_as_feet(ra2_dream_dir: Path) -> None:
+    feet = _real(ra2_dream_dir, "*F.jpg")
+    assert len(feet) == 6
+    for i, f in enumerate(feet):
+        img = _transform(as_float_image(read_radiograph(f)), i % 4, bool(i % 2))
+        (hand,) = C.canonicalise(img)
+        assert hand.decision.view == "foot" and hand.decision.refused, f
+        assert "foot" in hand.decision.reason
+
+
+# --------------------------------------------------------------------------- the model inputs
+
+
+def test_model_inputs_keep_old_models_inputs_and_turn_for_canonical_ones() -> None:
+    from svdh.core.preprocess import PreprocessConfig, preprocess
+
+    img = _phantom(0, "R")
+    old = PreprocessConfig(size=64)
+    (plain,) = C.model_inputs(img.image, old)
+    assert np.array_equal(plain.x, preprocess(img.image, old))  # byte-identical for old bundles
+    assert PreprocessConfig.from_dict(old.to_dict()).canonical is False
+    assert PreprocessConfig.from_dict({"size": 64}).canonical is False  # records before it
+    (turned,) = C.model_inputs(_transform(img.image, 3, True), PreprocessConfig(64, canonical=True))
+    assert turned.decision.rotation_k == 3 and turned.x.shape == (64, 64)
+    both = C.model_inputs(_phantom(1, "B").image, old)
+    assert [m.decision.side for m in both] == ["R", "L"] and all(m.x is not None for m in both)
+
+
+def test_predictor_splits_both_hands_films_and_keeps_wrist_views_out_of_totals(
+    world, tmp_path: Path
+) -> None:
+    from svdh.core.hands import PatientTotals
+    from svdh.inference.predictor import Predictor
+    from svdh.synth import quantize
+    from svdh.synth.cohort import write_png
+
+    write_png(tmp_path / "P1-BH.png", quantize(_phantom(0, "B").image))
+    write_png(tmp_path / "P2-LH.png", quantize(_phantom(1, "L", ("wrist",)).image))
+    write_png(tmp_path / "P2-RH.png", quantize(_phantom(1, "R").image))
+    foot = np.rot90(_phantom(2, "L").image).copy()  # a hand turned: still a hand
+    write_png(tmp_path / "P3-LH.png", quantize(1.0 - foot))  # inverted: refused
+    predictor = Predictor(world.run_bundle)
+    preds = list(predictor.predict_paths(sorted(tmp_path.glob("*.png"))))
+    by = {(Path(p.image).name, p.hand): p for p in preds}
+    r, left = by[("P1-BH.png", "1/2")], by[("P1-BH.png", "2/2")]
+    assert (r.side, left.side) == ("R", "L") and r.side_source == left.side_source == "position"
+    assert r.patient_id == left.patient_id == "P1" and r.in_totals and left.score is not None
+    wrist = by[("P2-LH.png", None)]
+    assert wrist.view == "wrist_only" and wrist.in_totals is False and wrist.score is not None
+    assert C.WRIST_ONLY_WARNING in wrist.warnings
+    inv = by[("P3-LH.png", None)]
+    assert inv.error and "refused" in inv.error and "inverted" in inv.error
+    totals = PatientTotals(predictor.bins, predictor.bundle.score_scope)
+    for p in preds:
+        totals.add(p)
+    got = {t["patient_id"]: t for t in totals.totals()}
+    assert got["P1"]["total"] is not None  # both hands of one film: a 0-280 total
+    assert got["P2"]["total"] is None  # the wrist-only view never enters it
+
+
+def test_canonical_training_cache_sees_what_prediction_sees(tmp_path: Path) -> None:
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data.cache import ensure_cache
+    from svdh.synth import generate_cohort
+
+    cohort = tmp_path / "c"
+    generate_cohort(cohort, n=3, size=192, seed=5, faults="rotate,mirror")
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = ensure_cache(
+        f"ra2-dream:{cohort}", 64, tmp_path / "cache", cfg=cfg, workers=1, progress=False
+    )
+    assert cache.config.canonical and len(cache.manifest) == 6
+    plain = ensure_cache(f"ra2-dream:{cohort}", 64, tmp_path / "cache", workers=1, progress=False)
+    changed = 0
+    for i, path in enumerate(cache.manifest["image"]):
+        # the training input is the prediction's input, byte for byte
+        (mi,) = C.model_inputs(read_radiograph(path), cfg)
+        assert np.array_equal(np.asarray(cache.images[i]), mi.x)
+        changed += int(not np.array_equal(np.asarray(cache.images[i]), np.asarray(plain.images[i])))
+    assert changed >= 4  # turned and mirrored films: most inputs differ from the plain crop
+
+
+def test_web_answers_every_hand_of_a_both_hands_film_and_its_total(world) -> None:
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from svdh.inference.predictor import Predictor
+    from svdh.synth import quantize
+    from svdh.web.app import create_app
+
+    buf = io.BytesIO()
+    Image.fromarray(quantize(_phantom(0, "B").image)).save(buf, format="PNG")
+    with TestClient(create_app(Predictor(world.run_bundle))) as client:
+        r = client.post(
+            "/api/v1/score", files=[("files", ("P9-BH.png", buf.getvalue(), "image/png"))]
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (res,) = body["results"]
+    assert [h["side"] for h in res["hands"]] == ["R", "L"]
+    assert [h["hand"] for h in res["hands"]] == ["1/2", "2/2"]
+    (pat,) = body["patients"]
+    assert pat["patient_id"] == "P9" and pat["total"] is not None
