@@ -70,6 +70,18 @@ def export(
     typer.echo(f"next: svdh predict --model {path} IMAGES... -o predictions.csv")
 
 
+PATIENTS_OPTION = typer.Option(
+    None,
+    "--patients",
+    help="CSV with columns image,patient_id[,side][,visit][,sex] to sum both hands of a "
+    "patient (per visit) and, with two or more visits, write the change table "
+    "(out_changes.csv); sex (M/F or male) for bone age.",
+)
+SEX_OPTION = typer.Option(
+    None, "--sex", help="Bone age: M or F for every image (else --patients, DICOM PatientSex)."
+)
+
+
 def predict(
     inputs: list[str] = typer.Argument(
         ...,
@@ -93,16 +105,8 @@ def predict(
         "with every member, and the raw maps (.npy).",
     ),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per forward pass."),
-    patients: Path | None = typer.Option(
-        None,
-        "--patients",
-        help="CSV with columns image,patient_id[,side][,visit][,sex] to sum both hands of a "
-        "patient (per visit) and, with two or more visits, write the change table "
-        "(out_changes.csv); sex (M/F or male) for bone age.",
-    ),
-    sex: str | None = typer.Option(
-        None, "--sex", help="Bone age: M or F for every image (else --patients, DICOM PatientSex)."
-    ),
+    patients: Path | None = PATIENTS_OPTION,
+    sex: str | None = SEX_OPTION,
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     use_onnx: bool = typer.Option(
         False, "--onnx", help="Run the bundle's ONNX graph with onnxruntime instead of torch."

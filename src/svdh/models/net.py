@@ -461,7 +461,11 @@ def model_from_config(cfg: Mapping[str, Any]) -> SvdhNet:
         "dropout",
         "tta_flip",
     )
-    return SvdhNet(cfg["backbone"], cfg["task"], **{k: cfg[k] for k in keys if k in cfg})
+    kwargs = {k: cfg[k] for k in keys if k in cfg}
+    # an architecture saved before flip TTA existed was trained, calibrated and validated
+    # without it: rebuild it the same way (new runs record tta_flip explicitly)
+    kwargs.setdefault("tta_flip", False)
+    return SvdhNet(cfg["backbone"], cfg["task"], **kwargs)
 
 
 # --------------------------------------------------------------------------- outputs

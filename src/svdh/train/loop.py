@@ -897,6 +897,7 @@ def run_config(
         "use_sex": cfg.use_sex,
         "max_score": bins.max_score if (bins and cfg.task == Task.REGRESSION) else None,
         "dropout": cfg.dropout,
+        "tta_flip": True,  # flip test-time augmentation (docs/benchmarks.md: it helps)
     }
     man = data.manifest
     return {
