@@ -34,7 +34,7 @@ from svdh.core import scoring
 from svdh.core.errors import BadConfigError
 from svdh.core.landmarks import LANDMARKS_FILE, LANDMARKS_FORMAT, LANDMARKS_VERSION
 from svdh.core.landmarks import load_landmarks as load_landmarks  # re-exported by svdh.synth
-from svdh.synth.damage import parse_severity
+from svdh.synth.damage import PatientDisease, parse_severity
 from svdh.synth.faults import apply_faults, fault_rng, parse_faults
 from svdh.synth.phantom import MODES, Patient, RenderedImage, make_patient, quantize, render_patient
 
@@ -349,20 +349,24 @@ def make_patient_files(
         name = f"{patient.patient_id}-{side}H{ext}"
         _write_image(out / name, img, opts, patient, side, monochrome1)
         images[name] = _image_entry(img, patient, side)
-    d = patient.disease
-    assert d is not None
-    row: dict[str, Any] = {
-        "Patient_ID": patient.patient_id,
-        "Overall_Tol": d.hand_total("L") + d.hand_total("R"),
-        "Overall_erosion": d.hand_erosion("L") + d.hand_erosion("R"),
-        "Overall_narrowing": d.hand_jsn("L") + d.hand_jsn("R"),
-    }
+    assert patient.disease is not None
+    row = ra2_label_row(patient.patient_id, patient.disease)
+    return {"row": row, "images": images, "value": float(row["Overall_Tol"])}
+
+
+def ra2_label_row(patient_id: str, d: PatientDisease, **extra: Any) -> dict[str, Any]:
+    """One ``training.csv`` row in the RA2-DREAM challenge's layout: the id, ``extra`` columns
+    (a visit, its date), the hands-and-wrists totals, then every joint column (erosions first)."""
+    row: dict[str, Any] = {"Patient_ID": patient_id, **extra}
+    row["Overall_Tol"] = d.hand_total("L") + d.hand_total("R")
+    row["Overall_erosion"] = d.hand_erosion("L") + d.hand_erosion("R")
+    row["Overall_narrowing"] = d.hand_jsn("L") + d.hand_jsn("R")
     for kind in (scoring.EROSION, scoring.JSN):
         for side in scoring.SIDES:
             for j in scoring.JOINTS:
                 if j.kind == kind:
                     row[j.column(side)] = d.scores[side][j.key]
-    return {"row": row, "images": images, "value": float(row["Overall_Tol"])}
+    return row
 
 
 def ra_columns() -> list[str]:

@@ -33,7 +33,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +77,7 @@ class VisitOptions:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "visits": self.visits,
-            "progression_rate": self.progression_rate,
-            "interval_days": self.interval_days,
-            "stable_share": self.stable_share,
-            "repeat": self.repeat,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -207,22 +201,9 @@ def _write(
 
 
 def _label_row(p: Patient, v: Visit, film: int) -> dict[str, Any]:
-    d = v.disease
-    row: dict[str, Any] = {
-        "Patient_ID": p.patient_id,
-        "visit": v.number,
-        "date": v.date.isoformat(),
-        "film": film,
-        "Overall_Tol": d.hand_total("L") + d.hand_total("R"),
-        "Overall_erosion": d.hand_erosion("L") + d.hand_erosion("R"),
-        "Overall_narrowing": d.hand_jsn("L") + d.hand_jsn("R"),
-    }
-    for kind in (scoring.EROSION, scoring.JSN):
-        for side in scoring.SIDES:
-            for j in scoring.JOINTS:
-                if j.kind == kind:
-                    row[j.column(side)] = d.scores[side][j.key]
-    return row
+    return _cohort.ra2_label_row(
+        p.patient_id, v.disease, visit=v.number, date=v.date.isoformat(), film=film
+    )
 
 
 def make_visit_files(
