@@ -699,6 +699,20 @@ class ModelInput:
     transform: Any
     decision: FilmDecision
     pixels: np.ndarray
+    #: 2 x 3 affine from the film as given (x, y) to ``pixels`` (x, y): identity unless the
+    #: hand was cut out of a both-hands film or turned.
+    matrix: np.ndarray = field(default_factory=lambda: np.eye(2, 3))
+
+    def film_to_input(self, xy: Any) -> np.ndarray:
+        """Film (x, y) pixel coordinates (array ... x 2) to coordinates of the model input ``x``."""
+        p = np.asarray(xy, dtype=np.float64)
+        return self.transform.map_points(p @ self.matrix[:, :2].T + self.matrix[:, 2])
+
+    def input_to_film(self, xy: Any) -> np.ndarray:
+        """Model-input (x, y) coordinates back to the film as given (the inverse of
+        :meth:`film_to_input`)."""
+        q = self.transform.inverse(xy) - self.matrix[:, 2]
+        return np.asarray(q @ np.linalg.inv(self.matrix[:, :2]).T)
 
 
 def model_inputs(image: Any, cfg: Any = None, hints: SideHints | None = None) -> list[ModelInput]:
@@ -720,17 +734,18 @@ def model_inputs(image: Any, cfg: Any = None, hints: SideHints | None = None) ->
         if d.refused or m is None:
             out.append(ModelInput(None, None, d, img))
             continue
+        matrix = np.eye(2, 3)
         if cfg.canonical:
             others = [mm for dd, mm in results if mm is not None and mm is not m]
-            pixels, _ = _cut_and_turn(img, d, m, others, sm)
+            pixels, matrix = _cut_and_turn(img, d, m, others, sm)
         elif d.n_hands == 1:
             pixels = img
         else:
             flat = replace(d, rotation_k=0, tilt_deg=0.0, mirrored=False)
             others = [mm for dd, mm in results if mm is not None and mm is not m]
-            pixels, _ = _cut_and_turn(img, flat, m, others, sm)
+            pixels, matrix = _cut_and_turn(img, flat, m, others, sm)
         x, t = preprocess(pixels, cfg, return_transform=True)
-        out.append(ModelInput(x, t, d, pixels))
+        out.append(ModelInput(x, t, d, pixels, matrix))
     return out
 
 
