@@ -111,6 +111,9 @@ class Prepared:
     sex: str | None = None  # M or F (bone age)
     sex_from: str | None = None
     decision: Any = None  # svdh.core.canonical.FilmDecision
+    #: the svdh.core.canonical.ModelInput: ``film_to_input`` / ``input_to_film`` map points
+    #: between the film as given and ``x`` (heat maps on the film, landmarks onto ``x``)
+    hand: Any = None
 
 
 class Predictor:
@@ -412,7 +415,7 @@ class Predictor:
                 item.error = f"{name}: refused: {d.reason}"
                 out.append(item)
                 continue
-            item.x, item.transform = hand.x, hand.transform
+            item.x, item.transform, item.hand = hand.x, hand.transform, hand
             item.warnings = [*d.warnings, *quality_warnings(rad, item.x), *sex_warning]
             if display:
                 item.display = display_image(hand.pixels, self.preprocess_config)
