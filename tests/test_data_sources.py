@@ -86,6 +86,22 @@ def test_rsna_kaggle_layout(tmp_path: Path, nested: bool) -> None:
     assert df["male"].tolist() == [0.0, 1.0] and all(Path(p).parent == folder for p in df["image"])
 
 
+def test_rsna_male_column_reads_the_same_words_as_prediction(tmp_path: Path) -> None:
+    """One vocabulary (svdh.core.sex): whatever --sex / --patients / DICOM accept as a sex, a
+    training table's ``male`` column reads the same way; unknown is missing, not an error."""
+    from svdh.core.sex import norm_sex
+
+    words = ["M", "male", "True", "1", "y", "boy", "F", "female", "False", "0", "girl", "unknown"]
+    rows = [f"{i},{100 + i},{w}" for i, w in enumerate(words, start=1)]
+    for i in range(1, len(words) + 1):
+        _png(tmp_path / f"{i}.png")
+    (tmp_path / "boneage.csv").write_text("id,boneage,male\n" + "\n".join(rows) + "\n")
+    df = load_source(f"rsna-boneage:{tmp_path}")
+    want = [{"M": 1.0, "F": 0.0}.get(norm_sex(w) or "", np.nan) for w in words]
+    assert np.allclose(df["male"].to_numpy(float), want, equal_nan=True)
+    assert want[:6] == [1.0] * 6 and want[6:11] == [0.0] * 5 and np.isnan(want[11])
+
+
 def test_rsna_flat_layout_problems_listed_then_skipped(tmp_path: Path) -> None:
     for i in (1, 2, 3, 4, 9):
         _png(tmp_path / f"{i}.png")

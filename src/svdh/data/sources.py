@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from svdh.core.errors import BadDatasetError, quote
+from svdh.core.errors import BadConfigError, BadDatasetError, quote
 from svdh.core.scoring import (
     JOINTS,
     MAX_EROSION_HAND,
@@ -37,6 +37,7 @@ from svdh.core.scoring import (
     MAX_PATIENT,
     hand_score,
 )
+from svdh.core.sex import norm_sex
 from svdh.core.visits import normalize_visit
 from svdh.data.manifest import Problem, finalize, new_row
 
@@ -291,15 +292,6 @@ def _number_or_text(value: Any) -> Any:
     return int(v) if math.isfinite(v) and v.is_integer() else v  # messages show "7", not "7.0"
 
 
-def _bool(value: Any) -> float:
-    s = str(value).strip().lower()
-    if s in ("true", "1", "1.0", "m", "male", "yes", "y", "t"):
-        return 1.0
-    if s in ("false", "0", "0.0", "f", "female", "no", "n"):
-        return 0.0
-    raise ValueError(value)
-
-
 # --------------------------------------------------------------------------- RSNA Bone Age
 
 
@@ -378,9 +370,11 @@ def _rsna_targets(
     if "male" in cols:
         raw = rec[cols["male"]]
         try:
-            row["male"] = _bool(raw) if str(raw).strip() != "" else math.nan
-        except ValueError:
+            sex = norm_sex(raw, "male")
+        except BadConfigError:
             note(f"male {quote(raw)} is not True/False")
+        else:
+            row["male"] = {"M": 1.0, "F": 0.0}.get(sex or "", math.nan)
 
 
 def _folders(folders: tuple[Path, ...], root: Path) -> str:

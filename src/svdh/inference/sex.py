@@ -11,29 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from svdh.core.errors import BadConfigError
+from svdh.core.sex import norm_sex, sex_code
 
 #: Where a prediction's sex came from (the ``sex_from`` output).
 FROM_OPTION, FROM_CSV, FROM_DICOM = "--sex", "patients CSV", "DICOM PatientSex"
-
-_MALE = {"m", "male", "boy", "true", "1", "1.0", "yes"}
-_FEMALE = {"f", "female", "girl", "false", "0", "0.0", "no"}
-_UNKNOWN = {"", "o", "other", "u", "unknown", "nan", "none", "null"}
-
-
-def norm_sex(value: Any, where: str = "sex") -> str | None:
-    """``M``, ``F`` or None (unknown) from M/F, male/female, True/False or 1/0 (the RSNA
-    ``male`` column); anything else is an error naming ``where``."""
-    if value is None:
-        return None
-    s = str(value).strip().lower()
-    if s in _MALE:
-        return "M"
-    if s in _FEMALE:
-        return "F"
-    if s in _UNKNOWN:
-        return None
-    raise BadConfigError(f"{where}: {value!r} is not a sex; give M or F (or male/female, 1/0)")
 
 
 def resolve_sex(
@@ -50,6 +31,4 @@ def resolve_sex(
     return None, None
 
 
-def sex_code(sex: str | None) -> float:
-    """The model's input: +1 male, -1 female, 0 unknown (as ``build_targets`` codes it)."""
-    return {"M": 1.0, "F": -1.0}.get(sex or "", 0.0)
+__all__ = ["FROM_CSV", "FROM_DICOM", "FROM_OPTION", "norm_sex", "resolve_sex", "sex_code"]
