@@ -10,6 +10,12 @@ scheme, and each model is scored on the same 200 hands of unseen phantom patient
 "Training hands" include the 20% validation split used for early model selection.
 
     python benchmarks/bench_transfer_phantom.py --out /tmp/transfer --size 64 --epochs 10
+
+With ``--pretrained RUN`` the bone-age model is a finished run instead (the real-radiograph
+pillar: ``svdh pretrain`` on RSNA films), fine-tuned on the same phantom RA cohorts:
+
+    python benchmarks/bench_transfer_phantom.py --out /tmp/transfer_rsna --size 96 \
+        --backbones resnet18 --schemes full,discriminative --pretrained RSNA_RUN
 """
 
 from __future__ import annotations
@@ -85,6 +91,12 @@ def main() -> None:
     ap.add_argument(
         "--augment", action="store_true", help="training augmentation (off: as the learning test)"
     )
+    ap.add_argument(
+        "--pretrained",
+        type=Path,
+        help="a finished bone-age run (e.g. svdh pretrain on real RSNA films) to fine-tune from "
+        "instead of pretraining on phantom children (one backbone: the run's)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.environ.setdefault("SVDH_CACHE_DIR", str(a.out / "cache"))
@@ -93,7 +105,9 @@ def main() -> None:
     hands = [int(h) for h in a.hands.split(",")]
     draw = 2 * a.size
     t0 = time.time()
-    child = cohort(a.out / "child", a.children, "child", 1, draw, a.workers)
+    child = (
+        None if a.pretrained else cohort(a.out / "child", a.children, "child", 1, draw, a.workers)
+    )
     pool = cohort(a.out / "ra_pool", max(hands) // 2, "ra", 2, draw, a.workers)
     test = cohort(a.out / "ra_test", 100, "ra", 3, draw, a.workers)
     print(f"phantoms ready in {time.time() - t0:.0f} s", file=sys.stderr)
@@ -112,7 +126,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["backbone"], r["init"], r["scheme"], r["hands"]) for r in results}
     for bb in a.backbones.split(","):
-        pre = a.out / f"pretrain_{bb}"
+        pre = a.pretrained or a.out / f"pretrain_{bb}"
         if not (pre / "metrics.json").exists():
             t = time.time()
             m = train_run(
@@ -142,6 +156,8 @@ def main() -> None:
             runs = [("scratch", "full")] + [(f"checkpoint:{pre}", s) for s in a.schemes.split(",")]
             for init, scheme in runs:
                 init_name = "scratch" if init == "scratch" else "bone age"
+                if a.pretrained and init != "scratch":
+                    init_name = "RSNA bone age"
                 if (bb, init_name, scheme, n) in done:
                     continue
                 out = (
