@@ -260,3 +260,61 @@ def test_cache_of_the_ra2_dream_sample(ra2_dream_dir: Path, tmp_path: Path) -> N
         "UAB003": 0,
     }
     assert all(30 < cache.images[i].mean() < 200 for i in range(6))
+
+
+# --------------------------------------------------------------------------- both-hands films
+
+
+def test_csv_both_hands_film_rows_for_canonical_training(tmp_path: Path) -> None:
+    """Two rows of one image, side L and R, are the hands of a both-hands film for canonical
+    training (each its own score); a both-hands film with a patient total only is refused
+    there, naming its row; without canonical training everything reads as before."""
+    for name in ("bh.png", "p2.png"):
+        Image.fromarray(_hand(96, 0)).save(tmp_path / name)
+    (tmp_path / "m.csv").write_text(
+        "image,patient_id,svdh,erosion,jsn,side\n"
+        "bh.png,p1,5,3,2,L\n"
+        "bh.png,p1,7,4,3,R\n"
+        "p2.png,p2,40,,,both\n"
+    )
+    spec = f"csv:{tmp_path / 'm.csv'}"
+    with pytest.raises(BadDatasetError) as exc:
+        load_source(spec, split_both_hands=True)
+    msg = str(exc.value)
+    assert "1 problem(s)" in msg and "m.csv row 4 (p2.png): a both-hands film with a patient" in msg
+    df = load_source(spec, skip_invalid=True, split_both_hands=True)
+    assert df["image_id"].tolist() == ["bh:L", "bh:R"]
+    assert df["film_side"].tolist() == ["both", "both"] and df["side"].tolist() == ["L", "R"]
+    assert df["svdh"].tolist() == [5, 7] and df["patient_svdh"].tolist() == [12, 12]
+    assert set(df["score_scope"]) == {"hand"}
+    # as before without it: one image twice is a duplicate, now with a hint
+    with pytest.raises(
+        BadDatasetError,
+        match=r"row 3 \(bh.png\): duplicate image \(first on row 2\); rows of one image with side L and R",
+    ):
+        load_source(spec)
+    plain = load_source(spec, skip_invalid=True)
+    assert plain["image_id"].tolist() == ["bh", "p2"] and (plain["film_side"] == "").all()
+
+
+def test_canonical_cache_stores_the_film_to_input_map(tmp_path: Path) -> None:
+    """A canonical cache keeps, per row, the map from the film to the hand's pixels: film
+    points land where prediction's ModelInput puts them (the crop transform alone does not)."""
+    from svdh.core.canonical import model_inputs
+    from svdh.synth import quantize, render_hand
+    from svdh.synth.cohort import write_png
+
+    img = render_hand(seed=1, index=0, side="L", size=160)
+    turned = np.ascontiguousarray(np.rot90(img.image, 1))
+    write_png(tmp_path / "a.png", quantize(turned))
+    (tmp_path / "m.csv").write_text("image,patient_id,svdh,side\na.png,p,0,L\n")
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = ensure_cache(f"csv:{tmp_path / 'm.csv'}", 64, tmp_path / "c", cfg=cfg, workers=1,
+                         progress=False)  # fmt: skip
+    (mi,) = model_inputs(read_radiograph(tmp_path / "a.png"), cfg)
+    pts = np.array([[20.0, 30.0], [100.0, 80.0], [60.0, 140.0]])
+    assert np.allclose(cache.film_to_input(0, pts), mi.film_to_input(pts), atol=1e-9)
+    assert not np.allclose(cache.transform(0).map_points(pts), mi.film_to_input(pts), atol=2)
+    plain = ensure_cache(f"csv:{tmp_path / 'm.csv'}", 64, tmp_path / "c", workers=1, progress=False)
+    assert np.array_equal(np.asarray(plain.matrix[0]).reshape(2, 3), np.eye(2, 3))
+    assert np.allclose(plain.film_to_input(0, pts), plain.transform(0).map_points(pts))
