@@ -318,3 +318,27 @@ def test_canonical_cache_stores_the_film_to_input_map(tmp_path: Path) -> None:
     plain = ensure_cache(f"csv:{tmp_path / 'm.csv'}", 64, tmp_path / "c", workers=1, progress=False)
     assert np.array_equal(np.asarray(plain.matrix[0]).reshape(2, 3), np.eye(2, 3))
     assert np.allclose(plain.film_to_input(0, pts), plain.transform(0).map_points(pts))
+
+
+def test_ra2_dream_visits_both_hands_film_gives_each_hand_its_scores(tmp_path: Path) -> None:
+    from svdh.synth.visits import generate_visits
+
+    root = tmp_path / "v"
+    generate_visits(root, n=1, visits=2, size=96, seed=3)
+    per_hand = load_source(f"ra2-dream:{root}").set_index("image_id")
+    films = sorted(root.glob("*-V1-LH.png"))
+    (pid,) = {f.name.split("-V1-")[0] for f in films}
+    (root / f"{pid}-V1-LH.png").rename(root / f"{pid}-V1-BH.png")  # visit 1 on one film
+    (root / f"{pid}-V1-RH.png").unlink()
+    whole = load_source(f"ra2-dream:{root}").set_index("image_id")
+    assert whole.loc[f"{pid}-V1-BH", "side"] == "both"
+    split = load_source(f"ra2-dream:{root}", split_both_hands=True).set_index("image_id")
+    for side in ("L", "R"):
+        row, truth = split.loc[f"{pid}-V1-BH:{side}"], per_hand.loc[f"{pid}-V1-{side}H"]
+        assert (row["side"], row["film_side"], row["score_scope"]) == (side, "both", "hand")
+        assert (
+            row[["svdh", "erosion", "jsn", "patient_svdh"]].tolist()
+            == truth[["svdh", "erosion", "jsn", "patient_svdh"]].tolist()
+        )
+        assert row["visit"] == "1" and row["image"].endswith(f"{pid}-V1-BH.png")
+    assert f"{pid}-V2-LH" in split.index and split.attrs["n_unlinked"] == 0
