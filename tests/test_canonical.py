@@ -485,6 +485,22 @@ def test_both_hands_film_the_canonical_stage_cannot_split_is_a_clear_row_error(
                            "patient_id": "P2", "side": "both", "svdh": 3.0}])  # fmt: skip
     with pytest.raises(BadDatasetError, match="P2-BH: a both-hands film with one patient-scope"):
         prepare(whole, tmp_path / "cache2", cfg, workers=1, progress=False)
+    # hand rows given to a cache without canonical: each hand cut out unturned, as a bundle
+    # trained so predicts it (never the whole film under one hand's score)
+    from svdh.data.cache import open_cache
+
+    old = PreprocessConfig(size=64)
+    cache = open_cache(prepare(pd.DataFrame(rows[2:]), tmp_path / "c3", old, workers=1,
+                               progress=False))  # fmt: skip
+    hands = C.model_inputs(read_radiograph(tmp_path / "P2-BH.png"), old)
+    for i, side in enumerate(("L", "R")):
+        (mi,) = [h for h in hands if h.decision.side == side]
+        assert np.array_equal(np.asarray(cache.images[i]), mi.x)
+    from svdh.core.preprocess import preprocess
+
+    whole_film = preprocess(read_radiograph(tmp_path / "P2-BH.png"), old)
+    assert not np.array_equal(np.asarray(cache.images[0]), whole_film)
+    assert not np.array_equal(np.asarray(cache.images[0]), np.asarray(cache.images[1]))
 
 
 def test_canonical_training_never_flips_a_hand_into_a_right_hand_view() -> None:

@@ -15,16 +15,17 @@ memory-mapped array. With ``cfg.canonical`` each row's input is the hand
 :func:`svdh.core.canonical.model_inputs` gives prediction, byte for byte; a both-hands film
 (two rows, ``film_side`` both, read by :func:`svdh.data.sources.load_source` with
 ``split_both_hands``) gives each row its own hand, the one whose side the canonical stage
-gives as the row's ``side``. Each row's key hashes the image path, size and modification time and the
-preprocessing parameters, so a rerun redoes only rows whose input changed: a second run on the
-same inputs does nothing (idempotent), a run killed half-way continues where it stopped
-(resumable), and a changed config or row count rebuilds the cache.
+gives as the row's ``side``. Each row's key hashes the image path, size and modification
+time and the preprocessing parameters, so a rerun redoes only rows whose input changed: a
+second run on the same inputs does nothing (idempotent), a run killed half-way continues
+where it stopped (resumable), and a changed config or row count rebuilds the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import sys
@@ -227,6 +228,9 @@ def _source_frame(
     if problems and not skip_invalid:
         raise BadDatasetError(f"{spec}: {len(problems)} problem(s): {describe(problems)}")
     if problems:
+        logging.getLogger("svdh.data").warning(
+            "%s: left out %d row(s): %s", spec, len(problems), describe(problems)
+        )
         df = df.drop(index=[p.index for p in problems]).reset_index(drop=True)
     return df, spec
 
@@ -560,16 +564,17 @@ def _film_input(
 ) -> tuple[np.ndarray, Transform, np.ndarray]:
     """A row's model input, its crop transform and the 2 x 3 film -> pixels matrix.
 
-    Without ``cfg.canonical``: :func:`~svdh.core.preprocess.preprocess` of the whole film (as
-    older models were trained). With it: the hand :func:`svdh.core.canonical.model_inputs`
-    gives prediction (a refused film is an error): the film's one hand, or for ``hand`` L/R
-    the hand of a both-hands film whose side the canonical stage gives as that (by the
-    hand's place on the film, unless the DICOM laterality says otherwise). ``memo`` keeps the
-    last film's hands, so the two rows of a film are read and turned once.
+    Without ``cfg.canonical``, a film's row: :func:`~svdh.core.preprocess.preprocess` of the
+    whole film (as older models were trained). Otherwise the hand
+    :func:`svdh.core.canonical.model_inputs` gives prediction (a refused film is an error): the
+    film's one hand, or for ``hand`` L/R the hand of a both-hands film whose side the canonical
+    stage gives as that (by the hand's place on the film, unless the DICOM laterality says
+    otherwise; cut out unturned without ``cfg.canonical``, as prediction does then). ``memo``
+    keeps the last film's hands, so the two rows of a film are read and turned once.
     """
     from svdh.core.preprocess import preprocess
 
-    if not cfg.canonical:
+    if not cfg.canonical and not hand:
         x, t = preprocess(rad, cfg, return_transform=True)
         return x, t, np.eye(2, 3)
     hands = memo.get("hands")
