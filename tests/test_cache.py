@@ -342,3 +342,36 @@ def test_ra2_dream_visits_both_hands_film_gives_each_hand_its_scores(tmp_path: P
         )
         assert row["visit"] == "1" and row["image"].endswith(f"{pid}-V1-BH.png")
     assert f"{pid}-V2-LH" in split.index and split.attrs["n_unlinked"] == 0
+
+
+def test_the_two_rows_of_a_both_hands_film_read_and_turn_it_once(tmp_path, monkeypatch) -> None:
+    import svdh.core.canonical as canonical
+    import svdh.core.io as io
+    from svdh.synth import quantize, render_hand
+    from svdh.synth.cohort import write_png
+
+    write_png(
+        tmp_path / "P1-BH.png", quantize(render_hand(seed=3, index=1, side="B", size=192).image)
+    )
+    rows = [
+        {"image": str(tmp_path / "P1-BH.png"), "image_id": f"P1-BH:{sd}", "patient_id": "P1",
+         "side": sd, "svdh": 1.0, "film_side": "both"}
+        for sd in ("L", "R")
+    ]  # fmt: skip
+    calls = {"read": 0, "canonical": 0}
+    real_read, real_inputs = io.read_radiograph, canonical.model_inputs
+
+    def read(*a, **k):
+        calls["read"] += 1
+        return real_read(*a, **k)
+
+    def inputs(*a, **k):
+        calls["canonical"] += 1
+        return real_inputs(*a, **k)
+
+    monkeypatch.setattr(io, "read_radiograph", read)
+    monkeypatch.setattr(canonical, "model_inputs", inputs)
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = open_cache(prepare(pd.DataFrame(rows), tmp_path / "c", cfg, workers=1, progress=False))
+    assert calls == {"read": 1, "canonical": 1}
+    assert len(cache) == 2 and not np.array_equal(cache.images[0], cache.images[1])
