@@ -260,3 +260,118 @@ def test_cache_of_the_ra2_dream_sample(ra2_dream_dir: Path, tmp_path: Path) -> N
         "UAB003": 0,
     }
     assert all(30 < cache.images[i].mean() < 200 for i in range(6))
+
+
+# --------------------------------------------------------------------------- both-hands films
+
+
+def test_csv_both_hands_film_rows_for_canonical_training(tmp_path: Path) -> None:
+    """Two rows of one image, side L and R, are the hands of a both-hands film for canonical
+    training (each its own score); a both-hands film with a patient total only is refused
+    there, naming its row; without canonical training everything reads as before."""
+    for name in ("bh.png", "p2.png"):
+        Image.fromarray(_hand(96, 0)).save(tmp_path / name)
+    (tmp_path / "m.csv").write_text(
+        "image,patient_id,svdh,erosion,jsn,side\n"
+        "bh.png,p1,5,3,2,L\n"
+        "bh.png,p1,7,4,3,R\n"
+        "p2.png,p2,40,,,both\n"
+    )
+    spec = f"csv:{tmp_path / 'm.csv'}"
+    with pytest.raises(BadDatasetError) as exc:
+        load_source(spec, split_both_hands=True)
+    msg = str(exc.value)
+    assert "1 problem(s)" in msg and "m.csv row 4 (p2.png): a both-hands film with a patient" in msg
+    df = load_source(spec, skip_invalid=True, split_both_hands=True)
+    assert df["image_id"].tolist() == ["bh:L", "bh:R"]
+    assert df["film_side"].tolist() == ["both", "both"] and df["side"].tolist() == ["L", "R"]
+    assert df["svdh"].tolist() == [5, 7] and df["patient_svdh"].tolist() == [12, 12]
+    assert set(df["score_scope"]) == {"hand"}
+    # as before without it: one image twice is a duplicate, now with a hint
+    with pytest.raises(
+        BadDatasetError,
+        match=r"row 3 \(bh.png\): duplicate image \(first on row 2\); rows of one image with side L and R",
+    ):
+        load_source(spec)
+    plain = load_source(spec, skip_invalid=True)
+    assert plain["image_id"].tolist() == ["bh", "p2"] and (plain["film_side"] == "").all()
+
+
+def test_canonical_cache_stores_the_film_to_input_map(tmp_path: Path) -> None:
+    """A canonical cache keeps, per row, the map from the film to the hand's pixels: film
+    points land where prediction's ModelInput puts them (the crop transform alone does not)."""
+    from svdh.core.canonical import model_inputs
+    from svdh.synth import quantize, render_hand
+    from svdh.synth.cohort import write_png
+
+    img = render_hand(seed=1, index=0, side="L", size=160)
+    turned = np.ascontiguousarray(np.rot90(img.image, 1))
+    write_png(tmp_path / "a.png", quantize(turned))
+    (tmp_path / "m.csv").write_text("image,patient_id,svdh,side\na.png,p,0,L\n")
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = ensure_cache(f"csv:{tmp_path / 'm.csv'}", 64, tmp_path / "c", cfg=cfg, workers=1,
+                         progress=False)  # fmt: skip
+    (mi,) = model_inputs(read_radiograph(tmp_path / "a.png"), cfg)
+    pts = np.array([[20.0, 30.0], [100.0, 80.0], [60.0, 140.0]])
+    assert np.allclose(cache.film_to_input(0, pts), mi.film_to_input(pts), atol=1e-9)
+    assert not np.allclose(cache.transform(0).map_points(pts), mi.film_to_input(pts), atol=2)
+    plain = ensure_cache(f"csv:{tmp_path / 'm.csv'}", 64, tmp_path / "c", workers=1, progress=False)
+    assert np.array_equal(np.asarray(plain.matrix[0]).reshape(2, 3), np.eye(2, 3))
+    assert np.allclose(plain.film_to_input(0, pts), plain.transform(0).map_points(pts))
+
+
+def test_ra2_dream_visits_both_hands_film_gives_each_hand_its_scores(tmp_path: Path) -> None:
+    from svdh.synth.visits import generate_visits
+
+    root = tmp_path / "v"
+    generate_visits(root, n=1, visits=2, size=96, seed=3)
+    per_hand = load_source(f"ra2-dream:{root}").set_index("image_id")
+    films = sorted(root.glob("*-V1-LH.png"))
+    (pid,) = {f.name.split("-V1-")[0] for f in films}
+    (root / f"{pid}-V1-LH.png").rename(root / f"{pid}-V1-BH.png")  # visit 1 on one film
+    (root / f"{pid}-V1-RH.png").unlink()
+    whole = load_source(f"ra2-dream:{root}").set_index("image_id")
+    assert whole.loc[f"{pid}-V1-BH", "side"] == "both"
+    split = load_source(f"ra2-dream:{root}", split_both_hands=True).set_index("image_id")
+    for side in ("L", "R"):
+        row, truth = split.loc[f"{pid}-V1-BH:{side}"], per_hand.loc[f"{pid}-V1-{side}H"]
+        assert (row["side"], row["film_side"], row["score_scope"]) == (side, "both", "hand")
+        assert (
+            row[["svdh", "erosion", "jsn", "patient_svdh"]].tolist()
+            == truth[["svdh", "erosion", "jsn", "patient_svdh"]].tolist()
+        )
+        assert row["visit"] == "1" and row["image"].endswith(f"{pid}-V1-BH.png")
+    assert f"{pid}-V2-LH" in split.index and split.attrs["n_unlinked"] == 0
+
+
+def test_the_two_rows_of_a_both_hands_film_read_and_turn_it_once(tmp_path, monkeypatch) -> None:
+    import svdh.core.canonical as canonical
+    import svdh.core.io as io
+    from svdh.synth import quantize, render_hand
+    from svdh.synth.cohort import write_png
+
+    write_png(
+        tmp_path / "P1-BH.png", quantize(render_hand(seed=3, index=1, side="B", size=192).image)
+    )
+    rows = [
+        {"image": str(tmp_path / "P1-BH.png"), "image_id": f"P1-BH:{sd}", "patient_id": "P1",
+         "side": sd, "svdh": 1.0, "film_side": "both"}
+        for sd in ("L", "R")
+    ]  # fmt: skip
+    calls = {"read": 0, "canonical": 0}
+    real_read, real_inputs = io.read_radiograph, canonical.model_inputs
+
+    def read(*a, **k):
+        calls["read"] += 1
+        return real_read(*a, **k)
+
+    def inputs(*a, **k):
+        calls["canonical"] += 1
+        return real_inputs(*a, **k)
+
+    monkeypatch.setattr(io, "read_radiograph", read)
+    monkeypatch.setattr(canonical, "model_inputs", inputs)
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = open_cache(prepare(pd.DataFrame(rows), tmp_path / "c", cfg, workers=1, progress=False))
+    assert calls == {"read": 1, "canonical": 1}
+    assert len(cache) == 2 and not np.array_equal(cache.images[0], cache.images[1])

@@ -363,3 +363,158 @@ def test_web_answers_every_hand_of_a_both_hands_film_and_its_total(world) -> Non
     assert [h["hand"] for h in res["hands"]] == ["1/2", "2/2"]
     (pat,) = body["patients"]
     assert pat["patient_id"] == "P9" and pat["total"] is not None
+
+
+# ---- canonical training rows (canontrain)
+
+
+def _canonical_predictor(world):
+    """The world's regression bundle as if trained with ``canonical: true`` (what prediction
+    does with the film then depends only on that flag, not on the weights)."""
+    from svdh.inference.bundle import load_bundle
+    from svdh.inference.predictor import Predictor
+
+    bundle = load_bundle(world.run_bundle)
+    bundle.manifest = {**bundle.manifest, "preprocess": {**bundle.preprocess, "canonical": True}}
+    return Predictor(bundle)
+
+
+def _mixed_cohort(root: Path) -> tuple[Path, dict]:
+    """One RA2-DREAM folder: two phantom patients on both-hands films (turned a quarter turn or
+    more: ``rotate``) and two on single-hand films (turned and mirrored); with its landmarks."""
+    import json
+    import shutil
+
+    from svdh.synth import generate_cohort
+
+    out = root / "mixed"
+    out.mkdir()
+    tables, images = [], {}
+    for prefix, dual, faults in (("BH", True, "rotate"), ("SG", False, "rotate,mirror")):
+        part = root / prefix
+        generate_cohort(
+            part, n=2, size=160, seed=2, dual_hand=dual, id_prefix=prefix, faults=faults,
+            fault_rate=1.0, severity="uniform",
+        )  # fmt: skip
+        for f in part.glob("*.png"):
+            shutil.copy(f, out / f.name)
+        tables.append((part / "training.csv").read_text().splitlines())
+        images.update(json.loads((part / "landmarks.json").read_text())["images"])
+    (out / "training.csv").write_text("\n".join(tables[0] + tables[1][1:]) + "\n")
+    return out, images
+
+
+def test_canonical_training_gives_each_hand_of_a_both_hands_film_its_own_row(
+    world, tmp_path: Path
+) -> None:
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data import load_source
+    from svdh.data.cache import ensure_cache
+    from svdh.data.splits import assign_folds
+
+    cohort, truth = _mixed_cohort(tmp_path)
+    spec = f"ra2-dream:{cohort}"
+    # as before, without --canonical: the film is one row on the patient scale
+    whole = load_source(spec).set_index("image_id")
+    assert whole.loc["BH00001-BH", ["side", "score_scope"]].tolist() == ["both", "patient"]
+    cfg = PreprocessConfig(size=64, canonical=True)
+    cache = ensure_cache(spec, 64, tmp_path / "cache", cfg=cfg, workers=1, progress=False)
+    m = cache.manifest
+    films = m[m["film_side"] == "both"]
+    assert len(m) == 8 and len(films) == 4 and set(m["score_scope"]) == {"hand"}
+    assert sorted(films["image_id"]) == [
+        "BH00001-BH:L",
+        "BH00001-BH:R",
+        "BH00002-BH:L",
+        "BH00002-BH:R",
+    ]
+    predictor = _canonical_predictor(world)
+    for row in m.itertuples():
+        entry = truth[Path(row.image).name]
+        # each hand its own scores (the phantom's per-hand truth), the patient's total beside
+        hand = entry["hands"][row.side]
+        assert (row.erosion, row.jsn, row.svdh) == (hand["erosion"], hand["jsn"], hand["total"])
+        assert row.patient_svdh == sum(h["total"] for h in truth_hands(truth, row.patient_id))
+        # the training input is the prediction's input for that hand, byte for byte
+        items = predictor.prepare_hands(Path(row.image).name, read_radiograph(row.image))
+        (item,) = [it for it in items if it.side == row.side] if row.film_side else items
+        assert np.array_equal(np.asarray(cache.images[row.cache_index]), item.x), row.image_id
+        # and it is the hand of that side: its landmarks land on the input, as prediction maps them
+        key = f"{row.side}:mcp3" if row.film_side else "mcp3"
+        pt = np.array([entry["landmarks"][key]["x"], entry["landmarks"][key]["y"]])
+        on_input = cache.film_to_input(row.cache_index, pt)
+        assert np.allclose(on_input, item.hand.film_to_input(pt), atol=1e-6)
+        assert (0 <= on_input).all() and (on_input < 64).all(), (row.image_id, on_input)
+        if row.film_side:
+            assert _inside(pt, item.decision.box) and item.decision.side_source == "position"
+    # a patient's two hands of one film are one patient: always in one fold
+    folds = assign_folds(m, n_folds=2, seed=0)
+    assert folds.groupby("patient_id")["fold"].nunique().max() == 1
+
+
+def truth_hands(truth: dict, patient_id: str) -> list[dict]:
+    return [h for e in truth.values() if e["patient_id"] == patient_id for h in e["hands"].values()]
+
+
+def test_both_hands_film_the_canonical_stage_cannot_split_is_a_clear_row_error(
+    tmp_path: Path,
+) -> None:
+    import pandas as pd
+
+    from svdh.core.errors import BadDatasetError
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.data.cache import prepare
+    from svdh.synth import quantize
+    from svdh.synth.cohort import write_png
+
+    write_png(tmp_path / "P1-BH.png", quantize(_phantom(0, "L").image))  # one hand only
+    write_png(tmp_path / "P2-BH.png", quantize(_phantom(1, "B").image))
+    rows = [
+        {"image": str(tmp_path / f), "image_id": f"{f[:5]}:{sd}", "patient_id": f[:2],
+         "side": sd, "svdh": 1.0, "film_side": "both"}
+        for f in ("P1-BH.png", "P2-BH.png") for sd in ("L", "R")
+    ]  # fmt: skip
+    cfg = PreprocessConfig(size=64, canonical=True)
+    with pytest.raises(BadDatasetError) as exc:
+        prepare(pd.DataFrame(rows), tmp_path / "cache", cfg, workers=1, progress=False)
+    msg = str(exc.value)
+    assert "2 image(s) could not be prepared" in msg and "P1-BH.png" in msg and "P2-BH" not in msg
+    assert "found 1 hand(s) on this both-hands film" in msg and "left hand of the film" in msg
+    # a whole-film row (a patient total only) cannot train a canonical model: named, refused
+    whole = pd.DataFrame([{"image": str(tmp_path / "P2-BH.png"), "image_id": "P2-BH",
+                           "patient_id": "P2", "side": "both", "svdh": 3.0}])  # fmt: skip
+    with pytest.raises(BadDatasetError, match="P2-BH: a both-hands film with one patient-scope"):
+        prepare(whole, tmp_path / "cache2", cfg, workers=1, progress=False)
+    # hand rows given to a cache without canonical: each hand cut out unturned, as a bundle
+    # trained so predicts it (never the whole film under one hand's score)
+    from svdh.data.cache import open_cache
+
+    old = PreprocessConfig(size=64)
+    cache = open_cache(prepare(pd.DataFrame(rows[2:]), tmp_path / "c3", old, workers=1,
+                               progress=False))  # fmt: skip
+    hands = C.model_inputs(read_radiograph(tmp_path / "P2-BH.png"), old)
+    for i, side in enumerate(("L", "R")):
+        (mi,) = [h for h in hands if h.decision.side == side]
+        assert np.array_equal(np.asarray(cache.images[i]), mi.x)
+    from svdh.core.preprocess import preprocess
+
+    whole_film = preprocess(read_radiograph(tmp_path / "P2-BH.png"), old)
+    assert not np.array_equal(np.asarray(cache.images[0]), whole_film)
+    assert not np.array_equal(np.asarray(cache.images[0]), np.asarray(cache.images[1]))
+
+
+def test_canonical_training_never_flips_a_hand_into_a_right_hand_view() -> None:
+    import pandas as pd
+    from torchvision.transforms import v2
+
+    from svdh.core.preprocess import PreprocessConfig
+    from svdh.train.data import LazyImages, Targets
+    from svdh.train.loop import RunData, make_dataset
+
+    images = LazyImages(np.zeros((2, 8, 8), np.uint8))
+    manifest = pd.DataFrame({"cache_index": [0, 1]})
+    for canonical in (False, True):
+        pp = PreprocessConfig(size=8, canonical=canonical).to_dict()
+        ds = make_dataset(RunData(manifest, images, pp), Targets(), np.arange(2), augment=True)
+        flips = [t for t in ds.augment.transforms if isinstance(t, v2.RandomHorizontalFlip)]
+        assert len(flips) == (0 if canonical else 1)

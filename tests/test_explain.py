@@ -272,3 +272,117 @@ def test_cohort_landmarks_single_and_dual_hand_films(tmp_path):
         assert abs(xs[0] - xs[1]) > 40  # the two hands lie side by side
         damaged = {k for k, v in flat.items() if (v["erosion"] or 0) > 0 or (v["jsn"] or 0) > 0}
         assert sum(len(b) for _, b in hands) == len(damaged)
+
+
+# --------------------------------------------------------------------------- turned, mirrored and split films (canontrain)
+def _canonical_predictor(world):
+    """The world's regression bundle as if trained with ``canonical: true``: every hand is cut
+    out, turned fingers-up and shown as a left hand before the model (the weights do not matter
+    to where the landmarks land)."""
+    from svdh.inference.bundle import load_bundle
+    from svdh.inference.predictor import Predictor
+
+    bundle = load_bundle(world.run_bundle)
+    bundle.manifest = {**bundle.manifest, "preprocess": {**bundle.preprocess, "canonical": True}}
+    return Predictor(bundle)
+
+
+def _upright_and_faulty(root, dual):
+    """The same phantoms twice: as drawn, and turned by quarter turns and mirrored (the faults
+    have their own random stream: the hands, their damage and noise are the same)."""
+    from svdh.synth import generate_cohort
+
+    out = []
+    for tag, faults in (("up", ""), ("turned", "rotate,mirror")):
+        d = root / f"{tag}-{int(dual)}"
+        generate_cohort(
+            d, n=2, size=160, seed=4, severity="uniform", dual_hand=dual, faults=faults,
+            fault_rate=1.0,
+        )  # fmt: skip
+        out.append(d)
+    return out
+
+
+def _by_group(items, marks, groups):
+    """{landmark group index: (item, its HandLandmarks)}: the group whose film points the
+    item's own map sends exactly onto the hand's landmarks."""
+    out = {}
+    for it, hands in zip(items, marks, strict=True):
+        for hand in hands:
+            keys = sorted(hand.points)
+            got = np.array([hand.points[k] for k in keys])
+            (g,) = [
+                g
+                for g, (pts, _) in enumerate(groups)
+                if np.allclose(it.hand.film_to_input(np.array([pts[k] for k in keys])), got)
+            ]
+            out[g] = (it, hand)
+    return out
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_landmarks_of_turned_and_mirrored_films_land_where_the_upright_ones_do(
+    world, tmp_path, dual
+):
+    from svdh.core.io import read_radiograph
+    from svdh.inference.localisation import cohort_hands, input_landmarks
+
+    predictor = _canonical_predictor(world)
+    up, turned = _upright_and_faulty(tmp_path, dual)
+    truth = json.loads((turned / "landmarks.json").read_text())["images"]
+    worst, n_checked = 0.0, 0
+    for name, groups_up in cohort_hands(up / "landmarks.json").items():
+        groups_t = cohort_hands(turned / "landmarks.json")[name]
+        assert truth[name]["faults"]["rotation_k"] or truth[name]["faults"]["mirrored"]
+        mapped = []
+        for root, groups in ((up, groups_up), (turned, groups_t)):
+            items = predictor.prepare_hands(name, read_radiograph(root / name))
+            assert len(items) == (2 if dual else 1) and all(it.error is None for it in items)
+            marks = input_landmarks(items, groups)
+            assert [len(m) for m in marks] == [1] * len(items)  # each hand its own landmarks
+            mapped.append(_by_group(items, marks, groups))
+        assert sorted(mapped[0]) == sorted(mapped[1]) == list(range(len(groups_up)))
+        for g, (it_up, h_up) in mapped[0].items():
+            it_t, h_t = mapped[1][g]
+            keys = sorted(h_up.points)
+            p_up = np.array([h_up.points[k] for k in keys])
+            p_t = np.array([h_t.points[k] for k in keys])
+            # the same joints on the same pixels of the 64 px input, within a pixel
+            worst = max(worst, float(np.abs(p_up - p_t).max()))
+            assert h_up.damaged == h_t.damaged
+            r_up = damage_region(it_up.x.shape, [h_up], 0.06)
+            r_t = damage_region(it_t.x.shape, [h_t], 0.06)
+            if r_up.any():
+                assert (r_up & r_t).sum() / (r_up | r_t).sum() > 0.75, name
+            else:
+                assert not r_t.any()
+            # the crop's transform alone (what localisation used) misses them on a turned film
+            film = np.array([groups_t[g][0][k] for k in keys])
+            assert np.abs(it_t.transform.map_points(film) - p_t).max() > 3.0
+            n_checked += 1
+    assert worst < 1.0, worst
+    assert n_checked == 4
+
+
+@pytest.mark.slow
+def test_explain_scores_turned_mirrored_and_split_films_as_the_upright_ones(world, tmp_path):
+    """``svdh explain``'s figures on a turned and mirrored copy of a phantom set equal those on
+    the set as drawn: every hand's map scored against its own joints (both hands of a film)."""
+    from svdh.inference.localisation import explain_cohort
+
+    predictor = _canonical_predictor(world)
+    for dual in (False, True):
+        up, turned = _upright_and_faulty(tmp_path, dual)
+        a = explain_cohort(predictor, up, tmp_path / f"a{int(dual)}", gallery=4)
+        b = explain_cohort(predictor, turned, tmp_path / f"b{int(dual)}", gallery=4)
+        assert a["n_images"] + a["n_images_without_damage"] == 4  # hands: 2 per dual film
+        assert (b["n_images"], b["n_hands_refused"]) == (a["n_images"], 0)
+        assert b["random_mass"] == pytest.approx(a["random_mass"], abs=0.005)
+        assert b["random_hand_mass"] == pytest.approx(a["random_hand_mass"], abs=0.01)
+        assert b["mass_on_damaged"] == pytest.approx(a["mass_on_damaged"], abs=0.03)
+        # the discs lie on the hand: a bigger share of the hand than of the image
+        assert a["random_hand_mass"] > 2 * a["random_mass"]
+        names = sorted(p.name for p in (tmp_path / f"b{int(dual)}" / "cam_gallery").glob("*"))
+        assert len(names) == 4 and (
+            not dual or all(n.endswith(("-L.png", "-R.png")) for n in names)
+        )

@@ -5,20 +5,27 @@ A cache is a folder::
     images.npy     uint8 N x S x S, memory-mapped (row i = manifest row with cache_index i)
     manifest.csv   the manifest rows (in order) plus ``cache_index``
     geometry.npy   int32 N x 9: the preprocessing Transform of each row
+    matrix.npy     float64 N x 6: the 2 x 3 affine from the film as given to the pixels that
+                   Transform crops (identity unless the canonical stage cut or turned a hand)
     keys.npy       uint64 N: per-row key of the finished row (0 = not done yet)
     meta.json      preprocessing config, source, input fingerprint, status, failures
 
 :func:`prepare` fills it in parallel worker processes that write straight into the
-memory-mapped array. Each row's key hashes the image path, size and modification time and the
-preprocessing parameters, so a rerun redoes only rows whose input changed: a second run on the
-same inputs does nothing (idempotent), a run killed half-way continues where it stopped
-(resumable), and a changed config or row count rebuilds the cache.
+memory-mapped array. With ``cfg.canonical`` each row's input is the hand
+:func:`svdh.core.canonical.model_inputs` gives prediction, byte for byte; a both-hands film
+(two rows, ``film_side`` both, read by :func:`svdh.data.sources.load_source` with
+``split_both_hands``) gives each row its own hand, the one whose side the canonical stage
+gives as the row's ``side``. Each row's key hashes the image path, size and modification
+time and the preprocessing parameters, so a rerun redoes only rows whose input changed: a
+second run on the same inputs does nothing (idempotent), a run killed half-way continues
+where it stopped (resumable), and a changed config or row count rebuilds the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import sys
@@ -42,9 +49,18 @@ from svdh.core.errors import (
 )
 from svdh.core.files import atomic_write_text, write_json
 from svdh.core.preprocess import PreprocessConfig, Transform
-from svdh.data.manifest import COLUMNS, Problem, describe, read_manifest_csv
+from svdh.data.manifest import (
+    COLUMNS,
+    FILM_BOTH,
+    STR_COLUMNS,
+    Problem,
+    describe,
+    read_manifest_csv,
+    whole_film_problems,
+)
 
-CACHE_FORMAT = 1
+#: 2: ``matrix.npy`` (film -> hand pixels) beside the crop's geometry
+CACHE_FORMAT = 2
 _GEOMETRY_FIELDS = ("x0", "y0", "side", "width", "height", "bx0", "by0", "bx1", "by1")
 
 
@@ -59,6 +75,8 @@ class Cache:
     config: PreprocessConfig
     meta: dict[str, Any]
     geometry: np.ndarray
+    #: N x 6: per row the 2 x 3 affine from the film as given to the pixels ``transform`` crops
+    matrix: np.ndarray
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -83,15 +101,25 @@ class Cache:
         return out
 
     def transform(self, cache_index: int) -> Transform:
-        """The geometric :class:`Transform` that produced row ``cache_index``."""
+        """The crop :class:`Transform` that produced row ``cache_index``: it maps the pixels
+        the film's ``matrix`` leads to (the cut and turned hand of a canonical cache), not the
+        film's own; :meth:`film_to_input` maps film points."""
         g = [int(v) for v in self.geometry[int(cache_index)]]
         return Transform(g[0], g[1], g[2], self.config.size, g[3], g[4], (g[5], g[6], g[7], g[8]))
+
+    def film_to_input(self, cache_index: int, xy: Any) -> np.ndarray:
+        """Film (x, y) pixel coordinates (... x 2) onto row ``cache_index``'s image, as
+        :meth:`svdh.core.canonical.ModelInput.film_to_input` maps them for prediction (through
+        the cut and turn of a canonical hand, then the crop)."""
+        m = np.asarray(self.matrix[int(cache_index)], dtype=np.float64).reshape(2, 3)
+        p = np.asarray(xy, dtype=np.float64)
+        return self.transform(cache_index).map_points(p @ m[:, :2].T + m[:, 2])
 
 
 # --------------------------------------------------------------------------- prepare
 
 
-_ARRAYS = ("images.npy", "keys.npy", "geometry.npy")
+_ARRAYS = ("images.npy", "keys.npy", "geometry.npy", "matrix.npy")
 
 
 def prepare(
@@ -113,7 +141,7 @@ def prepare(
     """
     cfg = cfg or PreprocessConfig()
     out = Path(out_dir).expanduser().resolve()
-    df, spec = _source_frame(source, skip_invalid)
+    df, spec = _source_frame(source, skip_invalid, cfg.canonical)
     n = len(df)
     if n == 0:
         raise BadDatasetError(f"{spec}: no images to prepare")
@@ -122,7 +150,7 @@ def prepare(
     old = _read_meta(meta_path) if meta_path.exists() else None
     if old is None:
         _new_folder(out)
-    (images, keys, geometry), old = _open_arrays(out, old, n, cfg)
+    (images, keys, geometry, matrix), old = _open_arrays(out, old, n, cfg)
     failed = _known_failures(old, expected, stat_problems)
     todo = [i for i in range(n) if keys[i] != expected[i] and str(i) not in failed]
     meta = {
@@ -147,12 +175,13 @@ def prepare(
         del images  # workers open their own mapping
         try:
             new_failed = _run(
-                out / "images.npy", todo, df["image"].tolist(), cfg, max_pixels, expected,
-                keys, geometry, workers, progress,
+                out / "images.npy", todo, _inputs(df), cfg, max_pixels, expected,
+                keys, (geometry, matrix), workers, progress,
             )  # fmt: skip
         finally:
             keys.flush()
             geometry.flush()
+            matrix.flush()
         for i, msg in new_failed.items():
             failed[str(i)] = {"key": int(expected[i]), "error": msg}
     for k, v in failed.items():  # which file: --skip-invalid names what it left out
@@ -184,15 +213,36 @@ def _new_folder(out: Path) -> None:
 
 
 def _source_frame(
-    source: str | os.PathLike[str] | pd.DataFrame, skip_invalid: bool
+    source: str | os.PathLike[str] | pd.DataFrame, skip_invalid: bool, canonical: bool = False
 ) -> tuple[pd.DataFrame, str]:
-    """The rows to prepare and the source's name."""
-    if isinstance(source, pd.DataFrame):
-        return _normalise_frame(source), str(source.attrs.get("source", "dataframe"))
-    from svdh.data.sources import load_source
+    """The rows to prepare and the source's name. For a canonical cache a both-hands film is
+    one row per hand (``split_both_hands``); a manifest given as a DataFrame must be so already
+    (a whole-film ``both`` row is refused, or left out with ``skip_invalid``)."""
+    if not isinstance(source, pd.DataFrame):
+        from svdh.data.sources import load_source
 
-    df = load_source(source, skip_invalid=skip_invalid)
-    return df, str(df.attrs.get("source", source))
+        df = load_source(source, skip_invalid=skip_invalid, split_both_hands=canonical)
+        return df, str(df.attrs.get("source", source))
+    df, spec = _normalise_frame(source), str(source.attrs.get("source", "dataframe"))
+    problems = whole_film_problems(df) if canonical else []
+    if problems and not skip_invalid:
+        raise BadDatasetError(f"{spec}: {len(problems)} problem(s): {describe(problems)}")
+    if problems:
+        logging.getLogger("svdh.data").warning(
+            "%s: left out %d row(s): %s", spec, len(problems), describe(problems)
+        )
+        df = df.drop(index=[p.index for p in problems]).reset_index(drop=True)
+    return df, spec
+
+
+def _inputs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(image path, hand) of each row: hand L or R where the row is that hand of a both-hands
+    film (``film_side`` both), else empty (the film's one hand, or the whole film)."""
+    hands = [
+        str(sd) if fs == FILM_BOTH else ""
+        for sd, fs in zip(df["side"], df["film_side"], strict=True)
+    ]
+    return list(zip(df["image"].astype(str), hands, strict=True))
 
 
 def _open_arrays(
@@ -201,7 +251,7 @@ def _open_arrays(
     """The cache's memory-mapped arrays: those of a compatible earlier build (continued), or
     fresh ones (``old`` then becomes None: nothing of the earlier build counts)."""
     size = cfg.size
-    shapes = ((n, size, size), (n,), (n, len(_GEOMETRY_FIELDS)))
+    shapes = ((n, size, size), (n,), (n, len(_GEOMETRY_FIELDS)), (n, 6))
     compatible = (
         old is not None
         and old.get("format") == CACHE_FORMAT
@@ -216,7 +266,7 @@ def _open_arrays(
         del arrays
     for f in (*_ARRAYS, "manifest.csv", "meta.json"):
         (out / f).unlink(missing_ok=True)
-    dtypes = (np.uint8, np.uint64, np.int32)
+    dtypes = (np.uint8, np.uint64, np.int32, np.float64)
     try:
         arrays = tuple(
             np.lib.format.open_memmap(out / f, mode="w+", dtype=dt, shape=shape)
@@ -306,9 +356,7 @@ def _normalise_frame(source: pd.DataFrame) -> pd.DataFrame:
     )
     for c in COLUMNS:
         if c not in df:
-            df[c] = (
-                "" if c in ("image_id", "patient_id", "side", "visit", "score_scope") else np.nan
-            )
+            df[c] = "" if c in STR_COLUMNS else np.nan
     if (df["image_id"] == "").all():
         df["image_id"] = [Path(p).stem for p in df["image"]]
     return df
@@ -317,14 +365,16 @@ def _normalise_frame(source: pd.DataFrame) -> pd.DataFrame:
 def _row_keys(
     df: pd.DataFrame, cfg: PreprocessConfig, max_pixels: int | None
 ) -> tuple[np.ndarray, dict[int, str]]:
-    """Per-row key of (path, size, mtime, config, pixel limit); never 0. Unreadable paths listed."""
+    """Per-row key of (path, size, mtime, config, pixel limit, and the hand of a both-hands
+    film); never 0. Unreadable paths listed."""
     params = json.dumps({"cfg": cfg.to_dict(), "max_pixels": max_pixels}, sort_keys=True)
     keys = np.empty(len(df), dtype=np.uint64)
     problems: dict[int, str] = {}
-    for i, path in enumerate(df["image"].astype(str)):
+    for i, (path, hand) in enumerate(_inputs(df)):
         try:
             st = os.stat(path)
             ident = f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{params}"
+            ident += f"\0hand {hand}" if hand else ""  # other rows' keys stay as they were
         except OSError as exc:
             ident = f"{path}\0missing\0{params}"
             problems[i] = f"cannot read {path} ({exc.strerror or exc})"
@@ -336,27 +386,28 @@ def _row_keys(
 def _run(
     images_path: Path,
     todo: list[int],
-    paths: list[str],
+    paths: list[tuple[str, str]],
     cfg: PreprocessConfig,
     max_pixels: int | None,
     expected: np.ndarray,
     keys: np.ndarray,
-    geometry: np.ndarray,
+    geometry: tuple[np.ndarray, np.ndarray],
     workers: int | None,
     progress: bool,
 ) -> dict[int, str]:
-    """Preprocess rows ``todo``; mark each finished row's key as soon as its chunk returns."""
+    """Preprocess rows ``todo`` (``paths``: image and hand of each row); mark each finished
+    row's key as soon as its chunk returns."""
     workers = _workers(workers, len(todo))
     chunk = int(np.clip(len(todo) // (workers * 8) or 1, 8, 256))
     chunks = [todo[s : s + chunk] for s in range(0, len(todo), chunk)]
     failed: dict[int, str] = {}
 
-    def done(results: list[tuple[int, list[int] | None, str | None]]) -> None:
+    def done(results: list[_Result]) -> None:
         for i, geo, err in results:
-            if err is not None:
-                failed[i] = err
+            if err is not None or geo is None:
+                failed[i] = err or "not prepared"
             else:
-                geometry[i] = geo
+                geometry[0][i], geometry[1][i] = geo
                 keys[i] = expected[i]
 
     ctx = _mp_context() if workers > 1 else None
@@ -365,7 +416,7 @@ def _run(
         if workers <= 1 or ctx is None:
             _init_worker(str(images_path), cfg.to_dict(), max_pixels)
             for c in chunks:
-                res = _work([(i, paths[i]) for i in c])
+                res = _work([(i, *paths[i]) for i in c])
                 done(res)
                 bar.advance(len(c))
             return failed
@@ -380,7 +431,7 @@ def _run(
             try:
                 # Keep a bounded number of chunks in flight so an interruption loses little.
                 for c in it:
-                    pending.add(pool.submit(_work, [(i, paths[i]) for i in c]))
+                    pending.add(pool.submit(_work, [(i, *paths[i]) for i in c]))
                     if len(pending) >= 3 * workers:
                         break
                 while pending:
@@ -399,7 +450,7 @@ def _run(
                         bar.advance(len(res))
                         nxt = next(it, None)
                         if nxt is not None:
-                            pending.add(pool.submit(_work, [(i, paths[i]) for i in nxt]))
+                            pending.add(pool.submit(_work, [(i, *paths[i]) for i in nxt]))
             except BaseException:
                 for fut in pending:
                     fut.cancel()
@@ -504,45 +555,88 @@ def _init_worker(
     )
 
 
-def _canonical_input(rad: Any, cfg: PreprocessConfig) -> tuple[np.ndarray, Any]:
-    """The hand of a single-hand film as :func:`svdh.core.canonical.model_inputs` turns it (a
-    refused film is an error); its transform maps the turned hand's pixels, not the film's. A
-    both-hands film (one ``both`` row scored on the patient scale) stays whole, as before."""
-    from svdh.core.canonical import model_inputs
+#: (row, (geometry, film matrix), error) of one prepared row
+_Result = tuple[int, tuple[list[int], list[float]] | None, str | None]
+
+
+def _film_input(
+    rad: Any, cfg: PreprocessConfig, hand: str, memo: dict[str, Any]
+) -> tuple[np.ndarray, Transform, np.ndarray]:
+    """A row's model input, its crop transform and the 2 x 3 film -> pixels matrix.
+
+    Without ``cfg.canonical``, a film's row: :func:`~svdh.core.preprocess.preprocess` of the
+    whole film (as older models were trained). Otherwise the hand
+    :func:`svdh.core.canonical.model_inputs` gives prediction (a refused film is an error): the
+    film's one hand, or for ``hand`` L/R the hand of a both-hands film whose side the canonical
+    stage gives as that (by the hand's place on the film, unless the DICOM laterality says
+    otherwise; cut out unturned without ``cfg.canonical``, as prediction does then). ``memo``
+    keeps the last film's hands, so the two rows of a film are read and turned once.
+    """
     from svdh.core.preprocess import preprocess
 
-    hands = model_inputs(rad, cfg)
+    if not cfg.canonical and not hand:
+        x, t = preprocess(rad, cfg, return_transform=True)
+        return x, t, np.eye(2, 3)
+    hands = memo.get("hands")
+    if hands is None:
+        hands = memo["hands"] = _canonical_hands(rad, cfg)
     if hands[0].x is None:
         raise BadDatasetError(f"refused: {hands[0].decision.reason}")
-    if len(hands) > 1:
-        return preprocess(rad, cfg, return_transform=True)
-    return hands[0].x, hands[0].transform
+    if not hand and len(hands) > 1:
+        raise BadDatasetError(
+            f"the canonical stage found {len(hands)} hands on a film labelled as one hand; "
+            "label it a both-hands film (side both, each hand's score) or leave it out"
+        )
+    if not hand:
+        return hands[0].x, hands[0].transform, hands[0].matrix
+    found = [h for h in hands if h.decision.side == hand and h.x is not None]
+    if len(hands) != 2 or len(found) != 1:
+        sides = ", ".join(f"{h.decision.side} ({h.decision.side_source})" for h in hands)
+        raise BadDatasetError(
+            f"the canonical stage found {len(hands)} hand(s) on this both-hands film, sided "
+            f"{sides or 'none'}; expected one L and one R"
+        )
+    return found[0].x, found[0].transform, found[0].matrix
 
 
-def _work(items: list[tuple[int, str]]) -> list[tuple[int, list[int] | None, str | None]]:
+def _canonical_hands(rad: Any, cfg: PreprocessConfig) -> list[Any]:
+    """:func:`~svdh.core.canonical.model_inputs` of a film, with its DICOM laterality as the
+    side hint (a both-hands film's file name says nothing of either hand's side)."""
+    from svdh.core.canonical import SideHints, model_inputs
+    from svdh.core.hands import side_or_none
+
+    dicom = side_or_none((getattr(rad, "meta", None) or {}).get("laterality"))
+    return model_inputs(rad, cfg, SideHints(dicom=dicom if dicom in ("L", "R") else None))
+
+
+def _work(items: list[tuple[int, str, str]]) -> list[_Result]:
     from svdh.core.io import read_radiograph
-    from svdh.core.preprocess import preprocess
 
     images, cfg = _STATE["images"], _STATE["cfg"]
-    out: list[tuple[int, list[int] | None, str | None]] = []
-    for i, path in items:
+    out: list[_Result] = []
+    memo: dict[str, Any] = {}
+    for i, path, hand in items:
         try:
-            rad = read_radiograph(path, max_pixels=_STATE["max_pixels"])
-            if cfg.canonical:  # the prediction's own stage (svdh.core.canonical)
-                arr, t = _canonical_input(rad, cfg)
-            else:
-                arr, t = preprocess(rad, cfg, return_transform=True)
+            if memo.get("path") != path:  # the rows of one film follow each other
+                memo.clear()
+                memo["rad"] = read_radiograph(path, max_pixels=_STATE["max_pixels"])
+                memo["path"] = path
+            arr, t, mat = _film_input(memo["rad"], cfg, hand, memo)
         except SvdhError as exc:
-            msg = str(exc)
-            out.append((i, None, msg.removeprefix(f"{path}: ")))
+            msg = str(exc).removeprefix(f"{path}: ")
+            out.append((i, None, f"{_HAND_WORDS.get(hand, '')}{msg}"))
             continue
         except Exception as exc:  # an unexpected decoder failure must not kill the whole run
             out.append((i, None, f"{type(exc).__name__}: {exc}"))
             continue
         images[i] = arr
-        out.append((i, [t.x0, t.y0, t.side, t.width, t.height, *t.box], None))
+        geo = [t.x0, t.y0, t.side, t.width, t.height, *t.box]
+        out.append((i, (geo, [float(v) for v in np.asarray(mat).reshape(-1)]), None))
     images.flush()
     return out
+
+
+_HAND_WORDS = {"L": "left hand of the film: ", "R": "right hand of the film: "}
 
 
 # --------------------------------------------------------------------------- reading
@@ -568,6 +662,7 @@ def open_cache(path: str | os.PathLike[str]) -> Cache:
     try:
         images = np.load(root / "images.npy", mmap_mode="r")
         geometry = np.load(root / "geometry.npy", mmap_mode="r")
+        matrix = np.load(root / "matrix.npy", mmap_mode="r")
         manifest = read_manifest_csv(root / "manifest.csv")
     except (OSError, ValueError) as exc:
         raise BadDatasetError(
@@ -581,7 +676,8 @@ def open_cache(path: str | os.PathLike[str]) -> Cache:
     if len(manifest) and int(manifest["cache_index"].max()) >= len(images):
         raise BadDatasetError(f"{root}: manifest.csv points past images.npy; rerun svdh prepare")
     manifest.attrs["source"] = meta.get("source", "")
-    return Cache(root, images, manifest, PreprocessConfig.from_dict(meta["config"]), meta, geometry)
+    config = PreprocessConfig.from_dict(meta["config"])
+    return Cache(root, images, manifest, config, meta, geometry, matrix)
 
 
 def open_prepared_cache(

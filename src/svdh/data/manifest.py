@@ -2,7 +2,7 @@
 
 Columns (see docs/architecture.md, "Manifests"): ``image``, ``image_id``, ``patient_id``,
 ``side``, ``visit``, ``svdh``, ``erosion``, ``jsn``, ``patient_svdh``, ``score_scope``,
-``boneage``, ``male``, ``reader2``. Sources collect :class:`Problem` s while reading; then
+``boneage``, ``male``, ``reader2``, ``film_side``. Sources collect :class:`Problem` s while reading; then
 :func:`finalize` either raises one :class:`BadDatasetError` listing the offending rows or, with
 ``skip_invalid``, drops them, warns and records what was skipped in ``df.attrs``.
 """
@@ -22,7 +22,15 @@ from svdh.core.errors import BadDatasetError
 
 log = logging.getLogger("svdh.data")
 
-STR_COLUMNS: tuple[str, ...] = ("image", "image_id", "patient_id", "side", "visit", "score_scope")
+STR_COLUMNS: tuple[str, ...] = (
+    "image",
+    "image_id",
+    "patient_id",
+    "side",
+    "visit",
+    "score_scope",
+    "film_side",
+)
 FLOAT_COLUMNS: tuple[str, ...] = (
     "svdh",
     "erosion",
@@ -46,8 +54,12 @@ COLUMNS: tuple[str, ...] = (
     "boneage",
     "male",
     "reader2",
+    "film_side",
 )
 SIDES = ("L", "R", "both", "")
+#: ``film_side`` of a row that is one hand (``side`` L or R) cut out of a film of both hands:
+#: the canonical training cache (:mod:`svdh.data.cache`) cuts that hand out, as prediction does.
+FILM_BOTH = "both"
 
 #: How many problems an error message lists before "and N more".
 MAX_LISTED = 10
@@ -114,6 +126,28 @@ def finalize(
     df.attrs["n_skipped"] = n_skipped
     df.attrs["n_unlinked"] = n_unlinked
     return df
+
+
+def whole_film_problems(df: pd.DataFrame) -> list[Problem]:
+    """The rows a canonical training cache cannot use: a film of both hands kept as one row
+    (side ``both``) scored on the patient scale. Prediction cuts such a film into its two hands
+    and scores each; training needs each hand's own score (two rows, ``film_side`` both)."""
+    out = []
+    for i, (iid, side, fs) in enumerate(
+        zip(df["image_id"], df["side"], df["film_side"], strict=True)
+    ):
+        if side == "both" and fs != FILM_BOTH:
+            out.append(
+                Problem(
+                    str(iid),
+                    "a both-hands film with one patient-scope row: canonical training scores "
+                    "each hand, so it needs each hand's own score (two rows side L and R of "
+                    "this image); give them, leave the film out (--skip-invalid) or train "
+                    "without --canonical",
+                    i,
+                )
+            )
+    return out
 
 
 def describe(problems: Sequence[Problem], limit: int = MAX_LISTED) -> str:

@@ -6,10 +6,14 @@
 * ``ra2-dream:DIR``: ``training.csv`` (RA2-DREAM columns) beside ``<Patient_ID>-LH.jpg`` and
   ``-RH.jpg``; one row per hand image with that hand's erosion, JSN and total, and the patient's
   hands-and-wrists total. A dual-hand film ``<Patient_ID>-BH.*`` gives one row with side
-  ``both`` scored on the patient scale. Images may be JPEG, PNG, DICOM or TIFF. Feet ignored.
+  ``both`` scored on the patient scale, or, with ``split_both_hands`` (canonical training),
+  two rows, one per hand (``film_side`` both), each with that hand's scores. Images may be
+  JPEG, PNG, DICOM or TIFF. Feet ignored.
 * ``csv:FILE``: columns ``image``, ``patient_id``, ``svdh`` and optionally ``erosion``, ``jsn``,
   ``side``, ``visit``, ``reader2``, ``image_id``, ``patient_svdh``, ``score_scope``; image
-  paths relative to the CSV's folder.
+  paths relative to the CSV's folder. With ``split_both_hands`` two rows of one image, side L
+  and R, are the two hands of a both-hands film, and a ``both`` row (a patient total only) is
+  a problem of its row: canonical training needs each hand's score.
 
 A spec without a prefix is recognised from what lies there (a ``.csv`` file, a folder with
 ``training.csv`` or a bone-age CSV).
@@ -39,7 +43,7 @@ from svdh.core.scoring import (
 )
 from svdh.core.sex import norm_sex
 from svdh.core.visits import normalize_visit
-from svdh.data.manifest import Problem, finalize, new_row
+from svdh.data.manifest import FILM_BOTH, Problem, finalize, new_row
 
 #: File extensions of images that sources link to rows (case-insensitive), in order of preference.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -57,20 +61,28 @@ KINDS = ("rsna-boneage", "ra2-dream", "csv")
 MAX_BONEAGE_MONTHS = 240.0
 
 
-def load_source(spec: str | os.PathLike[str], skip_invalid: bool = False) -> pd.DataFrame:
+def load_source(
+    spec: str | os.PathLike[str], skip_invalid: bool = False, *, split_both_hands: bool = False
+) -> pd.DataFrame:
     """Read a data source into a manifest DataFrame (one row per image).
 
     ``spec``: ``rsna-boneage:DIR``, ``ra2-dream:DIR``, ``csv:FILE``, or a bare path whose
     layout is recognised. Problems (missing images, duplicate ids, NaN or out-of-range labels)
     raise one :class:`BadDatasetError` listing the offending rows, unless ``skip_invalid``:
     then they are left out, with a warning, and counted in ``df.attrs['n_skipped']``.
+
+    ``split_both_hands`` (canonical training, where prediction cuts a both-hands film into its
+    hands): a both-hands film gives one row per hand, ``side`` L or R, ``film_side`` both,
+    ``image_id`` ``<film id>:L`` / ``:R``, scored with that hand's own scores; a both-hands film
+    with only a patient total is a problem of its row.
     """
     kind, path = parse_spec(spec)
+    name = f"{kind}:{path}"
     if kind == "rsna-boneage":
-        return _rsna(path, f"{kind}:{path}", skip_invalid)
+        return _rsna(path, name, skip_invalid)
     if kind == "ra2-dream":
-        return _ra2_dream(path, f"{kind}:{path}", skip_invalid)
-    return _csv(path, f"{kind}:{path}", skip_invalid)
+        return _ra2_dream(path, name, skip_invalid, split_both_hands)
+    return _csv(path, name, skip_invalid, split_both_hands)
 
 
 def parse_spec(spec: str | os.PathLike[str]) -> tuple[str, Path]:
@@ -389,7 +401,7 @@ def _folders(folders: tuple[Path, ...], root: Path) -> str:
 # --------------------------------------------------------------------------- RA2-DREAM
 
 
-def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
+def _ra2_dream(root: Path, spec: str, skip_invalid: bool, split: bool = False) -> pd.DataFrame:
     csv_path = root / "training.csv"
     if not csv_path.is_file():
         raise BadDatasetError(
@@ -408,6 +420,7 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             columns=_columns,
             images=_index_images(root),
             number=_number_or_text,
+            split_both_hands=split,
         )
     cols = _columns(table, {"pid": ("Patient_ID", "patient_id")}, {"pid"}, f"{spec}: training.csv")
     images, unusable = _index_images(root), _unusable_images(root)
@@ -425,8 +438,8 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
             problems.append(Problem(where, f"duplicate Patient_ID (first on row {seen[pid]})"))
             continue
         seen[pid] = line
-        _Ra2Patient(pid, where, images, rows, problems, unusable).add_rows(rec)
-    known = {r["image_id"] for r in rows}
+        _Ra2Patient(pid, where, images, rows, problems, unusable, split).add_rows(rec)
+    known = {r["image_id"].split(":")[0] for r in rows}
     n_unlinked = sum(
         1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
     )
@@ -435,8 +448,8 @@ def _ra2_dream(root: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
 
 @dataclass
 class _Ra2Patient:
-    """The manifest rows of one RA2-DREAM patient: one per hand image, or one for a
-    dual-hand film (``<pid>-BH``) that stands for both hands."""
+    """The manifest rows of one RA2-DREAM patient: one per hand image, and for a dual-hand
+    film (``<pid>-BH``) that stands for both hands one row (or, with ``split``, one per hand)."""
 
     pid: str
     where: str
@@ -444,6 +457,7 @@ class _Ra2Patient:
     rows: list[dict[str, Any]]
     problems: list[Problem]
     unusable: dict[str, str] = field(default_factory=dict)
+    split: bool = False
 
     def add_rows(self, rec: dict[str, Any]) -> None:
         pid, where, images = self.pid, self.where, self.images
@@ -466,7 +480,9 @@ class _Ra2Patient:
         total = patient[0] + patient[1] if patient else math.nan
 
         has_both = f"{pid}-BH" in images
-        if has_both:
+        if has_both and self.split:
+            self.add_film_hands(f"{pid}-BH", scores, score_errors, total)
+        elif has_both:
             both = patient or (math.nan, math.nan)
             idx = self.add(f"{pid}-BH", "both", *both, "patient", total)
             if score_errors:
@@ -487,15 +503,33 @@ class _Ra2Patient:
             elif side in score_errors:
                 self.problems.append(Problem(where, score_errors[side], idx))
 
+    def add_film_hands(
+        self, stem: str, scores: dict[str, Any], errors: dict[str, str], total: float
+    ) -> None:
+        """The two hands of a both-hands film, each with its own scores (``split``)."""
+        for side in ("L", "R"):
+            s = scores.get(side)
+            erosion, jsn = (s.erosion, s.jsn) if s else (math.nan, math.nan)
+            idx = self.add(stem, side, erosion, jsn, "hand", total, film_side=FILM_BOTH)
+            if side in errors:
+                self.problems.append(Problem(self.where, errors[side], idx))
+
     def add(
-        self, stem: str, side: str, erosion: float, jsn: float, scope: str, total: float
+        self,
+        stem: str,
+        side: str,
+        erosion: float,
+        jsn: float,
+        scope: str,
+        total: float,
+        film_side: str = "",
     ) -> int:
         files = self.images.get(stem, [])
         idx = len(self.rows)
         self.rows.append(
             new_row(
                 image=str(files[0]) if files else "",
-                image_id=stem,
+                image_id=f"{stem}:{side}" if film_side else stem,
                 patient_id=self.pid,
                 side=side,
                 svdh=erosion + jsn,
@@ -503,6 +537,7 @@ class _Ra2Patient:
                 jsn=jsn,
                 patient_svdh=total,
                 score_scope=scope,
+                film_side=film_side,
             )
         )
         if len(files) > 1:
@@ -531,7 +566,7 @@ _SIDE_WORDS = {
 }
 
 
-def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
+def _csv(csv_path: Path, spec: str, skip_invalid: bool, split: bool = False) -> pd.DataFrame:
     table = _read_csv(csv_path, spec)
     name = csv_path.name
     optional = (
@@ -558,8 +593,7 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
     base = csv_path.parent
     rows: list[dict[str, Any]] = []
     problems: list[Problem] = []
-    seen_image: dict[str, int] = {}
-    seen_id: dict[str, int] = {}
+    seen = _Seen(split)
     for i, rec in enumerate(table.to_dict("records")):
         line = i + 2
         raw_image = str(rec[cols["image"]]).strip()
@@ -581,24 +615,73 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool) -> pd.DataFrame:
         path = _csv_image(row, rec, cols, raw_image, base)
         if not pid:
             note("empty patient_id")
-        if row["image"] in seen_image:
-            note(f"duplicate image (first on row {seen_image[row['image']]})")
-        elif row["image_id"] in seen_id:
-            note(
-                f"duplicate image_id {quote(row['image_id'])} (first on row "
-                f"{seen_id[row['image_id']]})"
-            )
-        seen_image.setdefault(row["image"], line)
-        seen_id.setdefault(row["image_id"], line)
+        seen.check(row, rec, cols, line, note)
         why = _unusable_entry(path)
         if why is not None:
             note(f"image {_cell(path)} {why}")
         elif not path.is_file():
             note(f"image not found: {_cell(path)}")
         _csv_side_and_scope(row, rec, cols, note)
+        row["_side"] = row["side"]
+        if split and row["side"] == "both":
+            note(_WHOLE_FILM)
         _csv_scores(row, rec, cols, note)
     _fill_patient_totals(rows)
+    for r in rows:
+        r.pop("_side", None)
     return finalize(rows, problems, spec, skip_invalid)
+
+
+_WHOLE_FILM = (
+    "a both-hands film with a patient total only: canonical training scores each hand; give "
+    "two rows of this image, side L and R, each with its hand's score (or train without "
+    "--canonical)"
+)
+
+
+@dataclass
+class _Seen:
+    """Duplicate images and ids of a CSV source. With ``split`` a second row of an image, the
+    other of sides L and R, makes the two rows the hands of a both-hands film (``film_side``
+    both; default ids ``<id>:L`` / ``<id>:R``)."""
+
+    split: bool
+    image: dict[str, int] = field(default_factory=dict)
+    image_id: dict[str, int] = field(default_factory=dict)
+    first: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def check(
+        self,
+        row: dict[str, Any],
+        rec: dict[str, Any],
+        cols: dict[str, str],
+        line: int,
+        note: Callable[[str], None],
+    ) -> None:
+        side = _SIDE_WORDS.get(_text(rec, cols, "side").lower())
+        first = self.first.setdefault(row["image"], row)
+        pair = first is not row and {first.get("_side"), side} == {"L", "R"}
+        if pair and self.split and not first.get("film_side"):
+            named = bool(_text(rec, cols, "image_id"))
+            for r, sd in ((first, first["_side"]), (row, side)):
+                r["film_side"] = FILM_BOTH
+                r["image_id"] = r["image_id"] if named else f"{r['image_id']}:{sd}"
+            self.image_id.setdefault(first["image_id"], self.image[row["image"]])
+        elif first is not row:
+            hint = (
+                "; rows of one image with side L and R are a both-hands film's hands, for "
+                "canonical training (--canonical); else give the film one row, side both"
+                if pair
+                else ""
+            )
+            note(f"duplicate image (first on row {self.image[row['image']]}){hint}")
+        elif row["image_id"] in self.image_id:
+            note(
+                f"duplicate image_id {quote(row['image_id'])} (first on row "
+                f"{self.image_id[row['image_id']]})"
+            )
+        self.image.setdefault(row["image"], line)
+        self.image_id.setdefault(row["image_id"], line)
 
 
 def _text(rec: dict[str, Any], cols: dict[str, str], key: str) -> str:

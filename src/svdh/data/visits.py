@@ -19,7 +19,7 @@ import pandas as pd
 from svdh.core.errors import BadDatasetError
 from svdh.core.scoring import hand_score
 from svdh.core.visits import normalize_visit
-from svdh.data.manifest import Problem, finalize, new_row
+from svdh.data.manifest import FILM_BOTH, Problem, finalize, new_row
 
 
 def has_visits(table: pd.DataFrame) -> bool:
@@ -39,11 +39,14 @@ def ra2_dream_visits(
     columns: Callable[..., dict[str, str]],
     images: dict[str, list[Path]],
     number: Callable[[Any], Any],
+    split_both_hands: bool = False,
 ) -> pd.DataFrame:
     """The manifest of an RA2-DREAM-style folder whose ``training.csv`` has a ``visit`` column.
 
     ``columns``, ``images`` and ``number`` are the RA2-DREAM reader's column finder, image index
     and cell parser (:mod:`svdh.data.sources`), passed in so the two modules import one way.
+    ``split_both_hands``: a dual-hand film gives one row per hand (``film_side`` both), as
+    :func:`svdh.data.sources.load_source` says.
     """
     cols = columns(
         table,
@@ -73,8 +76,8 @@ def ra2_dream_visits(
             continue
         seen[key] = line
         values = {k: number(v) for k, v in rec.items()}
-        _add_visit_rows(rows, problems, images, values, pid, visit, film, where)
-    known = {r["image_id"] for r in rows}
+        _add_visit_rows(rows, problems, images, values, (pid, visit, film), where, split_both_hands)
+    known = {r["image_id"].split(":")[0] for r in rows}
     n_unlinked = sum(
         1 for stem in images if stem.rsplit("-", 1)[-1] in ("LH", "RH", "BH") and stem not in known
     )
@@ -86,11 +89,11 @@ def _add_visit_rows(
     problems: list[Problem],
     images: dict[str, list[Path]],
     values: dict[str, Any],
-    pid: str,
-    visit: str,
-    film: int,
+    key: tuple[str, str, int],
     where: str,
+    split: bool = False,
 ) -> None:
+    pid, visit, film = key
     scores: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for side in ("L", "R"):
@@ -100,9 +103,10 @@ def _add_visit_rows(
             errors[side] = str(exc).removeprefix(f"row {pid}: ")
     total = sum(s.erosion + s.jsn for s in scores.values()) if not errors else math.nan
     both = _stem(pid, visit, film, "B")
-    sides = ("both",) if both in images else ("L", "R")
+    sides = ("both",) if both in images and not split else ("L", "R")
     for side in sides:
-        stem = both if side == "both" else _stem(pid, visit, film, side)
+        on_film = both in images and split  # one hand of the dual-hand film
+        stem = both if side == "both" or on_film else _stem(pid, visit, film, side)
         files = images.get(stem, [])
         if side == "both":
             ero = sum(s.erosion for s in scores.values()) if not errors else math.nan
@@ -114,7 +118,7 @@ def _add_visit_rows(
         rows.append(
             new_row(
                 image=str(files[0]) if files else "",
-                image_id=stem,
+                image_id=f"{stem}:{side}" if on_film else stem,
                 patient_id=pid,
                 side=side,
                 visit=visit,
@@ -123,6 +127,7 @@ def _add_visit_rows(
                 jsn=jsn,
                 patient_svdh=total,
                 score_scope="patient" if side == "both" else "hand",
+                film_side=FILM_BOTH if on_film else "",
             )
         )
         if not files:

@@ -18,8 +18,11 @@ of the hand's area).
 
 Images are read, preprocessed, scored and explained by the predictor
 (:meth:`svdh.inference.predictor.Predictor.prepare` and :meth:`~svdh.inference.predictor.Predictor.score`),
-exactly as ``svdh predict --cam`` does; this module only maps the landmarks through the
-preprocessing transform and scores the maps.
+exactly as ``svdh predict --cam`` does: every hand of a film (a both-hands film gives two) is
+turned fingers-up where the bundle was trained so (:func:`svdh.core.canonical.model_inputs`).
+This module only maps each hand's landmarks from the film onto its model input, through the
+hand's own cut, turn, mirror and crop (:meth:`svdh.core.canonical.ModelInput.film_to_input`),
+and scores the maps.
 """
 
 from __future__ import annotations
@@ -186,6 +189,48 @@ def cohort_hands(
     return out
 
 
+# --------------------------------------------------------------------------- film -> model input
+FilmHand = tuple[dict[str, tuple[float, float]], set[str]]
+
+
+def assign_to_hands(
+    boxes: Sequence[tuple[int, int, int, int]], groups: Sequence[FilmHand]
+) -> list[int]:
+    """Which hand of a film (``boxes``: each hand's box on the film, x0 y0 x1 y1) each landmark
+    group belongs to: the hand whose box holds the group's centre, else the nearest box centre
+    (a film the canonical stage did not split gives every group to its one hand)."""
+    out = []
+    for pts, _ in groups:
+        c = np.mean(np.array(list(pts.values()), dtype=np.float64).reshape(-1, 2), axis=0)
+
+        def rank(b: tuple[int, int, int, int], c: np.ndarray = c) -> tuple[bool, float]:
+            inside = b[0] <= c[0] < b[2] and b[1] <= c[1] < b[3]
+            return (not inside, float(np.hypot(c[0] - (b[0] + b[2]) / 2, c[1] - (b[1] + b[3]) / 2)))
+
+        out.append(min(range(len(boxes)), key=lambda j: rank(boxes[j])) if boxes else -1)
+    return out
+
+
+def input_landmarks(items: Sequence[Any], groups: Sequence[FilmHand]) -> list[list[HandLandmarks]]:
+    """Each scored hand's landmarks on its model input: per item of one film (each a
+    :class:`svdh.inference.predictor.Prepared` with its ``hand``, the ModelInput), the landmark
+    groups that belong to that hand, mapped by ``item.hand.film_to_input`` (the cut of a
+    both-hands film, the quarter turns, tilt and mirroring, then the crop)."""
+    owner = assign_to_hands([it.hand.decision.box for it in items], groups)
+    out: list[list[HandLandmarks]] = [[] for _ in items]
+    for (pts, bad), j in zip(groups, owner, strict=True):
+        if j < 0:
+            continue
+        names = list(pts)
+        mapped = items[j].hand.film_to_input(np.array([pts[k] for k in names], dtype=np.float64))
+        out[j].append(
+            HandLandmarks(
+                {k: (float(x), float(y)) for k, (x, y) in zip(names, mapped, strict=True)}, bad
+            )
+        )
+    return out
+
+
 def _gallery_image(
     display: np.ndarray,
     cam: np.ndarray,
@@ -231,8 +276,6 @@ def explain_cohort(
     ``out_dir`` is usually the run or ensemble directory the bundle came from, so that
     ``svdh evaluate`` and ``svdh report`` show the figures beside the run's metrics.
     """
-    from svdh.core.io import read_radiograph
-
     if not 0 < radius_frac < 1:
         raise BadConfigError(
             f"--radius must lie in (0, 1) (a fraction of the hand size), got {radius_frac}"
@@ -251,20 +294,11 @@ def explain_cohort(
         gdir.mkdir(parents=True, exist_ok=True)
     ens_scores: list[LocalisationScore] = []
     member_scores: list[list[LocalisationScore]] = [[] for _ in predictor.names]
-    n_no_damage = 0
+    counts = {"no_damage": 0, "refused": 0}
     for start in range(0, len(names), predictor.batch_size):
         chunk = names[start : start + predictor.batch_size]
-        items = [
-            predictor.prepare(n, read_radiograph(cohort / n), display=n in chosen) for n in chunk
-        ]
-        for item in items:
-            if item.error is not None:
-                raise BadDatasetError(item.error)
-        for item, pred in zip(items, predictor.score(items, cam=True), strict=True):
-            hands = [
-                HandLandmarks({k: tuple(item.transform.map_points(v)) for k, v in pts.items()}, bad)
-                for pts, bad in per_image[item.name]
-            ]
+        items, marks = _prepare_chunk(predictor, cohort, chunk, per_image, chosen, counts)
+        for item, hands, pred in zip(items, marks, predictor.score(items, cam=True), strict=True):
             region = damage_region(pred.preprocessed.shape, hands, radius_frac)
             if region.any():
                 hm = hand_mask(pred.preprocessed)
@@ -272,22 +306,56 @@ def explain_cohort(
                 for m, scores in enumerate(member_scores):
                     scores.append(score_map(pred.cam_members[m], region, hm))
             else:
-                n_no_damage += 1
+                counts["no_damage"] += 1
             if item.name in chosen:
-                _write_gallery_image(gdir, pred, hands, n_damaged[item.name], radius_frac)
+                n_bad = sum(len(h.damaged) for h in hands)
+                _write_gallery_image(gdir, pred, item, hands, n_bad, radius_frac)
         if progress is not None:
             progress(len(chunk))
+    n_no_damage = counts["no_damage"]
     summary = _summary(predictor, cohort, ens_scores, member_scores, n_no_damage, radius_frac)
+    summary["n_hands_refused"] = counts["refused"]
     write_localisation(RunDir(out_dir).localisation, summary)
     return summary
 
 
+def _prepare_chunk(
+    predictor: Any,
+    cohort: Path,
+    chunk: Sequence[str],
+    per_image: Mapping[str, Sequence[FilmHand]],
+    chosen: set[str],
+    counts: dict[str, int],
+) -> tuple[list[Any], list[list[HandLandmarks]]]:
+    """Every hand of the chunk's films, prepared as ``svdh predict --cam`` prepares it, with
+    its landmarks on its model input; refused hands are counted and left out."""
+    from svdh.core.io import read_radiograph
+
+    items: list[Any] = []
+    marks: list[list[HandLandmarks]] = []
+    for name in chunk:
+        hands = predictor.prepare_hands(
+            name, read_radiograph(cohort / name), display=name in chosen
+        )
+        ok = [it for it in hands if it.error is None and it.hand is not None]
+        counts["refused"] += len(hands) - len(ok)
+        items += ok
+        marks += input_landmarks(ok, per_image[name])
+    return items, marks
+
+
 def _write_gallery_image(
-    gdir: Path, pred: Any, hands: Sequence[HandLandmarks], n_damaged: int, radius_frac: float
+    gdir: Path,
+    pred: Any,
+    item: Any,
+    hands: Sequence[HandLandmarks],
+    n_damaged: int,
+    radius_frac: float,
 ) -> None:
     from PIL import Image
 
-    stem = Path(pred.image).stem
+    d = item.decision
+    stem = Path(pred.image).stem + (f"-{d.side or d.hand_index + 1}" if d.split else "")
     title = f"{stem}: {n_damaged} damaged joints, score {pred.score:.1f}"
     scale = pred.display.shape[0] / pred.preprocessed.shape[0]
     img = _gallery_image(pred.display, pred.cam, hands, scale, radius_frac, title)

@@ -29,16 +29,20 @@ class RandomGamma(torch.nn.Module):
         return v2.functional.adjust_gamma(x, g)
 
 
-def radiograph_augmentation(strength: float = 1.0) -> v2.Compose:
+def radiograph_augmentation(strength: float = 1.0, *, flip: bool = True) -> v2.Compose:
     """Small rotation, scale and shift, left-right flip, brightness, contrast, gamma, noise.
 
     Ranges are those a re-positioned hand and another exposure give; a left-right flip turns
-    a left hand into a right-hand-looking one, which carries the same score.
+    a left hand into a right-hand-looking one, which carries the same score. ``flip=False``
+    for canonical inputs (``PreprocessConfig.canonical``): every hand, in training and in
+    prediction, is shown as a left-hand PA view, so a flipped one is a view the model never
+    scores.
     """
     s = float(strength)
+    steps: list[Any] = [v2.RandomHorizontalFlip()] if flip else []
     return v2.Compose(
         [
-            v2.RandomHorizontalFlip(),
+            *steps,
             v2.RandomAffine(
                 degrees=10 * s, translate=(0.05 * s, 0.05 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)
             ),

@@ -223,7 +223,7 @@ def make_dataset(data: RunData, targets: Targets, rows: np.ndarray, augment: boo
         ci[rows],
         rows,
         _subset(targets, rows),
-        radiograph_augmentation() if augment else None,
+        radiograph_augmentation(flip=not data.preprocess.get("canonical")) if augment else None,
     )
 
 
