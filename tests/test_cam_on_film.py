@@ -8,6 +8,8 @@ maps are the canonical tests' (``tests/test_canonical.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -122,3 +124,50 @@ def test_film_overlay_is_the_whole_film_downscaled_with_the_hands_marked() -> No
     x0, y0, x1, y1 = hands[0].decision.box
     inner = plain[y0 // 2 + 40 : y1 // 2 - 4, x0 // 2 + 4 : x1 // 2 - 4]
     assert np.array_equal(inner[..., 0], inner[..., 1])
+
+
+def test_predict_cam_writes_each_hand_and_the_whole_film(world, tmp_path) -> None:
+    """``svdh predict --cam``'s files: one map per hand (``.hand1``/``.hand2`` for a both-hands
+    film) and the whole film with the hands' maps projected back (``.film_cam.png``)."""
+    from PIL import Image
+
+    from svdh.inference.predictor import Predictor
+    from svdh.inference.writers import predict_files
+    from svdh.synth import quantize
+    from svdh.synth.cohort import write_png
+
+    both = quantize(render_hand(seed=3, index=0, side="B", size=SIZE).image)
+    write_png(tmp_path / "P1-BH.png", both)
+    turned = np.rot90(quantize(render_hand(seed=3, index=1, side="R", size=SIZE).image))
+    write_png(tmp_path / "P2-RH.png", np.ascontiguousarray(turned))
+    cam = tmp_path / "cam"
+    summary = predict_files(
+        Predictor(world.run_bundle),
+        sorted(tmp_path.glob("*.png")),
+        out=tmp_path / "out.csv",
+        cam_dir=cam,
+    )
+    assert summary["n_scored"] == 3 and summary["n_failed"] == 0
+    names = sorted(p.name for p in cam.glob("*.png"))
+    assert names == [
+        "P1-BH.film_cam.png",
+        "P1-BH.hand1.cam.png",
+        "P1-BH.hand1.cam_panel.png",
+        "P1-BH.hand2.cam.png",
+        "P1-BH.hand2.cam_panel.png",
+        "P2-RH.cam.png",
+        "P2-RH.cam_panel.png",
+        "P2-RH.film_cam.png",
+    ]
+    film = np.asarray(Image.open(cam / "P1-BH.film_cam.png"))
+    assert film.shape == (256, 512, 3)  # the film at its own size (under 768 px)
+    rotated = np.asarray(Image.open(cam / "P2-RH.film_cam.png"))
+    assert rotated.shape[:2] == (384, 384)  # a 256 px film enlarged to 384, as a hand is
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out.csv").open()))
+    assert sorted(Path(r["cam"]).name for r in rows) == [
+        "P1-BH.hand1.cam.png",
+        "P1-BH.hand2.cam.png",
+        "P2-RH.cam.png",
+    ]

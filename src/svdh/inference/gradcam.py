@@ -374,6 +374,13 @@ def film_overlay(
     return plain, hot
 
 
+def hand_label(hand: str | None, side: str | None) -> str:
+    """A hand's label on the film view: its number on a both-hands film ('1/2' -> '1') and its
+    side in words, e.g. ``1 right``."""
+    number = hand.split("/")[0] if hand else ""
+    return " ".join(x for x in (number, {"L": "left", "R": "right"}.get(side or "", "")) if x)
+
+
 def mark_boxes(
     rgb: np.ndarray, boxes: Sequence[Sequence[int]], labels: Sequence[str]
 ) -> np.ndarray:

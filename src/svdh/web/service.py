@@ -382,13 +382,13 @@ def render_film(rad: Any, hands: list[Prediction], predictor: Any) -> dict[str, 
     is a pure function of the pixels and the bundle's preprocessing, so calling it again
     gives the same cuts, turns and crops (predictions do not carry them)."""
     from svdh.core.canonical import model_inputs
-    from svdh.inference.gradcam import film_overlay
+    from svdh.inference.gradcam import film_overlay, hand_label
 
     inputs = model_inputs(rad, predictor.preprocess_config)
     if len(inputs) != len(hands):
         return None
     cams = [p.cam for p in hands]
-    labels = [_hand_label(p, len(hands)) for p in hands]
+    labels = [hand_label(p.hand, p.side) for p in hands]
     plain, heat = film_overlay(rad, inputs, cams, labels=labels)
     return {
         "image": png_data_url(plain),
@@ -396,10 +396,3 @@ def render_film(rad: Any, hands: list[Prediction], predictor: Any) -> dict[str, 
         "width": int(plain.shape[1]),
         "height": int(plain.shape[0]),
     }
-
-
-def _hand_label(pred: Prediction, n: int) -> str:
-    """What a hand's box on the film is labelled: its number on a both-hands film and side."""
-    side = {"L": "left", "R": "right"}.get(pred.side or "", "")
-    number = (pred.hand or "").split("/")[0] if n > 1 else ""
-    return " ".join(x for x in (number, side) if x)
