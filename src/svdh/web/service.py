@@ -263,7 +263,10 @@ class ScoringService:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(f.data)
             res = dict(out.result or {})
-            res.pop("views", None)
+            res.pop("views", None)  # images stay out of the audit file
+            res.pop("film_views", None)
+            if "hands" in res:
+                res["hands"] = [{k: v for k, v in h.items() if k != "views"} for h in res["hands"]]
             summary.append(
                 {"file": f"{i:02d}-{safe}", "status": out.status, "error": out.error, **res}
             )
