@@ -465,6 +465,12 @@ def test_keep_dir_keeps_uploads_only_when_asked(predictor, world, tmp_path):
     (d,) = keep.iterdir()
     assert (d / "00-SYN00003-LH.png").read_bytes() == data
     assert "score" in (d / "results.json").read_text()
+    # the page's images (hands and film) stay out of the audit file
+    with make_client(predictor, keep_dir=tmp_path / "page") as c:
+        assert c.post("/score", files=_files(("P4-BH.png", _both_hands_png()))).status_code == 200
+    (d,) = (tmp_path / "page").iterdir()
+    kept = (d / "results.json").read_text()
+    assert '"hands"' in kept and "data:image" not in kept
 
 
 # --------------------------------------------------------------------------- concurrency
