@@ -224,6 +224,61 @@ def test_images_as_png_data_urls(client, world):
     assert decoded["overlay"].ndim == 3 and not np.array_equal(decoded["image"], decoded["overlay"])
 
 
+def _decode(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def _both_hands_png(turn: int = 0) -> bytes:
+    from svdh.synth import quantize, render_hand
+
+    film = quantize(render_hand(seed=3, index=0, side="B", size=256).image)
+    return _png_bytes(np.ascontiguousarray(np.rot90(film, turn)))
+
+
+def test_images_give_the_whole_film_with_every_hands_heat_map(client, world):
+    """images=true: the film as uploaded, plain and with both hands' heat maps projected back
+    onto it (inside the hands' boxes, not on the film between them), beside each hand's views."""
+    from svdh.core.canonical import model_inputs
+
+    data = _both_hands_png(turn=1)  # turned a quarter: the hands lie one above the other
+    r = client.post("/api/v1/score?images=true", files=_files(("P4-BH.png", data)))
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    film = res["film_views"]
+    plain, heat = _decode(film["image"]), _decode(film["overlay"])
+    assert plain.shape == heat.shape == (film["height"], film["width"], 3)
+    assert (film["width"], film["height"]) == (256, 512)  # the film's own size (under 768)
+    assert [h["hand"] for h in res["hands"]] == ["1/2", "2/2"]
+    assert all(_decode(h["views"]["overlay"]).ndim == 3 for h in res["hands"])
+    # where the heat was drawn: inside the hands' boxes (plus the cut's margin)
+    drawn = np.abs(heat.astype(int) - plain.astype(int)).sum(-1) > 30
+    assert drawn.mean() > 0.05
+    boxes = [m.decision.box for m in model_inputs(Image.open(io.BytesIO(data)), None)]
+    near = np.zeros(drawn.shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        pad = int(round(0.06 * max(x1 - x0, y1 - y0))) + 2
+        near[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad] = True
+    assert not drawn[~near].any()
+    # without images=true: no film, no views
+    r = client.post("/api/v1/score", files=_files(("P4-BH.png", data)))
+    (res,) = r.json()["results"]
+    assert "film_views" not in res and "views" not in res["hands"][0]
+
+
+def test_page_shows_a_both_hands_film_beside_its_two_hands(client):
+    r = client.post("/score", files=_files(("P4-BH.png", _both_hands_png())))
+    assert r.status_code == 200
+    html = r.text
+    assert 'data-hands="2"' in html and html.count('<figure class="film">') == 1
+    assert html.count('<figure class="hand">') == 2 and html.count('data-field="score"') == 2
+    # each hand's decision under it: which hand, the turn, the side and who decided it
+    decisions = re.findall(r'data-field="decision">([^<]*)', html)
+    assert [d.split(",")[0] for d in decisions] == ["hand 1/2", "hand 2/2"]
+    assert "R (position)" in decisions[0] and "L (position)" in decisions[1]
+    assert "both hands of P4-BH.png" in html  # the film's patient total
+
+
 def test_class_model_gives_probabilities(world, tmp_path):
     """A bundle with a class head (ordinal): probabilities per class, in JSON and on the page."""
     from svdh.inference.bundle import export_bundle
@@ -356,7 +411,9 @@ def test_page_form_renders_results_and_errors(client, world):
     assert r.status_code == 200
     html = r.text
     assert html.count('data-field="score"') == 2 and 'data-field="patient-total"' in html
-    assert html.count('class="cam"') == 2 and html.count('src="data:image/png;base64,') == 4
+    # each film (heat map and plain) beside its canonical hand (heat map and plain)
+    assert html.count('class="cam"') == 4 and html.count('src="data:image/png;base64,') == 8
+    assert html.count('<figure class="film">') == 2 and html.count('<figure class="hand">') == 2
     assert "notes.png" in html and "not an image" in html
     assert r.headers["cache-control"] == "no-store"
 
@@ -408,6 +465,12 @@ def test_keep_dir_keeps_uploads_only_when_asked(predictor, world, tmp_path):
     (d,) = keep.iterdir()
     assert (d / "00-SYN00003-LH.png").read_bytes() == data
     assert "score" in (d / "results.json").read_text()
+    # the page's images (hands and film) stay out of the audit file
+    with make_client(predictor, keep_dir=tmp_path / "page") as c:
+        assert c.post("/score", files=_files(("P4-BH.png", _both_hands_png()))).status_code == 200
+    (d,) = (tmp_path / "page").iterdir()
+    kept = (d / "results.json").read_text()
+    assert '"hands"' in kept and "data:image" not in kept
 
 
 # --------------------------------------------------------------------------- concurrency

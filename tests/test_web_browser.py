@@ -115,7 +115,9 @@ def test_upload_phantoms_see_scores_overlay_and_total(browser, server, phantoms,
             )
             assert card.locator('[data-field="erosion"]').is_visible()
             assert card.locator('[data-field="severity"]').is_visible()
-            cam, plain = card.locator("img.cam"), card.locator("img.img")
+            # the canonical hand the model scored (the film beside it has its own pair)
+            cam, plain = card.locator(".hand img.cam"), card.locator(".hand img.img")
+            assert card.locator("figure.film img.cam").is_visible()
             # the overlay is shown, decoded (a real image), and the toggle swaps it for the plain image
             assert cam.is_visible() and not plain.is_visible()
             assert cam.evaluate("img => img.complete && img.naturalWidth") >= 256
@@ -142,6 +144,88 @@ def test_upload_phantoms_see_scores_overlay_and_total(browser, server, phantoms,
         page.close()
     # works offline: nothing was requested from anywhere but this server (data URLs aside)
     assert all(u.startswith(server) or u.startswith("data:") for u in requests), requests
+    assert problems == []
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory) -> list[Path]:
+    """A both-hands phantom film (the clinic layout) and a right hand turned a quarter, as PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from svdh.synth import quantize, render_hand
+
+    out = tmp_path_factory.mktemp("films")
+    both = render_hand(seed=7, index=5, side="B", size=512)
+    right = render_hand(seed=7, index=6, side="R", size=512)
+    Image.fromarray(quantize(both.image)).save(out / "P7-BH.png")
+    Image.fromarray(np.ascontiguousarray(np.rot90(quantize(right.image)))).save(out / "P8-RH.png")
+    return [out / "P7-BH.png", out / "P8-RH.png"]
+
+
+def _right_of(a: dict, b: dict) -> bool:
+    """Box ``b`` lies right of box ``a`` on the same row (Playwright bounding boxes)."""
+    same_row = a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]
+    return same_row and b["x"] >= a["x"] + a["width"] - 1
+
+
+def test_both_hands_film_is_shown_beside_its_canonical_hands(
+    browser, server, films, tmp_path_factory
+):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        page.goto(server + "/")
+        page.set_input_files("#files", [str(p) for p in films])
+        page.click("#submit")
+        page.wait_for_selector("article.card", timeout=120_000)
+        card = page.locator('article.card[data-image="P7-BH.png"]')
+        assert card.get_attribute("data-hands") == "2"
+        film = card.locator("figure.film img.cam")
+        assert film.is_visible() and film.evaluate("i => i.complete && i.naturalWidth") >= 384
+        assert "2 hands found" in card.locator("figure.film figcaption").inner_text()
+        hands = card.locator(".hand-col")
+        assert hands.count() == 2
+        boxes = [film.bounding_box()]
+        for j, side in enumerate(("Right hand", "Left hand")):
+            hand = hands.nth(j)
+            img = hand.locator("figure.hand img.cam")
+            assert img.is_visible() and img.evaluate("i => i.complete && i.naturalWidth") >= 256
+            # its decision under it, then its score
+            caption = hand.locator("figure.hand figcaption").inner_text()
+            assert side in caption and "side from position" in caption, caption
+            assert (
+                hand.locator('[data-field="decision"]')
+                .inner_text()
+                .startswith(f"hand {j + 1}/2, rot ")
+            )
+            assert re.fullmatch(r"\d+\.\d", hand.locator('[data-field="score"]').inner_text())
+            boxes.append(img.bounding_box())
+        # film, hand 1, hand 2 side by side, left to right
+        assert _right_of(boxes[0], boxes[1]) and _right_of(boxes[1], boxes[2]), boxes
+        # one toggle swaps the film and both hands to the plain images
+        card.locator("label", has_text="Plain image").click()
+        assert card.locator("img.cam").evaluate_all("e => e.every(i => !i.offsetParent)")
+        assert card.locator("img.img").evaluate_all("e => e.every(i => !!i.offsetParent)")
+        card.locator("label", has_text="Heat map").click()
+        # the turned single hand: one canonical hand beside its film
+        other = page.locator('article.card[data-image="P8-RH.png"]')
+        assert other.get_attribute("data-hands") == "1"
+        assert other.locator("figure.film img.cam").is_visible()
+        assert other.locator(".hand-col").count() == 1
+        # the film's patient gets its hands-and-wrists total
+        assert "P7" in page.inner_text("article.patient")
+        shot = tmp_path_factory.mktemp("artefacts") / "web_both_hands.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+        if os.environ.get("SVDH_TEST_ARTEFACTS"):
+            dest = Path(os.environ["SVDH_TEST_ARTEFACTS"])
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, dest / shot.name)
+    finally:
+        page.close()
     assert problems == []
 
 

@@ -265,6 +265,150 @@ def panel(image: np.ndarray, result: CamResult, index: int, title: str = "") -> 
     return np.concatenate(tiles, axis=1)
 
 
+# --------------------------------------------------------------------------- heat maps on the film
+#: Longest side (px) of the whole-film view on the web page and in ``--cam`` files.
+FILM_VIEW_SIZE = 768
+
+
+def film_scale(film_shape: Sequence[int], max_side: int | None = None) -> tuple[int, int]:
+    """The (height, width) of a film shown at most ``max_side`` px on its longest side (never
+    enlarged)."""
+    h, w = int(film_shape[0]), int(film_shape[1])
+    f = 1.0 if not max_side else min(1.0, max_side / max(h, w, 1))
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def film_to_input_affine(hand: Any, film_shape: Sequence[int], out_shape: Sequence[int]) -> Any:
+    """The 2 x 3 affine from (x, y) of the film shown at ``out_shape`` (a resized copy of a
+    ``film_shape`` film) to (x, y) of the hand's model input: the hand's own
+    :meth:`~svdh.core.canonical.ModelInput.film_to_input` (cut, turn, mirror, crop), read off
+    at three points. Pixel centres throughout, as OpenCV's resize and warps take them."""
+    sy, sx = out_shape[0] / film_shape[0], out_shape[1] / film_shape[1]
+    shown = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    film = (shown + 0.5) / np.array([sx, sy]) - 0.5
+    q = np.asarray(hand.film_to_input(film), dtype=np.float64)
+    return np.column_stack([q[1] - q[0], q[2] - q[0], q[0]])
+
+
+def cam_on_film(
+    hand: Any, cam: np.ndarray, film_shape: Sequence[int], out_shape: Sequence[int] | None = None
+) -> np.ndarray:
+    """One hand's heat map (model-input space, any square size) warped onto the film as given
+    (shown at ``out_shape``, default the film's size), zero wherever the hand's input did not
+    come from the film: outside the region its ``pixels`` were cut from (the other hand of a
+    both-hands film, the crop's padding)."""
+    import cv2
+
+    out_shape = tuple(out_shape or film_shape[:2])
+    cam = np.asarray(cam, dtype=np.float32)
+    size = hand.x.shape[0] if getattr(hand, "x", None) is not None else cam.shape[0]
+    # model input (x, y) -> heat-map (x, y) where the map is not at the input's size
+    f = cam.shape[0] / size
+    a = film_to_input_affine(hand, film_shape[:2], out_shape)
+    a = np.vstack([a * f, [0.0, 0.0, 1.0]])
+    a[:2, 2] += 0.5 * f - 0.5
+    dsize = (int(out_shape[1]), int(out_shape[0]))
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    heat = cv2.warpAffine(cam, a[:2], dsize, flags=flags, borderValue=0.0)
+    # where the hand's pixels came from: film -> pixels is hand.matrix
+    m = np.asarray(hand.matrix, dtype=np.float64)
+    sy, sx = out_shape[0] / film_shape[0], out_shape[1] / film_shape[1]
+    shown_to_film = np.array([[1 / sx, 0, 0.5 / sx - 0.5], [0, 1 / sy, 0.5 / sy - 0.5], [0, 0, 1]])
+    to_pixels = np.vstack([m, [0, 0, 1]]) @ shown_to_film
+    ones = np.ones(np.asarray(hand.pixels).shape[:2], np.float32)
+    inside = cv2.warpAffine(ones, to_pixels[:2], dsize, flags=flags, borderValue=0.0)
+    return np.clip(heat * (inside > 0.5), 0, 1)
+
+
+def cams_on_film(
+    film_shape: Sequence[int],
+    hands: Sequence[Any],
+    cams: Sequence[np.ndarray | None],
+    out_shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Every hand's heat map on the film as given, as one film-sized map in [0, 1].
+
+    ``hands``: the film's :class:`~svdh.core.canonical.ModelInput` (one per hand, as
+    :func:`~svdh.core.canonical.model_inputs` gives them), ``cams[i]`` hand i's map (None for a
+    refused hand). Where two hands' regions meet, the hotter one is kept."""
+    out_shape = tuple(out_shape or film_shape[:2])
+    heat = np.zeros((int(out_shape[0]), int(out_shape[1])), np.float32)
+    for hand, cam in zip(hands, cams, strict=True):
+        if cam is not None and getattr(hand, "x", None) is not None:
+            heat = np.maximum(heat, cam_on_film(hand, cam, film_shape, out_shape))
+    return heat
+
+
+def film_display(film: Any, out_shape: Sequence[int]) -> np.ndarray:
+    """The film as given, resized to ``out_shape`` (area averaging) and its grey levels
+    stretched between the 0.5 and 99.5 percentiles, float32 in [0, 1] (for display only)."""
+    import cv2
+
+    from svdh.core.preprocess import as_float_image
+
+    img = as_float_image(film)
+    small = cv2.resize(img, (int(out_shape[1]), int(out_shape[0])), interpolation=cv2.INTER_AREA)
+    lo, hi = np.percentile(small, [0.5, 99.5])
+    return np.clip((small - lo) / max(float(hi - lo), 1e-6), 0, 1).astype(np.float32)
+
+
+def film_overlay(
+    film: Any,
+    hands: Sequence[Any],
+    cams: Sequence[np.ndarray | None],
+    max_side: int = FILM_VIEW_SIZE,
+    labels: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whole film (at most ``max_side`` px) plain and with every hand's heat map projected
+    back onto it: two RGB uint8 images of one size, drawn as :func:`overlay` draws a hand.
+    With ``labels`` (one per hand), each hand's box on the film is outlined and labelled."""
+    shape = np.asarray(getattr(film, "pixels", film)).shape[:2]
+    out_shape = film_scale(shape, max_side)
+    base = film_display(film, out_shape)
+    heat = cams_on_film(shape, hands, cams, out_shape)
+    plain, hot = overlay(base, np.zeros_like(heat), alpha=0.0), overlay(base, heat)
+    if labels is not None:  # (a small film is enlarged by overlay, as a hand is)
+        f = plain.shape[0] / shape[0]
+        boxes = [tuple(round(v * f) for v in h.decision.box) for h in hands]
+        plain, hot = (mark_boxes(im, boxes, labels) for im in (plain, hot))
+    return plain, hot
+
+
+def hand_label(hand: str | None, side: str | None) -> str:
+    """A hand's label on the film view: its number on a both-hands film ('1/2' -> '1') and its
+    side in words, e.g. ``1 right``."""
+    number = hand.split("/")[0] if hand else ""
+    return " ".join(x for x in (number, {"L": "left", "R": "right"}.get(side or "", "")) if x)
+
+
+def mark_boxes(
+    rgb: np.ndarray, boxes: Sequence[Sequence[int]], labels: Sequence[str]
+) -> np.ndarray:
+    """``rgb`` with each box (x0, y0, x1, y1) outlined and its label written at its top left."""
+    import cv2
+
+    out = rgb.copy()
+    h = max(16, max(out.shape[:2]) // 32)
+    for (x0, y0, x1, y1), text in zip(boxes, labels, strict=True):
+        cv2.rectangle(
+            out, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), max(1, h // 12), cv2.LINE_AA
+        )
+        if text:
+            (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, h / 30, 1)
+            cv2.rectangle(out, (x0, y0), (x0 + tw + 8, y0 + h + 6), (0, 0, 0), -1)
+            cv2.putText(
+                out,
+                text,
+                (x0 + 4, y0 + h),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                h / 30,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
+    return out
+
+
 def write_cam(
     out_dir: str | Path,
     stem: str,

@@ -170,22 +170,31 @@ class ResultWriter:
 
 
 class _CamFiles:
-    """Writes each prediction's heat maps under ``cam_dir`` (``{stem}.cam.png`` ...), with a
-    number added to the stem where two files of one name come from different folders."""
+    """Writes each prediction's heat maps under ``cam_dir`` (``{stem}.cam.png`` ...; the hands
+    of a both-hands film ``{stem}.hand1.cam.png``, ``{stem}.hand2.cam.png``) and, once a film's
+    hands are all written, ``{stem}.film_cam.png``: the whole film with every hand's map
+    projected back onto it. A number is added to the stem where two files of one name come
+    from different folders."""
 
-    def __init__(self, cam_dir: str | Path) -> None:
+    def __init__(self, cam_dir: str | Path, preprocess: Any = None) -> None:
         self.cam_dir = Path(cam_dir)
+        self.preprocess = preprocess
         self.stems: dict[str, int] = {}
+        self.film: list[Prediction] = []  # the hands of the film being written
+        self.film_stem = ""
 
     def write(self, pred: Prediction) -> None:
         from svdh.inference.gradcam import CamResult, write_cam
 
+        if not pred.hand or pred.hand.startswith("1/"):  # a new film
+            self.flush()
+            stem = Path(pred.image).stem
+            self.stems[stem] = self.stems.get(stem, 0) + 1
+            self.film_stem = stem if self.stems[stem] == 1 else f"{stem}_{self.stems[stem]}"
+        self.film.append(pred)
         if pred.cam is None:
             return
-        stem = Path(pred.image).stem
-        self.stems[stem] = self.stems.get(stem, 0) + 1
-        if self.stems[stem] > 1:
-            stem = f"{stem}_{self.stems[stem]}"
+        stem = self.film_stem + (f".hand{pred.hand.split('/')[0]}" if pred.hand else "")
         result = CamResult(
             members=np.asarray(pred.cam_members)[:, None],
             ensemble=np.asarray(pred.cam)[None],
@@ -199,6 +208,30 @@ class _CamFiles:
         image = pred.display if pred.display is not None else pred.preprocessed
         assert image is not None, "a prediction with a heat map has its image"
         pred.cam_path = write_cam(self.cam_dir, stem, image, result, 0, title)["overlay"]
+
+    def flush(self) -> None:
+        """Write the film overlay of the hands seen since the last film (if any has a map)."""
+        hands, self.film = self.film, []
+        if not any(p.cam is not None for p in hands):
+            return
+        from PIL import Image
+
+        from svdh.core.canonical import model_inputs
+        from svdh.core.errors import SvdhError
+        from svdh.core.io import read_radiograph
+        from svdh.inference.gradcam import film_overlay, hand_label
+
+        try:  # the film again: the predictor keeps only the small model inputs
+            rad = read_radiograph(hands[0].image)
+            inputs = model_inputs(rad, self.preprocess)
+        except (SvdhError, OSError):
+            return  # the per-hand maps are written; the film view is a convenience
+        if len(inputs) != len(hands):
+            return
+        labels = [hand_label(p.hand, p.side) for p in hands]
+        _, heat = film_overlay(rad, inputs, [p.cam for p in hands], labels=labels)
+        self.cam_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(heat).save(self.cam_dir / f"{self.film_stem}.film_cam.png")
 
 
 def predict_files(
@@ -226,7 +259,11 @@ def predict_files(
         if out
         else None
     )
-    cams = _CamFiles(cam_dir) if cam_dir is not None else None
+    cams = (
+        _CamFiles(cam_dir, getattr(predictor, "preprocess_config", None))
+        if cam_dir is not None
+        else None
+    )
     totals = PatientTotals(bins, predictor.bundle.score_scope) if bins is not None else None
     changes = ChangeCollector(predictor.bundle.change) if bins is not None else None
     n = n_failed = n_warned = 0
@@ -245,6 +282,8 @@ def predict_files(
                 writer.write(pred)
             if on_row is not None:
                 on_row(pred)
+        if cams is not None:
+            cams.flush()
         patient_rows = totals.totals() if totals is not None else []
         summary: dict[str, Any] = {
             "n_images": n,

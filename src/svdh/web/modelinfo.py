@@ -61,6 +61,8 @@ class ModelInfo:
     interval_level: float | None
     has_subscores: bool
     summary: dict[str, Any] = field(default_factory=dict)
+    #: the model scores hands turned fingers-up and shown as left hands (canonical stage)
+    canonical: bool = False
 
     @property
     def card(self) -> dict[str, Any]:
@@ -114,4 +116,5 @@ def model_info(predictor: Any) -> ModelInfo:
         interval_level=float(level) if level is not None else None,
         has_subscores=bool(bundle.has_subscores),
         summary=summary,
+        canonical=bool((getattr(bundle, "preprocess", None) or {}).get("canonical")),
     )

@@ -56,6 +56,13 @@ class ImageScore(PredictionModel):  # type: ignore[misc, valid-type]
         None,
         description="with images=true: PNG data URLs of the preprocessed image and Grad-CAM overlay",
     )
+    film_views: dict[str, Any] | None = Field(
+        None,
+        description="with images=true: the whole film as uploaded (at most 768 px; small films "
+        "enlarged to 384), 'image' plain and 'overlay' with every hand's heat map projected "
+        "back onto it, each hand's box outlined and labelled (PNG data URLs), and its "
+        "'width' and 'height' in pixels",
+    )
     hands: list[dict[str, Any]] | None = Field(
         None,
         description="a both-hands film: every canonical hand's prediction (and views), the "

@@ -226,7 +226,7 @@ class ScoringService:
         # passes would mix their activations. Decoding and rendering still run in parallel.
         with self._model_lock:
             preds = list(self.predictor.predict_images(items, cam=render))
-        for (i, _), group in zip(decoded, _per_image(preds), strict=True):
+        for (i, rad), group in zip(decoded, _per_image(preds), strict=True):
             out = outcomes[i]
             pred = group[0]
             if pred.error:
@@ -243,6 +243,7 @@ class ScoringService:
             out.result = {**pred.to_json(), **{k: v for k, v in out.meta.items() if v is not None}}
             if render:
                 out.result["views"] = render_views(pred)
+                out.result["film_views"] = render_film(rad, group, self.predictor)
             if len(group) > 1:  # a both-hands film: every canonical hand, with its views
                 out.result["hands"] = [
                     {**p.to_json(), **({"views": render_views(p)} if render else {})} for p in group
@@ -262,7 +263,10 @@ class ScoringService:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(f.data)
             res = dict(out.result or {})
-            res.pop("views", None)
+            res.pop("views", None)  # images stay out of the audit file
+            res.pop("film_views", None)
+            if "hands" in res:
+                res["hands"] = [{k: v for k, v in h.items() if k != "views"} for h in res["hands"]]
             summary.append(
                 {"file": f"{i:02d}-{safe}", "status": out.status, "error": out.error, **res}
             )
@@ -369,3 +373,29 @@ def render_views(pred: Prediction) -> dict[str, str | None]:
     if pred.cam is not None:
         views["overlay"] = png_data_url(overlay(base, np.asarray(pred.cam, dtype=np.float32)))
     return views
+
+
+def render_film(rad: Any, hands: list[Prediction], predictor: Any) -> dict[str, Any] | None:
+    """PNG data URLs of the whole film as uploaded (at most
+    :data:`svdh.inference.gradcam.FILM_VIEW_SIZE` px) plain and with every hand's heat map
+    projected back onto it, each hand's box outlined and labelled with its side; None where
+    the film's hands cannot be matched to its predictions.
+
+    The film's hands are those the predictor scored: :func:`svdh.core.canonical.model_inputs`
+    is a pure function of the pixels and the bundle's preprocessing, so calling it again
+    gives the same cuts, turns and crops (predictions do not carry them)."""
+    from svdh.core.canonical import model_inputs
+    from svdh.inference.gradcam import film_overlay, hand_label
+
+    inputs = model_inputs(rad, predictor.preprocess_config)
+    if len(inputs) != len(hands):
+        return None
+    cams = [p.cam for p in hands]
+    labels = [hand_label(p.hand, p.side) for p in hands]
+    plain, heat = film_overlay(rad, inputs, cams, labels=labels)
+    return {
+        "image": png_data_url(plain),
+        "overlay": png_data_url(heat) if any(c is not None for c in cams) else None,
+        "width": int(plain.shape[1]),
+        "height": int(plain.shape[0]),
+    }
