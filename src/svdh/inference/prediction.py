@@ -126,6 +126,9 @@ class Prediction:
     cam_member_names: list[str] | None = _out("names of the members' maps", kind="array")
     preprocessed: np.ndarray | None = _out("the uint8 model input", kind="array")
     display: np.ndarray | None = _out("the model's field at display resolution", kind="array")
+    model_input: Any = _out(
+        "the hand's svdh.core.canonical.ModelInput (film <-> input maps)", kind="array"
+    )
     #: the family of the model that made it (:data:`SVDH` or :data:`BONEAGE`): which fields render
     family: str = _out("svdh or boneage", kind="hidden", default=SVDH)
 

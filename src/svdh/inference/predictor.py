@@ -460,6 +460,7 @@ class Predictor:
                     pred.cam_member_names = cams.member_names
                     pred.preprocessed = it.x
                     pred.display = it.display if it.display is not None else it.x
+                    pred.model_input = it.hand
                 results[id(it)] = pred
         for it in items:
             yield results.get(id(it)) or Prediction.failed(

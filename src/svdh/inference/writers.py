@@ -221,9 +221,11 @@ class _CamFiles:
         from svdh.core.io import read_radiograph
         from svdh.inference.gradcam import film_overlay, hand_label
 
-        try:  # the film again: the predictor keeps only the small model inputs
+        try:  # the film again: the predictions keep only their hands' pixels
             rad = read_radiograph(hands[0].image)
-            inputs = model_inputs(rad, self.preprocess)
+            inputs = [p.model_input for p in hands]
+            if any(i is None for i in inputs):
+                inputs = model_inputs(rad, self.preprocess)
         except (SvdhError, OSError):
             return  # the per-hand maps are written; the film view is a convenience
         if len(inputs) != len(hands):

@@ -381,13 +381,16 @@ def render_film(rad: Any, hands: list[Prediction], predictor: Any) -> dict[str, 
     projected back onto it, each hand's box outlined and labelled with its side; None where
     the film's hands cannot be matched to its predictions.
 
-    The film's hands are those the predictor scored: :func:`svdh.core.canonical.model_inputs`
-    is a pure function of the pixels and the bundle's preprocessing, so calling it again
-    gives the same cuts, turns and crops (predictions do not carry them)."""
+    The film's hands are those the predictor scored (each prediction with a heat map carries
+    its :class:`~svdh.core.canonical.ModelInput`); without them
+    :func:`svdh.core.canonical.model_inputs`, a pure function of the pixels and the bundle's
+    preprocessing, gives the same cuts, turns and crops again."""
     from svdh.core.canonical import model_inputs
     from svdh.inference.gradcam import film_overlay, hand_label
 
-    inputs = model_inputs(rad, predictor.preprocess_config)
+    inputs = [p.model_input for p in hands]
+    if any(i is None for i in inputs):  # predictions made without heat maps
+        inputs = model_inputs(rad, predictor.preprocess_config)
     if len(inputs) != len(hands):
         return None
     cams = [p.cam for p in hands]
