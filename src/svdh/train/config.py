@@ -29,6 +29,12 @@ MONITOR_MODES = {
     "val_acc": "max",
     "val_class_mae": "min",
 }
+#: --lr-scaling: the learning-rate factor for a batch ``n`` times one process's batch.
+LR_SCALING = {
+    "sqrt": lambda n: float(n) ** 0.5,
+    "linear": float,
+    "none": lambda n: 1.0,
+}
 TARGET_COLUMN = {
     "regression": "svdh",
     "classification": "svdh",
@@ -108,7 +114,16 @@ class TrainConfig:
         "(docs/film-quality.md); prediction then does the same.",
         "--canonical",
     )
-    lr: float = opt(1e-3, "Base learning rate (AdamW, warm-up then cosine decay).")
+    lr: float = opt(
+        1e-3,
+        "Base learning rate (AdamW, warm-up then cosine decay) for one process's batch; "
+        "see --lr-scaling for several processes.",
+    )
+    lr_scaling: str = opt(
+        "sqrt",
+        "How --lr grows when DDP trains on N processes (an N times larger batch): sqrt "
+        "(lr x sqrt(N)), linear (lr x N) or none.",
+    )
     seed: int = opt(0, "Seed of the folds, the initialisation and the augmentation.")
     test_fraction: float = opt(
         0.0, "Fraction of patients held out as a test split (predicted by every fold model)."
@@ -175,6 +190,12 @@ class TrainConfig:
     max_cpu_minutes: float = opt(
         0.0,
         "CPU-time limit per fold in minutes, for budgeted runs on shared machines (0: none).",
+    )
+    channels_last: bool = opt(
+        True,
+        "On CUDA GPUs, keep images and convolution weights channels-last (faster convolutions "
+        "with mixed precision); ignored on CPUs.",
+        "--channels-last/--no-channels-last",
     )
     accelerator: str = opt("auto", "cpu, gpu, mps or auto.")
     devices: str = opt("auto", "Devices per node: a count, a list like 0,1, or auto.")
@@ -258,6 +279,8 @@ class TrainConfig:
             raise BadConfigError("--use-sex is for --task boneage")
         if self.target_transform != "none" and self.task not in ("regression", "boneage"):
             raise BadConfigError("--target-transform applies to regression and boneage tasks")
+        if self.lr_scaling not in LR_SCALING:
+            raise BadConfigError(f"--lr-scaling must be one of: {', '.join(LR_SCALING)}")
         if self.patience < 0 or self.num_workers < 0:
             raise BadConfigError("--patience and --num-workers must be >= 0")
         return self

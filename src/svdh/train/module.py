@@ -230,12 +230,33 @@ class SvdhModule(L.LightningModule):
         if clip:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
+    def effective_lr(self) -> float:
+        """``lr`` scaled for the processes that train together (``lr_scaling``): each adds
+        one batch to every step, so the step's batch is ``world_size`` times larger."""
+        from svdh.train.config import LR_SCALING
+
+        world = int(self.trainer.world_size) if self._trainer is not None else 1
+        scale = LR_SCALING[str(self.cfg.get("lr_scaling") or "none")](world)
+        return float(self.cfg["lr"]) * scale
+
+    def on_fit_start(self) -> None:
+        """Channels-last memory on CUDA (``channels_last``): faster convolutions under mixed
+        precision; CPUs keep the default layout."""
+        if self.device.type == "cuda" and self.cfg.get("channels_last", True):
+            self.model.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x = batch.get("x") if isinstance(batch, dict) else None
+        if x is not None and x.is_cuda and x.ndim == 4 and self.cfg.get("channels_last", True):
+            batch["x"] = x.contiguous(memory_format=torch.channels_last)
+        return batch
+
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
         groups = param_groups(
             self.model,
             self.scheme,
-            float(cfg["lr"]),
+            self.effective_lr(),
             float(cfg.get("lr_decay", 0.5)),
             float(cfg.get("weight_decay", 1e-4)),
         )
