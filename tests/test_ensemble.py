@@ -201,6 +201,40 @@ def test_cli_ensemble(members):
         assert (tmp / "e" / f).is_file()
 
 
+def test_verdict_says_when_the_combination_does_not_help() -> None:
+    from svdh.evaluate.ensemble import verdict
+
+    members = {"resnet18": {"pcc": 0.8}, "mobilenet_v2": {"pcc": 0.3}}
+    good = verdict("stacking", {"pcc": 0.85, "members": members, "baseline_mean": {"pcc": 0.7}})
+    assert good is None
+    bad = verdict("stacking", {"pcc": 0.6, "members": members, "baseline_mean": {"pcc": 0.7}})
+    assert bad is not None and "\n" not in bad
+    assert "best member resnet18 (0.800)" in bad and "plain mean of the members (0.700)" in bad
+    assert "plain mean" not in (verdict("mean", {"pcc": 0.7, "members": members}) or "")
+
+
+def test_ensemble_below_its_best_member_is_said_by_cli_and_report(tmp_path) -> None:
+    """A mean of a good member and a noisy one is worse than the good one: svdh ensemble says
+    so in one line, metrics.json keeps it, and the report shows it."""
+    from svdh.cli.main import app
+
+    base = cohort(80, seed=0)
+    good = make_run(tmp_path / "good", base, noise=4, seed=1)
+    junk = make_run(tmp_path / "junk", base, noise=60, seed=2, backbone="mobilenet_v2")
+    res = CliRunner().invoke(
+        app,
+        ["ensemble", str(good), str(junk), "--out", str(tmp_path / "e"), "--method", "mean"],
+    )
+    assert res.exit_code == 0, res.output
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note: ")]
+    assert len(notes) == 1 and "below its best member good" in notes[0]
+    assert "below its best member" in read_run(tmp_path / "e").metrics["verdict"]
+    out = tmp_path / "r.html"
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "e"), "--out", str(out), "--boot", "0"])
+    assert res.exit_code == 0, res.output
+    assert "the combination does not help here" in out.read_text()
+
+
 # --------------------------------------------------------------------------- reading runs
 
 

@@ -404,8 +404,12 @@ class Study:
 
         def make_ensemble() -> None:
             from svdh.evaluate.ensemble import build_ensemble
+            from svdh.runs.tables import read_run
 
             build_ensemble(members, ens.path, method=ens_cfg.method, alpha=1 - ens_cfg.level)
+            note = (read_run(ens.path).metrics or {}).get("verdict")
+            if note:
+                self.log(f"       note: {note}")
 
         self._step(
             f"{ens_cfg.method} ensemble of {len(members)} members",

@@ -447,6 +447,8 @@ def ensemble(
             _n(r.get("qwk")),
         )
     _console().print(t)
+    if m.get("verdict"):
+        typer.echo(f"note: {m['verdict']}")
     iv = m.get("interval") or {}
     if iv:
         typer.echo(

@@ -443,7 +443,33 @@ def _ensemble_metrics(
         ),
     )
     result["baseline_mean"] = headline(evaluate_run(mean_run, n_boot=0))
+    result["verdict"] = verdict(cfg.get("method", ""), result)
     return result
+
+
+def verdict(method: str, m: dict[str, Any]) -> str | None:
+    """One line when the combination does not earn its place: the ensemble's out-of-fold PCC
+    (nested CV for stacking) below its best member's or below the plain mean of the members.
+    None when it is at least as good as both (as the paper found for stacking)."""
+    pcc = m.get("pcc")
+    members = {k: v.get("pcc") for k, v in (m.get("members") or {}).items()}
+    members = {k: v for k, v in members.items() if v is not None and np.isfinite(v)}
+    if pcc is None or not np.isfinite(pcc) or not members:
+        return None
+    best = max(members, key=lambda k: members[k])
+    mean = (m.get("baseline_mean") or {}).get("pcc")
+    worse = []
+    if pcc < members[best]:
+        worse.append(f"its best member {best} ({members[best]:.3f})")
+    if method != "mean" and mean is not None and np.isfinite(mean) and pcc < mean:
+        worse.append(f"the plain mean of the members ({mean:.3f})")
+    if not worse:
+        return None
+    return (
+        f"{method} ensemble out-of-fold PCC {pcc:.3f} is below "
+        + " and ".join(worse)
+        + ": the combination does not help here; prefer the better model"
+    )
 
 
 def build_ensemble(

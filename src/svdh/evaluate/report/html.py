@@ -263,6 +263,7 @@ def _section(run: Run, m: dict[str, Any], plot_dir: Path, n_worst: int) -> dict[
         "cams": [{"name": p.stem, "b64": _png_b64(p)} for p in run.cam_images[:12]],
         "n_cams": len(run.cam_images),
         "members": None,
+        "verdict": (run.metrics or {}).get("verdict") if run.is_ensemble else None,
         "change": change_rows(m),
     }
     if run.is_ensemble and run.metrics and run.metrics.get("members"):
