@@ -260,3 +260,21 @@ def test_read_run_errors_name_file_and_row(members):
     (b / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(BadRunError, match="task 'segmentation'"):
         read_run(b)
+
+
+def test_single_fold_members_stack_over_patient_groups_of_their_validation_rows(tmp_path):
+    """Members trained with --folds 1 have one validation fold: the meta-learner's nested CV
+    then splits those rows by patient, so stacking still learns a biased member away and
+    every row is predicted by a meta-learner that never saw its patient."""
+    from svdh.evaluate.ensemble import META_FOLDS, align_members
+
+    base = cohort(40, n_folds=1, seed=3)
+    a = make_run(tmp_path / "a", base, noise=6, seed=1)
+    b = make_run(tmp_path / "b", base, bias=20, noise=6, seed=2, backbone="mobilenet_v2")
+    mem = align_members([read_run(a), read_run(b)])
+    folds = mem.meta_folds
+    assert len(np.unique(mem.folds)) == 1 and len(np.unique(folds)) == META_FOLDS
+    assert (pd.Series(folds).groupby(mem.base["patient_id"].to_numpy()).nunique() == 1).all()
+    stack = read_run(build_ensemble([a, b], tmp_path / "stack", n_boot=0))
+    mean = read_run(build_ensemble([a, b], tmp_path / "mean", method="mean", n_boot=0))
+    assert _rmse(stack.oof) < 0.6 * _rmse(mean.oof)

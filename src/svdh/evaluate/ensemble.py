@@ -40,6 +40,8 @@ T = TypeVar("T")
 METHODS = ("stacking", "mean", "weighted", "nnls")
 CLASS_META = ("multinomial", "ordinal")
 CARRY_COLUMNS = ("side", "visit", "patient_svdh", "reader2", "erosion_true", "jsn_true")
+#: meta-learner folds over the validation rows of single-fold members (``Members.meta_folds``)
+META_FOLDS = 5
 _EPS = 1e-3  # floor of member probabilities before the log: below it differences carry no signal
 
 
@@ -60,6 +62,28 @@ class Members:
     @property
     def folds(self) -> np.ndarray:
         return self.base["fold"].to_numpy(int)
+
+    @property
+    def meta_folds(self) -> np.ndarray:
+        """Folds of the meta-learner's nested cross-validation: the members' folds; when the
+        members were trained with one fold (``--folds 1``: their out-of-fold rows are one
+        validation split), those rows split into up to :data:`META_FOLDS` patient-grouped
+        folds. Every row is out of sample for every member either way, so the meta-learner
+        is still fitted and scored on rows that no member was trained on."""
+        folds = self.folds
+        if len(np.unique(folds)) > 1:
+            return folds
+        patients = self.base["patient_id"].astype(str).to_numpy()
+        uniq = np.unique(patients)
+        k = min(META_FOLDS, len(uniq))
+        if k < 2:
+            raise BadRunError(
+                "stacking needs out-of-fold rows of at least 2 patients; train the members "
+                "with --folds 2 or more, or a larger --val-fraction"
+            )
+        order = np.random.default_rng(0).permutation(len(uniq))
+        group = dict(zip(uniq[order], np.arange(len(uniq)) % k, strict=True))
+        return np.array([group[p] for p in patients], dtype=int)
 
     @property
     def y_true(self) -> np.ndarray:
@@ -107,8 +131,6 @@ def check_members(runs: list[Run]) -> None:
                 f"{r.path}: patient {split.index[0]!r} has images in {int(split.iloc[0])} folds; folds "
                 "must group patients, or a fold model has seen the patient it predicts (leakage)"
             )
-        if r.oof["fold"].nunique() < 2:
-            raise BadRunError(f"{r.path}: oof.csv has one fold only; stacking needs K >= 2 folds")
 
 
 def align_members(runs: list[Run]) -> Members:
@@ -353,7 +375,7 @@ def _class_columns(
     oof: pd.DataFrame, mem: Members, meta: dict[str, Any], method: str, class_meta: str
 ) -> None:
     """Class probabilities (nested out-of-fold) and the final class meta-learner, in place."""
-    bins, X, y, folds, n = mem.bins, mem.scores, mem.y_true, mem.folds, len(mem.y_true)
+    bins, X, y, folds, n = mem.bins, mem.scores, mem.y_true, mem.meta_folds, len(mem.y_true)
     assert mem.probs is not None
     P, c = mem.probs, oof["class_true"].to_numpy(int)
 
@@ -495,7 +517,7 @@ def build_ensemble(
         )
     runs = [read_run(d) for d in run_dirs]
     mem = align_members(runs)
-    bins, X, y, folds = mem.bins, mem.scores, mem.y_true, mem.folds
+    bins, X, y, folds = mem.bins, mem.scores, mem.y_true, mem.meta_folds
     n, maxs = X.shape[0], bins.max_score
     y_pred = _nested_oof(
         lambda tr: fit_score_meta(X[tr], y[tr], method, ridge_alpha),
