@@ -103,7 +103,7 @@ class SvdhModule(L.LightningModule):
         return self.loss_fn(raw.float(), target)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        raw = self.model.forward_raw(batch["x"], batch.get("sex"))
+        raw = self.model.forward_raw(self._images(batch), batch.get("sex"))
         loss = self._loss(raw, self._targets(batch))
         # summed on the device and logged once per epoch: per-step logging costs more Python
         # time than a fast GPU spends on a small batch
@@ -125,7 +125,7 @@ class SvdhModule(L.LightningModule):
             self.log("train_loss", self._train_sum / self._train_n, sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        raw = self.model.forward_raw_tta(batch["x"], batch.get("sex")).float()
+        raw = self.model.forward_raw_tta(self._images(batch), batch.get("sex")).float()
         rec = {"idx": batch["idx"], "raw": raw}
         if "y" in batch:
             rec["y"] = batch["y"]
@@ -245,11 +245,12 @@ class SvdhModule(L.LightningModule):
         if self.device.type == "cuda" and self.cfg.get("channels_last", True):
             self.model.to(memory_format=torch.channels_last)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x = batch.get("x") if isinstance(batch, dict) else None
-        if x is not None and x.is_cuda and x.ndim == 4 and self.cfg.get("channels_last", True):
-            batch["x"] = x.contiguous(memory_format=torch.channels_last)
-        return batch
+    def _images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's images, channels-last on CUDA (``channels_last``) like the weights."""
+        x = batch["x"]
+        if x.is_cuda and x.ndim == 4 and self.cfg.get("channels_last", True):
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def configure_optimizers(self) -> Any:
         cfg = self.cfg
