@@ -47,12 +47,15 @@ def test_demo_quick_end_to_end_then_predict(tmp_path):
     ):
         assert (out / rel).is_file(), rel
 
-    # the ensemble is honest: out-of-fold rows cover every training hand once, the held-out
-    # test patients were never trained on
+    # the ensemble is honest: its out-of-fold rows are the members' validation hands (one
+    # fold), each once, and neither they nor the held-out test patients were trained on
     oof = pd.read_csv(out / "ensemble" / "oof.csv", dtype={"patient_id": str})
     test = pd.read_csv(out / "ensemble" / "test.csv", dtype={"patient_id": str})
-    assert oof["image_id"].is_unique and len(oof) + len(test) == 300
+    folds = pd.read_csv(out / "members" / "resnet18-regression" / "folds.csv", dtype=str)
+    trained = set(folds.loc[folds["fold"].astype(int) >= 0, "patient_id"])
+    assert oof["image_id"].is_unique and len(test) == 120  # 60 of the 300 patients held out
     assert set(oof["patient_id"]).isdisjoint(test["patient_id"])
+    assert trained.isdisjoint(test["patient_id"]) and len(oof) > 40
     loc = json.loads((out / "ensemble" / "localisation.json").read_text())
     assert loc["n_images"] > 0 and 0 <= loc["pointing_game"] <= 1
 
