@@ -42,7 +42,7 @@ def test_quick_profile_overrides_deeply(tmp_path):
     full = load_experiment(CONFIG_DIR / "demo.yaml")
     quick = load_experiment(CONFIG_DIR / "demo.yaml", profile="quick", out=tmp_path)
     assert quick.out == str(tmp_path)
-    assert quick.defaults["folds"] < full.defaults["folds"]
+    assert quick.defaults["epochs"] < full.defaults["epochs"]
     assert quick.data.train.synth.n < full.data.train.synth.n
     assert quick.data.train.synth.seed == full.data.train.synth.seed  # untouched keys survive
     assert len(quick.members) == 2
