@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from svdh.core.preprocess import SmallMask, as_float_image, small_mask
 
@@ -567,10 +568,15 @@ def _clean(m: np.ndarray, field: np.ndarray | None = None) -> np.ndarray:
 
 
 def _look_at(
-    m: np.ndarray, field: np.ndarray | None, f: float, size: tuple[int, int]
+    m: np.ndarray,
+    field: np.ndarray | None,
+    f: float,
+    size: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
 ) -> tuple[Any, ...]:
     """Orientation, shape and view of one hand mask: (k, tilt, shape, view, reason, box, mask,
-    centre), ``box`` in original pixels."""
+    centre), ``box`` in original pixels; ``m`` is ``f`` times the film's size, its (0, 0) at
+    ``origin`` on the film."""
     w, h = size
     raw, m = m, _clean(m, field)
     k, tilt = orientation(m)
@@ -582,13 +588,152 @@ def _look_at(
     shape = measure(up, cut_top=top, cut_bottom=bottom, fills_film=fills)
     view, reason = classify_view(shape)
     ys, xs = np.nonzero(m)
+    ox, oy = origin
     box = (
-        max(0, int(np.floor(xs.min() / f))),
-        max(0, int(np.floor(ys.min() / f))),
-        min(w, int(np.ceil((xs.max() + 1) / f))),
-        min(h, int(np.ceil((ys.max() + 1) / f))),
+        max(0, ox + int(np.floor(xs.min() / f))),
+        max(0, oy + int(np.floor(ys.min() / f))),
+        min(w, ox + int(np.ceil((xs.max() + 1) / f))),
+        min(h, oy + int(np.ceil((ys.max() + 1) / f))),
     )
     return (k, tilt, shape, view, reason, box, m, (float(xs.mean()), float(ys.mean())))
+
+
+#: A hand whose working mask spans under this fraction of the working copy is measured again on
+#: a finer copy of its own window (small hands on a big film: both-hands films, plates).
+_REFINE_BELOW = 0.6
+#: The longer side (pixels) of that finer copy.
+_FINE = 256
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A hand's own finer copy: its tissue mask, the film field, the scale from the film and
+    the window's origin (x, y) on the film."""
+
+    mask: np.ndarray
+    field: np.ndarray
+    scale: float
+    origin: tuple[int, int]
+
+
+def _fine_window(
+    img: np.ndarray, sm: SmallMask, m: np.ndarray, others: list[np.ndarray]
+) -> _Window | None:
+    """The hand of working mask ``m`` thresholded again on a finer copy of its window (the
+    film's own tissue threshold; other hands and everything off the film left out), or None
+    where the working copy is already about as fine. At 256 px for a whole film, the fingers
+    of a hand a quarter of the film long are 2-3 px wide and the film edges within reach of
+    every fingertip: orientation, view and thumb side are measured again here."""
+    import cv2
+
+    if sm.threshold is None or sm.field is None:
+        return None
+    h, w = img.shape
+    sh, sw = m.shape
+    f = sm.scale
+    ys, xs = np.nonzero(m)
+    span = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
+    if span >= _REFINE_BELOW * max(sh, sw):
+        return None
+    pad = 0.15 * span
+    x0, y0 = max(0, int((xs.min() - pad) / f)), max(0, int((ys.min() - pad) / f))
+    x1 = min(w, int(np.ceil((xs.max() + 1 + pad) / f)))
+    y1 = min(h, int(np.ceil((ys.max() + 1 + pad) / f)))
+    g = min(1.0, _FINE / max(x1 - x0, y1 - y0))
+    if g < 1.5 * f:
+        return None
+    nw, nh = max(1, round((x1 - x0) * g)), max(1, round((y1 - y0) * g))
+    crop = np.ascontiguousarray(img[y0:y1, x0:x1], dtype=np.float32)
+    fine = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA) if g < 1 else crop
+    fine = cv2.GaussianBlur(fine, (0, 0), 1.0)
+    jx = np.clip(((x0 + (np.arange(nw) + 0.5) / g) * sw / w).astype(int), 0, sw - 1)
+    jy = np.clip(((y0 + (np.arange(nh) + 0.5) / g) * sh / h).astype(int), 0, sh - 1)
+    together = np.zeros(m.shape, np.uint8)
+    for o in others:
+        together |= o.astype(np.uint8)
+    other = cv2.dilate(together, np.ones((5, 5), np.uint8)) > 0
+    field = sm.field[np.ix_(jy, jx)]
+    tissue = (fine > sm.threshold) & field & ~other[np.ix_(jy, jx)]
+    band = _bands(tissue, field)
+    tissue &= ~band
+    field = field & ~band
+    _, labels = cv2.connectedComponents(tissue.astype(np.uint8), connectivity=8)
+    keep = np.unique(labels[m[np.ix_(jy, jx)] & tissue])
+    keep = keep[keep > 0]
+    if not len(keep):
+        return None
+    # the finer copy shows gaps between bone and soft tissue inside the hand, some open to the
+    # finger webs: closed, and holes filled unless large (background closed in by the hand and
+    # a strip of frame)
+    hand = np.isin(labels, keep)
+    k = max(3, int(round(0.02 * max(hand.shape))) | 1)
+    el = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    hand = cv2.morphologyEx(hand.astype(np.uint8), cv2.MORPH_CLOSE, el).astype(bool) & field
+    holes = ndimage.binary_fill_holes(hand) & ~hand
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < 0.005 * hand.size)
+    hand |= np.isin(lab, small[small > 0])
+    return _Window(hand, field, g, (x0, y0))
+
+
+def _bands(tissue: np.ndarray, field: np.ndarray, run: float = 0.7) -> np.ndarray:
+    """Straight strips across a hand's window against the film's edge: collimation bands and
+    frames (brighter than the tissue threshold) that touch a fingertip or a forearm.
+
+    A band crosses most of the window (``run`` of its width, at most 20 degrees off its sides:
+    tilted plates) with (almost) no film beyond it. A straight edge of the anatomy (a forearm,
+    the side of a hand) has film beyond it, or is shorter. Returns the band pixels, grown by
+    2 px (their blurred edges)."""
+    import cv2
+
+    h, w = tissue.shape
+    d = int(np.ceil(np.hypot(h, w))) + 4
+    out = np.zeros((h, w), np.uint8)
+    for turn in (0, 1):
+        u8 = np.ascontiguousarray(np.rot90(tissue, turn)).astype(np.uint8)
+        film = np.ascontiguousarray(np.rot90(field, turn)).astype(np.uint8)
+        hh, ww = u8.shape
+        # thickened across, so that a thin line between two of the 2-degree steps stays whole
+        thick = cv2.dilate(u8, np.ones((5, 1), np.uint8))
+        kernel = np.ones((1, max(3, int(run * ww))), np.uint8)
+        found = np.zeros((hh, ww), np.uint8)
+        for deg in range(-20, 21, 2):
+            rot = cv2.getRotationMatrix2D((ww / 2, hh / 2), deg, 1.0)
+            rot[:, 2] += ((d - ww) / 2, (d - hh) / 2)
+            big = cv2.warpAffine(thick, rot, (d, d), flags=cv2.INTER_NEAREST)
+            lines = cv2.morphologyEx(big, cv2.MORPH_OPEN, kernel)
+            if not lines.any():
+                continue
+            rows = np.cumsum(cv2.warpAffine(film, rot, (d, d), flags=cv2.INTER_NEAREST).sum(axis=1))
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
+            keep = np.zeros(n, np.uint8)
+            for i in range(1, n):
+                y0 = int(stats[i, cv2.CC_STAT_TOP])
+                y1 = y0 + int(stats[i, cv2.CC_STAT_HEIGHT])
+                beyond = min(rows[y0 - 1] if y0 > 0 else 0, rows[-1] - rows[y1 - 1])
+                keep[i] = beyond < 0.03 * rows[-1]
+            if keep.any():
+                back = cv2.invertAffineTransform(rot)
+                found |= cv2.warpAffine(keep[labels], back, (ww, hh), flags=cv2.INTER_NEAREST)
+        out |= np.rot90(found & u8, -turn)
+    if not out.any():
+        return out.astype(bool)
+    return cv2.dilate(out, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def _look(
+    m: np.ndarray, sm: SmallMask, img: np.ndarray, others: list[np.ndarray]
+) -> tuple[Any, ...]:
+    """:func:`_look_at` a hand, on its finer window where there is one; the mask and centre
+    returned stay those of the working mask (the film's other hands are blanked with them)."""
+    h, w = img.shape
+    win = _fine_window(img, sm, m, others)
+    if win is None:
+        return _look_at(m, sm.field, sm.scale, (w, h))
+    found = _look_at(win.mask, win.field, win.scale, (w, h), win.origin)
+    mw = _clean(m, sm.field)
+    ys, xs = np.nonzero(mw)
+    return (*found[:6], mw, (float(xs.mean()), float(ys.mean())))
 
 
 def _refusal(view: str, reason: str, box: tuple[int, int, int, int]) -> FilmDecision:
@@ -617,10 +762,10 @@ def _analyse(
     comps = _components(mask)
     if not comps:
         return [(_refusal("other", "no hand found", whole), None)], sm
-    found = [_look_at(m, sm.field, f, (w, h)) for m in comps]
+    found = [_look(m, sm, img, [o for o in comps if o is not m]) for m in comps]
     if len(found) == 2 and not all(t[3] == "hand" for t in found):
         # two pieces that are not two whole hands are one anatomy (a wrist view cut in two)
-        found = [_look_at(comps[0] | comps[1], sm.field, f, (w, h))]
+        found = [_look(comps[0] | comps[1], sm, img, [])]
     if not any(t[3] == "hand" for t in found) and _inverted_is_a_hand(img):
         reason = "inverted greyscale (bone dark): export the film as MONOCHROME2"
         return [(_refusal("inverted", reason, whole), None)], sm
