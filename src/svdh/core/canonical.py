@@ -756,7 +756,7 @@ def _analyse(
     h, w = img.shape
     whole = (0, 0, w, h)
     sm = small_mask(img)
-    mask, f = sm.mask, sm.scale
+    mask = sm.mask
     if mask is None or not mask.any():
         return [(_refusal("other", "no hand found: blank or featureless image", whole), None)], sm
     comps = _components(mask)
