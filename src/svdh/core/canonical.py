@@ -714,7 +714,8 @@ def _bands(tissue: np.ndarray, field: np.ndarray, run: float = 0.7) -> np.ndarra
                 keep[i] = beyond < 0.03 * rows[-1]
             if keep.any():
                 back = cv2.invertAffineTransform(rot)
-                found |= cv2.warpAffine(keep[labels], back, (ww, hh), flags=cv2.INTER_NEAREST)
+                moved = cv2.warpAffine(keep[labels], back, (ww, hh), flags=cv2.INTER_NEAREST)
+                found |= np.asarray(moved, np.uint8)
         out |= np.rot90(found & u8, -turn)
     if not out.any():
         return out.astype(bool)
