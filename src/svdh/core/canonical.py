@@ -695,31 +695,59 @@ def _bands(tissue: np.ndarray, field: np.ndarray, run: float = 0.7) -> np.ndarra
         hh, ww = u8.shape
         # thickened across, so that a thin line between two of the 2-degree steps stays whole
         thick = cv2.dilate(u8, np.ones((5, 1), np.uint8))
-        kernel = np.ones((1, max(3, int(run * ww))), np.uint8)
+        length = max(3, int(run * ww))
         found = np.zeros((hh, ww), np.uint8)
         for deg in range(-20, 21, 2):
             rot = cv2.getRotationMatrix2D((ww / 2, hh / 2), deg, 1.0)
             rot[:, 2] += ((d - ww) / 2, (d - hh) / 2)
             big = cv2.warpAffine(thick, rot, (d, d), flags=cv2.INTER_NEAREST)
-            lines = cv2.morphologyEx(big, cv2.MORPH_OPEN, kernel)
-            if not lines.any():
+            lines = _long_runs(big, length)
+            if lines is None:
                 continue
-            rows = np.cumsum(cv2.warpAffine(film, rot, (d, d), flags=cv2.INTER_NEAREST).sum(axis=1))
-            n, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
-            keep = np.zeros(n, np.uint8)
-            for i in range(1, n):
-                y0 = int(stats[i, cv2.CC_STAT_TOP])
-                y1 = y0 + int(stats[i, cv2.CC_STAT_HEIGHT])
+            film_rows = cv2.warpAffine(film, rot, (d, d), flags=cv2.INTER_NEAREST).sum(axis=1)
+            rows = np.cumsum(film_rows)
+            keep = np.zeros(d, bool)  # rows of the rotated canvas holding a band
+            hit = np.flatnonzero(lines.any(axis=1))
+            for group in np.split(hit, np.flatnonzero(np.diff(hit) > 1) + 1):
+                y0, y1 = int(group[0]), int(group[-1]) + 1
                 beyond = min(rows[y0 - 1] if y0 > 0 else 0, rows[-1] - rows[y1 - 1])
-                keep[i] = beyond < 0.03 * rows[-1]
+                keep[y0:y1] = beyond < 0.03 * rows[-1]
             if keep.any():
                 back = cv2.invertAffineTransform(rot)
-                moved = cv2.warpAffine(keep[labels], back, (ww, hh), flags=cv2.INTER_NEAREST)
+                lines[~keep] = 0
+                moved = cv2.warpAffine(lines, back, (ww, hh), flags=cv2.INTER_NEAREST)
                 found |= np.asarray(moved, np.uint8)
         out |= np.rot90(found & u8, -turn)
     if not out.any():
         return out.astype(bool)
     return cv2.dilate(out, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def _long_runs(a: np.ndarray, length: int) -> np.ndarray | None:
+    """The pixels of ``a`` (uint8, 0/1) in horizontal runs at least ``length`` long (None: none)."""
+    rows = np.flatnonzero(a.sum(axis=1) >= length)
+    if not len(rows):
+        return None
+    sub = np.pad(a[rows].astype(np.int8), ((0, 0), (1, 1)))
+    d = np.diff(sub, axis=1)
+    starts, ends = np.argwhere(d == 1), np.argwhere(d == -1)  # row-major: paired per row
+    long = (ends[:, 1] - starts[:, 1]) >= length
+    if not long.any():
+        return None
+    out = np.zeros(a.shape, np.uint8)
+    for (r, x0), x1 in zip(starts[long], ends[long, 1], strict=True):
+        out[rows[r], x0:x1] = 1
+    return out
+
+
+def _largest(m: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece of a bool mask."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    if n < 3:
+        return m
+    return np.asarray(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
 
 
 def _look(
@@ -730,6 +758,10 @@ def _look(
     h, w = img.shape
     win = _fine_window(img, sm, m, others)
     if win is None:
+        if sm.field is not None:
+            band = _bands(m, sm.field)
+            if band.any() and (m & ~band).any():
+                return _look_at(_largest(m & ~band), sm.field & ~band, sm.scale, (w, h))
         return _look_at(m, sm.field, sm.scale, (w, h))
     found = _look_at(win.mask, win.field, win.scale, (w, h), win.origin)
     mw = _clean(m, sm.field)
@@ -750,6 +782,17 @@ def analyse(image: Any, hints: SideHints | None = None) -> list[FilmDecision]:
     return [d for d, _ in _analyse(as_float_image(image), hints)[0]]
 
 
+def _find(img: np.ndarray, sm: SmallMask) -> list[tuple[Any, ...]]:
+    """:func:`_look` at every hand-sized component of the film's mask (none: an empty list)."""
+    assert sm.mask is not None
+    comps = _components(sm.mask)
+    found = [_look(m, sm, img, [o for o in comps if o is not m]) for m in comps]
+    if len(found) == 2 and not all(t[3] == "hand" for t in found):
+        # two pieces that are not two whole hands are one anatomy (a wrist view cut in two)
+        found = [_look(comps[0] | comps[1], sm, img, [])]
+    return found
+
+
 def _analyse(
     img: np.ndarray, hints: SideHints | None
 ) -> tuple[list[tuple[FilmDecision, np.ndarray | None]], SmallMask | None]:
@@ -760,13 +803,16 @@ def _analyse(
     mask = sm.mask
     if mask is None or not mask.any():
         return [(_refusal("other", "no hand found: blank or featureless image", whole), None)], sm
-    comps = _components(mask)
-    if not comps:
+    found = _find(img, sm)
+    if all(t[3] == "other" for t in found):
+        # no hand outline at the tissue threshold: faint soft tissue (a child's hand) under a
+        # threshold that bright frames and markers pushed up to the bones; once more, lower
+        low = small_mask(img, low=True)
+        again = _find(img, low) if low.mask is not None and low.mask.any() else []
+        if any(t[3] in ("hand", "wrist_only") for t in again):
+            sm, mask, found = low, low.mask, again
+    if not found:
         return [(_refusal("other", "no hand found", whole), None)], sm
-    found = [_look(m, sm, img, [o for o in comps if o is not m]) for m in comps]
-    if len(found) == 2 and not all(t[3] == "hand" for t in found):
-        # two pieces that are not two whole hands are one anatomy (a wrist view cut in two)
-        found = [_look(comps[0] | comps[1], sm, img, [])]
     if not any(t[3] == "hand" for t in found) and _inverted_is_a_hand(img):
         reason = "inverted greyscale (bone dark): export the film as MONOCHROME2"
         return [(_refusal("inverted", reason, whole), None)], sm

@@ -408,11 +408,13 @@ def hand_mask_small(
     return sm.mask, sm.scale, sm.background, sm.film
 
 
-def small_mask(img: np.ndarray) -> SmallMask:
+def small_mask(img: np.ndarray, low: bool = False) -> SmallMask:
     """Find the hand(s) on a ~256 px copy of ``img``: see :class:`SmallMask`.
 
     A film laid as a (tilted) plate on a scanner bed is first turned upright and cut to the
     plate, so that the plate's edges and its collimation bands are film edges, not tissue.
+    ``low``: the tissue threshold is taken again below the usual one (background against faint
+    soft tissue), for films where the usual one found no hand outline.
     """
     import cv2
 
@@ -422,7 +424,7 @@ def small_mask(img: np.ndarray) -> SmallMask:
     sh, sw = small.shape
     plate = _find_plate(small)
     if plate is None:
-        mask, background, film, t = _mask_in_field(small)
+        mask, background, film, t = _mask_in_field(small, low)
         field = np.zeros((sh, sw), bool)
         if film is not None:
             field[film[0] : film[1], film[2] : film[3]] = True
@@ -431,7 +433,7 @@ def small_mask(img: np.ndarray) -> SmallMask:
     upright = cv2.warpAffine(
         small, warp, (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    mask_u, background, film_u, t = _mask_in_field(upright)
+    mask_u, background, film_u, t = _mask_in_field(upright, low)
     inv = cv2.invertAffineTransform(warp)
     inside = np.zeros((ph, pw), np.uint8)
     if film_u is not None:
@@ -524,7 +526,7 @@ def _find_plate(small: np.ndarray) -> tuple[np.ndarray, tuple[int, int], float] 
 
 
 def _mask_in_field(
-    small: np.ndarray,
+    small: np.ndarray, low: bool = False
 ) -> tuple[np.ndarray | None, float | None, tuple[int, int, int, int] | None, float | None]:
     """(mask, background, film, threshold) of a working image whose edges are the film's
     edges; ``threshold`` in the image's grey levels."""
@@ -538,7 +540,7 @@ def _mask_in_field(
     if hi - lo <= 1e-6:
         return None, None, None, None
     u8_all = np.clip((small - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    t = _tissue_threshold(u8_all[fy0:fy1, fx0:fx1])
+    t = _tissue_threshold(u8_all[fy0:fy1, fx0:fx1], low)
     # Bright collimation bands (unexposed film) that the flat-line peel missed because they
     # are tilted or noisy: peel them by their grey level, so the forearm touching one does not
     # pull the band into the hand.
@@ -659,7 +661,7 @@ def _film_box(
     return (film[0], film[1], film[2], film[3])
 
 
-def _tissue_threshold(u8: np.ndarray) -> float:
+def _tissue_threshold(u8: np.ndarray, low: bool = False) -> float:
     """Grey level separating background from soft tissue.
 
     A two-class Otsu threshold often falls between soft tissue and bone when the hand fills
@@ -683,10 +685,20 @@ def _tissue_threshold(u8: np.ndarray) -> float:
     except ValueError:  # too few grey levels for three classes
         candidates = [float(otsu)]
     n = u8.size
-    for t in candidates:
-        if float(hist[int(np.floor(t)) + 1 :].sum()) / n <= 0.85:
-            return t
-    return candidates[-1]
+    chosen = next(
+        (t for t in candidates if float(hist[int(np.floor(t)) + 1 :].sum()) / n <= 0.85),
+        candidates[-1],
+    )
+    if not low:
+        return chosen
+    # ``low``: Otsu's threshold among the grey levels below the chosen one (background against
+    # soft tissue, where brighter frames and markers made the three classes background, bone,
+    # frame)
+    below = u8[u8 <= chosen]
+    if below.size < 16 or int(below.max()) == int(below.min()):
+        return chosen
+    t_low, _ = cv2.threshold(below.reshape(1, -1), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t_low) if float(hist[int(t_low) + 1 :].sum()) / n <= 0.85 else chosen
 
 
 def _field(small: np.ndarray, tol: float) -> tuple[int, int, int, int]:
