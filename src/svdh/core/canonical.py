@@ -818,6 +818,7 @@ def _analyse(
         return [(_refusal("inverted", reason, whole), None)], sm
     # left to right as the patient's film is read once upright (the first hand's turn)
     k0 = found[0][0]
+    assert mask is not None
     centre = np.array([mask.shape[1] / 2, mask.shape[0] / 2])
 
     def upright_x(c: tuple[float, float]) -> float:
