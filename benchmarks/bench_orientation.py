@@ -12,12 +12,17 @@ Age, each in its 8 rotations/mirrors) and for phantom cohorts with film faults
 * view accuracy (hand / wrist-only / foot), and the warning and refusal rates;
 * ms per film of :func:`svdh.core.canonical.canonicalise` (one thread);
 * the spread of the model inputs, and with ``--bundle`` of the predictions, within the 8
-  transforms of each real hand (max - min per film; share of films within 1 point).
+  transforms of each real hand (max - min per film; share of films within 1 point);
+* with ``--boneage`` (a bone-age bundle), the spread of its predictions (months) within the 8
+  transforms of each of the 20 RSNA sample films, after the canonical stage and, for
+  comparison, without it (the film as turned, cropped as older models saw it); the child's sex
+  from the sample's ``boneage.csv``; share within 2 months, and the MAE of the upright copies.
 
 Usage (figures in docs/benchmarks.md)::
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/bench_orientation.py \\
-        [--data ../shared/data] [--phantoms 40] [--bundle model.svdh] [--out /tmp/bench_orient]
+        [--data ../shared/data] [--phantoms 40] [--bundle model.svdh] [--boneage ba.svdh]
+        [--out /tmp/bench_orient]
 """
 
 from __future__ import annotations
@@ -112,6 +117,33 @@ def bench_real(root: Path, scorer: Scorer) -> dict[str, Any]:
     }
 
 
+def bench_boneage(root: Path, bundle: str) -> dict[str, Any]:
+    """Bone-age spread (months) within the 8 transforms of each RSNA sample film."""
+    import pandas as pd
+
+    from svdh.inference.predictor import Predictor
+    from svdh.inference.sex import sex_code
+
+    predictor = Predictor(bundle)
+    cfg = predictor.preprocess_config
+    labels = pd.read_csv(root / "rsna-boneage-sample" / "boneage.csv")
+    out: dict[str, list[float]] = {"canonical": [], "plain": [], "error": []}
+    for row in labels.itertuples():
+        img = as_float_image(read_radiograph(root / "rsna-boneage-sample" / f"{row.id}.png"))
+        canon, plain = [], []
+        for _j, _flip, t in _transforms(img):
+            canon.append(preprocess(C.canonicalise(t)[0].pixels, cfg))
+            plain.append(preprocess(t, cfg))
+        sex = np.full(8, sex_code("M" if str(row.male) == "True" else "F"), np.float32)
+        for key, xs in (("canonical", canon), ("plain", plain)):
+            rows = predictor.combine(predictor.forward_raw(np.stack(xs), sex))
+            months = [float(r["bone_age_months"]) for r in rows]
+            out[key].append(max(months) - min(months))
+            if key == "plain":  # copy 0 is the film as given (upright)
+                out["error"].append(months[0] - float(row.boneage))
+    return out
+
+
 def _phantom_truth(entry: dict[str, Any]) -> dict[str, Any]:
     default_sides = ["R", "L"] if entry["side"] == "both" else [entry["side"][0].upper()]
     return entry.get(
@@ -185,11 +217,24 @@ def _pct(a: int, b: int) -> str:
     return f"{a}/{b} ({100.0 * a / max(1, b):.1f}%)"
 
 
+def _print_boneage(b: dict[str, list[float]], bundle: str) -> None:
+    print(f"bone age with {bundle}: 20 RSNA sample films x 8 rotations/mirrors")
+    for key, words in (("canonical", "after the canonical stage"), ("plain", "without it")):
+        s = np.asarray(b[key])
+        print(
+            f"  spread (max - min of the 8, months) {words}: median {np.median(s):.2f},"
+            f" max {s.max():.2f}, within 2 months {_pct(int((s <= 2).sum()), len(s))}"
+        )
+    e = np.abs(np.asarray(b["error"]))
+    print(f"  MAE of the upright films {e.mean():.1f} months (how good the model is)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data", help="the shared real samples")
     ap.add_argument("--phantoms", type=int, default=40, help="patients per phantom cohort")
     ap.add_argument("--bundle", default=None, help="a .svdh bundle: spread of its predictions")
+    ap.add_argument("--boneage", default=None, help="a bone-age .svdh bundle: spread in months")
     ap.add_argument("--out", default=None, help="folder for the phantom cohorts (kept)")
     args = ap.parse_args()
     scorer = Scorer(args.bundle)
@@ -213,6 +258,8 @@ def main() -> None:
                 f"  prediction spread (max - min of the 8) with {args.bundle}: median"
                 f" {np.median(s):.2f}, max {s.max():.2f}, within 1 point {_pct(int((s <= 1).sum()), len(s))}"
             )
+        if args.boneage:
+            _print_boneage(bench_boneage(root, args.boneage), args.boneage)
     else:
         print(f"{root}: not found; real samples skipped")
     with tempfile.TemporaryDirectory() as tmp:
