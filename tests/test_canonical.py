@@ -269,6 +269,20 @@ def test_bands_are_straight_strips_against_the_film_edge_never_the_hand() -> Non
     assert not C._bands(inner, field).any()
 
 
+def test_a_stump_cut_straight_by_the_film_edge_is_not_a_row_of_fingers() -> None:
+    # a forearm cut by a tilted plate's edge, turned upright by nearest neighbours: a flat top
+    # with one-pixel notches; each step was a "finger" as prominent as the whole mask, so the
+    # stump end won the fingers-up vote (phantom SYN00028-RH of the benchmark: upside down)
+    m = np.zeros((120, 80), bool)
+    m[:, 10:70] = True
+    m[0, 12:70:4] = False
+    assert len(C._tips(m)[1]) >= 10
+    assert len(C._tips(m, smooth=True)[1]) <= 1
+    hand = _phantom(0, "L").image
+    sm = small_mask(hand)
+    assert len(C._tips(sm.mask[sm.mask.any(axis=1)], smooth=True)[1]) >= 4  # fingers stay
+
+
 # --------------------------------------------------------------------------- synth faults
 
 

@@ -25,6 +25,7 @@ decision is in the :class:`FilmDecision` of each hand.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -182,13 +183,25 @@ class Shape:
         return top in (0, len(self.tips) - 1)
 
 
-def _tips(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top outline of an upright mask and its protrusions: (profile, peak columns, prominences)."""
+def _tips(m: np.ndarray, smooth: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top outline of an upright mask and its protrusions: (profile, peak columns, prominences).
+
+    ``smooth``: prominences measured within half the mask's width (a stump cut straight by the
+    film edge, turned by nearest neighbours, is a row of equal steps with one-pixel notches,
+    each otherwise a peak as prominent as the whole hand); used for the orientation only."""
     from scipy.signal import find_peaks
 
     length = m.shape[0]
     top = np.where(m.any(axis=0), np.argmax(m, axis=0), length).astype(np.float64)
     padded = np.concatenate(([length], top, [length]))
+    if smooth:
+        # prominence within a window of half the width: a step of a flat edge stands out
+        # only by its notch there, a finger by the valleys beside it
+        wlen = max(3, m.shape[1] // 2) | 1
+        with warnings.catch_warnings():  # flat stretches have peaks of prominence 0: dropped
+            warnings.simplefilter("ignore")
+            peaks, props = find_peaks(-padded, prominence=0.04 * length, wlen=wlen)
+        return top, peaks - 1, np.asarray(props["prominences"], dtype=np.float64)
     peaks, props = find_peaks(-padded, prominence=0.04 * length)
     return top, peaks - 1, np.asarray(props["prominences"], dtype=np.float64)
 
@@ -319,7 +332,7 @@ def _upright_score(m: np.ndarray) -> float:
     length = max(1, m.shape[0])
 
     def fingers(mm: np.ndarray) -> int:
-        _, _, prom = _tips(mm)
+        _, _, prom = _tips(mm, smooth=True)
         return int((prom >= 0.12 * length).sum())
 
     runs = _end_runs(m, True) - _end_runs(m, False)
