@@ -194,15 +194,16 @@ def _upright(hand: C.CanonicalHand, entry: dict[str, Any], side: str, both: bool
     return abs(angle) <= 45 and bool(p("mcp1")[0] > p("mcp5")[0])
 
 
-def make_cohorts(out: Path, n: int) -> dict[str, Path]:
+def make_cohorts(out: Path, n: int, seed: int = 11) -> dict[str, Path]:
+    """The three phantom cohorts (seeds ``seed``, ``seed + 1``, ``seed + 2``), kept in ``out``."""
     from svdh.synth import generate_cohort
 
     specs = {
-        "ra_single_all_faults": dict(mode="ra", faults="all", seed=11),
+        "ra_single_all_faults": dict(mode="ra", faults="all", seed=seed),
         "ra_both_hands_rot_mirror_plate_frame_marker": dict(
-            mode="ra", dual_hand=True, faults="rotate,mirror,plate,frame,marker", seed=12
+            mode="ra", dual_hand=True, faults="rotate,mirror,plate,frame,marker", seed=seed + 1
         ),
-        "child_all_faults": dict(mode="child", faults="all", seed=13),
+        "child_all_faults": dict(mode="child", faults="all", seed=seed + 2),
     }
     paths = {}
     for key, kw in specs.items():
@@ -235,6 +236,7 @@ def main() -> None:
     ap.add_argument("--phantoms", type=int, default=40, help="patients per phantom cohort")
     ap.add_argument("--bundle", default=None, help="a .svdh bundle: spread of its predictions")
     ap.add_argument("--boneage", default=None, help="a bone-age .svdh bundle: spread in months")
+    ap.add_argument("--seed", type=int, default=11, help="phantom seeds: SEED, SEED+1, SEED+2")
     ap.add_argument("--out", default=None, help="folder for the phantom cohorts (kept)")
     args = ap.parse_args()
     scorer = Scorer(args.bundle)
@@ -264,7 +266,7 @@ def main() -> None:
         print(f"{root}: not found; real samples skipped")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        for key, d in make_cohorts(out, args.phantoms).items():
+        for key, d in make_cohorts(out, args.phantoms, args.seed).items():
             p = bench_phantoms(d)
             print(f"phantoms {key} ({p['films']} films)")
             print(f"  whole-hand films: view {_pct(p['view'], p['hand_films'])}", end="")

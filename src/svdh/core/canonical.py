@@ -840,6 +840,7 @@ def _analyse(
         return float(v[0] * np.cos(a) + v[1] * np.sin(a))
 
     found.sort(key=lambda t: upright_x(t[7]))
+    found, guessed = _one_left_one_right(found)
     n = len(found)
     out = []
     for i, (k, tilt, shape, view, reason, box, m, _c) in enumerate(found):
@@ -857,6 +858,8 @@ def _analyse(
             warnings.insert(0, WRIST_ONLY_WARNING)
         if abs(shape.thumb_score) < 0.02:
             warnings.append("thumb side unclear: the anatomy barely tells left from right")
+        if i == guessed:
+            warnings.append(PAIR_WARNING)
         d = FilmDecision(
             hand_index=i,
             n_hands=n,
@@ -873,6 +876,27 @@ def _analyse(
         )
         out.append((d, m))
     return out, sm
+
+
+PAIR_WARNING = (
+    "thumb side unclear: both hands of the film looked like one side; this one, the less"
+    " clear, is taken as the other"
+)
+
+
+def _one_left_one_right(found: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int | None]:
+    """A both-hands film holds a left and a right hand: where the thumb sides of its two hands
+    agree, the less clear one (smaller thumb score) is turned round. Returns the hands and the
+    index of the one turned round (None: none)."""
+    if len(found) != 2 or any(t[3] in REFUSED_VIEWS for t in found):
+        return found, None
+    a, b = (float(t[2].thumb_score) for t in found)
+    if (a > 0) != (b > 0):
+        return found, None
+    i = 0 if abs(a) < abs(b) else 1
+    t = found[i]
+    turned = (*t[:2], replace(t[2], thumb_score=-t[2].thumb_score), *t[3:])
+    return [turned if j == i else found[j] for j in range(2)], i
 
 
 def canonicalise(image: Any, hints: SideHints | None = None) -> list[CanonicalHand]:
