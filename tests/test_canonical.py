@@ -216,6 +216,18 @@ def test_small_hands_of_a_both_hands_film_on_a_tilted_plate_with_frame_and_marke
     assert sum(right) >= 11, right  # index 9 (a thumb off the film) is the one miss
 
 
+def test_both_hands_joined_by_a_band_along_a_tilted_plate_edge_are_two_hands() -> None:
+    # the benchmark's SYN00011-BH (seed 12, patient 10): the fingertips of both hands touch the
+    # bright band along the plate's edge, so the film's mask is one piece, hands and band
+    from svdh.synth.faults import fault_rng
+
+    faults = ("rotate", "mirror", "plate", "frame", "marker")
+    img = render_hand(seed=12, index=10, side="B", size=384)
+    img = apply_faults(img, faults, fault_rng(12, 10, "B"), 0.5)
+    assert "plate" in img.extra["faults"]["applied"]
+    assert _film_answer(img)
+
+
 def test_child_hands_under_bright_frames_and_markers() -> None:
     # A frame and markers brighter than bone set the tissue threshold between soft tissue and
     # bone: a child's faint hand fell apart into bones ("no hand outline"). Once more with the

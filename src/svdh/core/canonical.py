@@ -689,12 +689,15 @@ def _fine_window(
     return _Window(hand, field, g, (x0, y0))
 
 
-def _bands(tissue: np.ndarray, field: np.ndarray, run: float = 0.7) -> np.ndarray:
+def _bands(
+    tissue: np.ndarray, field: np.ndarray, run: float = 0.7, of_film: bool = False
+) -> np.ndarray:
     """Straight strips across a hand's window against the film's edge: collimation bands and
     frames (brighter than the tissue threshold) that touch a fingertip or a forearm.
 
-    A band crosses most of the window (``run`` of its width, at most 20 degrees off its sides:
-    tilted plates) with (almost) no film beyond it. A straight edge of the anatomy (a forearm,
+    A band crosses most of the window (``run`` of its width, or with ``of_film`` of the film's
+    widest line, at most 20 degrees off its sides: tilted plates) with (almost) no film beyond
+    it. A straight edge of the anatomy (a forearm,
     the side of a hand) has film beyond it, or is shorter. Returns the band pixels, grown by
     2 px (their blurred edges)."""
     import cv2
@@ -709,6 +712,8 @@ def _bands(tissue: np.ndarray, field: np.ndarray, run: float = 0.7) -> np.ndarra
         # thickened across, so that a thin line between two of the 2-degree steps stays whole
         thick = cv2.dilate(u8, np.ones((5, 1), np.uint8))
         length = max(3, int(run * ww))
+        if of_film:  # of the film's width (a plate on a scanner bed is narrower than the image)
+            length = max(3, int(run * float(np.rot90(field, turn).sum(axis=1).max())))
         found = np.zeros((hh, ww), np.uint8)
         for deg in range(-20, 21, 2):
             rot = cv2.getRotationMatrix2D((ww / 2, hh / 2), deg, 1.0)
@@ -803,6 +808,17 @@ def _find(img: np.ndarray, sm: SmallMask) -> list[tuple[Any, ...]]:
     if len(found) == 2 and not all(t[3] == "hand" for t in found):
         # two pieces that are not two whole hands are one anatomy (a wrist view cut in two)
         found = [_look(comps[0] | comps[1], sm, img, [])]
+    if len(comps) == 1 and sm.field is not None:
+        # both hands of a film on a tilted plate can be joined by a band along the plate's edge
+        # (plates are narrower than the image): cut off, two whole hands are two hands
+        band = _bands(sm.mask, sm.field, of_film=True)
+        if band.any():
+            cut = replace(sm, mask=sm.mask & ~band, field=sm.field & ~band)
+            two = _components(sm.mask & ~band)
+            if len(two) == 2:
+                again = [_look(m, cut, img, [o for o in two if o is not m]) for m in two]
+                if all(t[3] == "hand" for t in again):
+                    return again
     return found
 
 
