@@ -9,7 +9,7 @@ Age, each in its 8 rotations/mirrors) and for phantom cohorts with film faults
   degrees and the thumb (MCP1) lies right of MCP5 (the left-hand PA view);
 * laterality accuracy: the side the thumb gives (``side_anatomy``) against the truth (a
   mirrored film shows the other side);
-* view accuracy (hand / wrist-only / foot), and the warning and refusal rates;
+* view accuracy (hand / wrist-only / foot), and the warning and refusal rates, also by kind;
 * ms per film of :func:`svdh.core.canonical.canonicalise` (one thread);
 * the spread of the model inputs, and with ``--bundle`` of the predictions, within the 8
   transforms of each real hand (max - min per film; share of films within 1 point);
@@ -81,6 +81,7 @@ def bench_real(root: Path, scorer: Scorer) -> dict[str, Any]:
     n = dict(films=0, hands=0, orient=0, side=0, view=0, warned=0, refused=0)
     times: list[float] = []
     input_spread, score_spread = [], []
+    kinds: Counter[str] = Counter()
     for f in files:
         foot = f.endswith("F.jpg")
         truth = "R" if "-RH" in f else "L"  # RSNA: all 20 are left hands (looked at)
@@ -94,6 +95,7 @@ def bench_real(root: Path, scorer: Scorer) -> dict[str, Any]:
             n["films"] += 1
             n["warned"] += bool(d.warnings) and not d.refused
             n["refused"] += d.refused
+            kinds.update({_kind(w) for w in d.warnings})
             if foot:
                 n["view"] += d.view == "foot"
                 continue
@@ -114,6 +116,7 @@ def bench_real(root: Path, scorer: Scorer) -> dict[str, Any]:
         "input_spread_grey_levels_max": max(input_spread),
         "input_spread_grey_levels_mean": float(np.mean(input_spread)),
         "score_spread": score_spread,
+        "kinds": dict(kinds),
     }
 
 
@@ -155,6 +158,7 @@ def _phantom_truth(entry: dict[str, Any]) -> dict[str, Any]:
 def bench_phantoms(cohort: Path) -> dict[str, Any]:
     doc = json.loads((cohort / "landmarks.json").read_text())
     n: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     times = []
     for name, entry in doc["images"].items():
         t = _phantom_truth(entry)
@@ -167,6 +171,7 @@ def bench_phantoms(cohort: Path) -> dict[str, Any]:
         n["films"] += 1
         n["warned"] += any(d.warnings for d in got if not d.refused)
         n["refused"] += any(d.refused for d in got)
+        kinds.update({_kind(w) for d in got for w in d.warnings})
         ok_view = len(got) == len(sides) and all(d.view == t["view"] for d in got)
         if t["view"] != "hand":
             n["wrist_films"] += 1
@@ -179,7 +184,12 @@ def bench_phantoms(cohort: Path) -> dict[str, Any]:
         )
         anat = [({"L": "R", "R": "L"}[s] if t["mirrored"] else s) for s in sides]
         n["side"] += [d.side_anatomy for d in got] == anat
-    return {**n, "ms_per_film": 1000 * float(np.mean(times))}
+    return {**n, "ms_per_film": 1000 * float(np.mean(times)), "kinds": dict(kinds)}
+
+
+def _kind(warning: str) -> str:
+    """A warning or refusal reason without its particulars (each film counted once per kind)."""
+    return warning.split(";")[0].split(" (")[0][:70]
 
 
 def _upright(hand: C.CanonicalHand, entry: dict[str, Any], side: str, both: bool) -> bool:
@@ -248,6 +258,7 @@ def main() -> None:
         print(f"  laterality (thumb side)    {_pct(r['side'], r['hands'])}")
         print(f"  view (hand / foot)         {_pct(r['view'], r['films'])}")
         print(f"  warned {_pct(r['warned'], r['films'])}, refused {_pct(r['refused'], r['films'])}")
+        print(f"  warnings and refusals by kind (films): {r['kinds']}")
         print(f"  ms per film {r['ms_per_film']:.0f}")
         print(
             f"  model input spread within the 8 transforms (mean |diff| to copy 0, grey levels"
@@ -277,6 +288,7 @@ def main() -> None:
             print(
                 f"  warned {_pct(p['warned'], p['films'])}, refused {_pct(p['refused'], p['films'])}"
             )
+            print(f"  warnings and refusals by kind (films): {p['kinds']}")
             print(f"  ms per film {p['ms_per_film']:.0f}")
 
 
