@@ -243,7 +243,9 @@ def _print_boneage(b: dict[str, list[float]], bundle: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/data", help="the shared real samples")
-    ap.add_argument("--phantoms", type=int, default=40, help="patients per phantom cohort")
+    ap.add_argument(
+        "--phantoms", type=int, default=40, help="patients per phantom cohort (0: none)"
+    )
     ap.add_argument("--bundle", default=None, help="a .svdh bundle: spread of its predictions")
     ap.add_argument("--boneage", default=None, help="a bone-age .svdh bundle: spread in months")
     ap.add_argument("--seed", type=int, default=11, help="phantom seeds: SEED, SEED+1, SEED+2")
@@ -275,6 +277,8 @@ def main() -> None:
             _print_boneage(bench_boneage(root, args.boneage), args.boneage)
     else:
         print(f"{root}: not found; real samples skipped")
+    if args.phantoms <= 0:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         for key, d in make_cohorts(out, args.phantoms, args.seed).items():
