@@ -15,7 +15,7 @@ import pytest
 
 from svdh.core import canonical as C
 from svdh.core.io import read_radiograph
-from svdh.core.preprocess import as_float_image
+from svdh.core.preprocess import as_float_image, small_mask
 from svdh.synth import render_hand
 from svdh.synth.faults import FAULTS, apply_faults, parse_faults
 
@@ -181,6 +181,118 @@ def test_decision_round_trips_to_plain_data_and_says_what_was_done() -> None:
     d = hand.decision.to_dict()
     assert d["rotation_k"] == 3 and d["view"] == "hand" and isinstance(d["box"], list)
     assert "rot 270" in hand.decision.summary() and "anatomy" in hand.decision.summary()
+
+
+# --------------------------------------------------------------------------- hard films
+
+
+def _film_answer(img) -> bool:
+    """Every hand of a phantom film with faults found whole, upright, with its thumb side."""
+    t = img.extra["faults"]
+    hands = C.canonicalise(img.image)
+    anat = [({"L": "R", "R": "L"}[s] if t["mirrored"] else s) for s in t["sides"]]
+    return (
+        len(hands) == len(t["sides"])
+        and all(h.decision.view == "hand" for h in hands)
+        and [h.decision.side_anatomy for h in hands] == anat
+        and all(
+            _upright_and_left_view(h, img.landmarks[s])
+            for h, s in zip(hands, t["sides"], strict=True)
+        )
+    )
+
+
+def test_small_hands_of_a_both_hands_film_on_a_tilted_plate_with_frame_and_markers() -> None:
+    # Each hand is a quarter of the film: at the film's 256 px working size its fingers are
+    # 2-3 px wide and every fingertip is within reach of the plate's edge, so each hand is
+    # measured again on a finer copy of its own window. Before that: 9 of these 12 right.
+    faults = ("rotate", "mirror", "plate", "frame", "marker")
+    right = []
+    for index in range(12):
+        img = render_hand(seed=3, index=index, side="B", size=384)
+        img = apply_faults(img, faults, np.random.default_rng([3, index]), rate=1.0)
+        assert {"plate", "frame", "marker"} <= set(img.extra["faults"]["applied"])
+        right.append(_film_answer(img))
+    assert sum(right) >= 11, right  # index 9 (a thumb off the film) is the one miss
+
+
+def test_both_hands_joined_by_a_band_along_a_tilted_plate_edge_are_two_hands() -> None:
+    # the benchmark's SYN00011-BH (seed 12, patient 10): the fingertips of both hands touch the
+    # bright band along the plate's edge, so the film's mask is one piece, hands and band
+    from svdh.synth.faults import fault_rng
+
+    faults = ("rotate", "mirror", "plate", "frame", "marker")
+    img = render_hand(seed=12, index=10, side="B", size=384)
+    img = apply_faults(img, faults, fault_rng(12, 10, "B"), 0.5)
+    assert "plate" in img.extra["faults"]["applied"]
+    assert _film_answer(img)
+
+
+def test_child_hands_under_bright_frames_and_markers() -> None:
+    # A frame and markers brighter than bone set the tissue threshold between soft tissue and
+    # bone: a child's faint hand fell apart into bones ("no hand outline"). Once more with the
+    # lower threshold. Before: 10 of these 12 right.
+    faults = ("rotate", "mirror", "frame", "marker")
+    for index in range(12):
+        img = render_hand(seed=3, index=index, size=384, mode="child")
+        img = apply_faults(img, faults, np.random.default_rng([3, index]), rate=1.0)
+        assert _film_answer(img), (index, img.extra["faults"])
+
+
+def test_a_collimation_band_across_the_fingertips_does_not_join_or_hide_the_hands() -> None:
+    # The phantom's own collimation band lies over the fingertips of the image-left hand
+    # (patient 25 of seed 12, the benchmark's SYN00026-BH): glued to them at the working
+    # size, that hand read as one finger (a wrist view) and the film as one hand.
+    own = render_hand(seed=12, index=25, side="B", size=384)
+    # and a band drawn here: tilted 2 degrees, over the image-left hand's fingertips only
+    img = render_hand(seed=3, index=0, side="B", size=384)
+    film = img.image.copy()
+    sm = small_mask(film)
+    tip = np.flatnonzero(sm.mask.any(axis=1))[0] / sm.scale  # the highest fingertip
+    yy, xx = np.mgrid[: film.shape[0], : film.shape[1]]
+    edge = tip + 4 - np.tan(np.deg2rad(2.0)) * (xx - film.shape[1] / 2)
+    film[(yy < edge) & (xx < 0.55 * film.shape[1])] = 0.95
+    for given, truth in ((own.image, own), (film, img)):
+        hands = C.canonicalise(given)
+        assert [h.decision.side_anatomy for h in hands] == ["R", "L"]
+        assert all(h.decision.view == "hand" for h in hands), [h.decision for h in hands]
+        for h, sd in zip(hands, ("R", "L"), strict=True):
+            assert _upright_and_left_view(h, truth.landmarks[sd])
+
+
+def test_bands_are_straight_strips_against_the_film_edge_never_the_hand() -> None:
+    field = np.ones((200, 160), bool)
+    hand = np.zeros((200, 160), bool)
+    hand[40:190, 50:110] = True  # palm and forearm
+    hand[10:40, 76:84] = True  # a finger up to the band
+    band = np.zeros_like(hand)
+    band[4:10, :] = True  # a collimation band along the top edge, touching the finger
+    found = C._bands(hand | band, field)
+    assert found[6, 5] and found[6, 150]  # the band, end to end
+    assert not found[100, 80] and not found[30, 80]  # not the palm, not the finger
+    # a straight line through the window's middle (middle finger to forearm) has film on both
+    # sides: never a band
+    line = np.zeros_like(hand)
+    line[:, 75:85] = True
+    assert not C._bands(line, field).any()
+    # a band with film beyond it (tissue strip inside the film, not at its edge) is anatomy
+    inner = np.zeros_like(hand)
+    inner[60:66, :] = True
+    assert not C._bands(inner, field).any()
+
+
+def test_a_stump_cut_straight_by_the_film_edge_is_not_a_row_of_fingers() -> None:
+    # a forearm cut by a tilted plate's edge, turned upright by nearest neighbours: a flat top
+    # with one-pixel notches; each step was a "finger" as prominent as the whole mask, so the
+    # stump end won the fingers-up vote (phantom SYN00028-RH of the benchmark: upside down)
+    m = np.zeros((120, 80), bool)
+    m[:, 10:70] = True
+    m[0, 12:70:4] = False
+    assert len(C._tips(m)[1]) >= 10
+    assert len(C._tips(m, smooth=True)[1]) <= 1
+    hand = _phantom(0, "L").image
+    sm = small_mask(hand)
+    assert len(C._tips(sm.mask[sm.mask.any(axis=1)], smooth=True)[1]) >= 4  # fingers stay
 
 
 # --------------------------------------------------------------------------- synth faults

@@ -25,10 +25,12 @@ decision is in the :class:`FilmDecision` of each hand.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from svdh.core.preprocess import SmallMask, as_float_image, small_mask
 
@@ -181,13 +183,25 @@ class Shape:
         return top in (0, len(self.tips) - 1)
 
 
-def _tips(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top outline of an upright mask and its protrusions: (profile, peak columns, prominences)."""
+def _tips(m: np.ndarray, smooth: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top outline of an upright mask and its protrusions: (profile, peak columns, prominences).
+
+    ``smooth``: prominences measured within half the mask's width (a stump cut straight by the
+    film edge, turned by nearest neighbours, is a row of equal steps with one-pixel notches,
+    each otherwise a peak as prominent as the whole hand); used for the orientation only."""
     from scipy.signal import find_peaks
 
     length = m.shape[0]
     top = np.where(m.any(axis=0), np.argmax(m, axis=0), length).astype(np.float64)
     padded = np.concatenate(([length], top, [length]))
+    if smooth:
+        # prominence within a window of half the width: a step of a flat edge stands out
+        # only by its notch there, a finger by the valleys beside it
+        wlen = max(3, m.shape[1] // 2) | 1
+        with warnings.catch_warnings():  # flat stretches have peaks of prominence 0: dropped
+            warnings.simplefilter("ignore")
+            peaks, props = find_peaks(-padded, prominence=0.04 * length, wlen=wlen)
+        return top, peaks - 1, np.asarray(props["prominences"], dtype=np.float64)
     peaks, props = find_peaks(-padded, prominence=0.04 * length)
     return top, peaks - 1, np.asarray(props["prominences"], dtype=np.float64)
 
@@ -318,7 +332,7 @@ def _upright_score(m: np.ndarray) -> float:
     length = max(1, m.shape[0])
 
     def fingers(mm: np.ndarray) -> int:
-        _, _, prom = _tips(mm)
+        _, _, prom = _tips(mm, smooth=True)
         return int((prom >= 0.12 * length).sum())
 
     runs = _end_runs(m, True) - _end_runs(m, False)
@@ -567,10 +581,15 @@ def _clean(m: np.ndarray, field: np.ndarray | None = None) -> np.ndarray:
 
 
 def _look_at(
-    m: np.ndarray, field: np.ndarray | None, f: float, size: tuple[int, int]
+    m: np.ndarray,
+    field: np.ndarray | None,
+    f: float,
+    size: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
 ) -> tuple[Any, ...]:
     """Orientation, shape and view of one hand mask: (k, tilt, shape, view, reason, box, mask,
-    centre), ``box`` in original pixels."""
+    centre), ``box`` in original pixels; ``m`` is ``f`` times the film's size, its (0, 0) at
+    ``origin`` on the film."""
     w, h = size
     raw, m = m, _clean(m, field)
     k, tilt = orientation(m)
@@ -582,13 +601,190 @@ def _look_at(
     shape = measure(up, cut_top=top, cut_bottom=bottom, fills_film=fills)
     view, reason = classify_view(shape)
     ys, xs = np.nonzero(m)
+    ox, oy = origin
     box = (
-        max(0, int(np.floor(xs.min() / f))),
-        max(0, int(np.floor(ys.min() / f))),
-        min(w, int(np.ceil((xs.max() + 1) / f))),
-        min(h, int(np.ceil((ys.max() + 1) / f))),
+        max(0, ox + int(np.floor(xs.min() / f))),
+        max(0, oy + int(np.floor(ys.min() / f))),
+        min(w, ox + int(np.ceil((xs.max() + 1) / f))),
+        min(h, oy + int(np.ceil((ys.max() + 1) / f))),
     )
     return (k, tilt, shape, view, reason, box, m, (float(xs.mean()), float(ys.mean())))
+
+
+#: A hand whose working mask spans under this fraction of the working copy is measured again on
+#: a finer copy of its own window (small hands on a big film: both-hands films, plates).
+_REFINE_BELOW = 0.6
+#: The longer side (pixels) of that finer copy.
+_FINE = 256
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A hand's own finer copy: its tissue mask, the film field, the scale from the film and
+    the window's origin (x, y) on the film."""
+
+    mask: np.ndarray
+    field: np.ndarray
+    scale: float
+    origin: tuple[int, int]
+
+
+def _fine_window(
+    img: np.ndarray, sm: SmallMask, m: np.ndarray, others: list[np.ndarray]
+) -> _Window | None:
+    """The hand of working mask ``m`` thresholded again on a finer copy of its window (the
+    film's own tissue threshold; other hands and everything off the film left out), or None
+    where the working copy is already about as fine. At 256 px for a whole film, the fingers
+    of a hand a quarter of the film long are 2-3 px wide and the film edges within reach of
+    every fingertip: orientation, view and thumb side are measured again here."""
+    import cv2
+
+    if sm.threshold is None or sm.field is None:
+        return None
+    h, w = img.shape
+    sh, sw = m.shape
+    f = sm.scale
+    ys, xs = np.nonzero(m)
+    span = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1
+    if span >= _REFINE_BELOW * max(sh, sw):
+        return None
+    pad = 0.15 * span
+    x0, y0 = max(0, int((xs.min() - pad) / f)), max(0, int((ys.min() - pad) / f))
+    x1 = min(w, int(np.ceil((xs.max() + 1 + pad) / f)))
+    y1 = min(h, int(np.ceil((ys.max() + 1 + pad) / f)))
+    g = min(1.0, _FINE / max(x1 - x0, y1 - y0))
+    if g < 1.5 * f:
+        return None
+    nw, nh = max(1, round((x1 - x0) * g)), max(1, round((y1 - y0) * g))
+    crop = np.ascontiguousarray(img[y0:y1, x0:x1], dtype=np.float32)
+    fine = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA) if g < 1 else crop
+    fine = cv2.GaussianBlur(fine, (0, 0), 1.0)
+    jx = np.clip(((x0 + (np.arange(nw) + 0.5) / g) * sw / w).astype(int), 0, sw - 1)
+    jy = np.clip(((y0 + (np.arange(nh) + 0.5) / g) * sh / h).astype(int), 0, sh - 1)
+    together = np.zeros(m.shape, np.uint8)
+    for o in others:
+        together |= o.astype(np.uint8)
+    other = cv2.dilate(together, np.ones((5, 5), np.uint8)) > 0
+    field = sm.field[np.ix_(jy, jx)]
+    tissue = (fine > sm.threshold) & field & ~other[np.ix_(jy, jx)]
+    band = _bands(tissue, field)
+    tissue &= ~band
+    field = field & ~band
+    _, labels = cv2.connectedComponents(tissue.astype(np.uint8), connectivity=8)
+    keep = np.unique(labels[m[np.ix_(jy, jx)] & tissue])
+    keep = keep[keep > 0]
+    if not len(keep):
+        return None
+    # the finer copy shows gaps between bone and soft tissue inside the hand, some open to the
+    # finger webs: closed, and holes filled unless large (background closed in by the hand and
+    # a strip of frame)
+    hand = np.isin(labels, keep)
+    k = max(3, int(round(0.02 * max(hand.shape))) | 1)
+    el = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    hand = cv2.morphologyEx(hand.astype(np.uint8), cv2.MORPH_CLOSE, el).astype(bool) & field
+    holes = ndimage.binary_fill_holes(hand) & ~hand
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(holes.astype(np.uint8), connectivity=4)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < 0.005 * hand.size)
+    hand |= np.isin(lab, small[small > 0])
+    return _Window(hand, field, g, (x0, y0))
+
+
+def _bands(
+    tissue: np.ndarray, field: np.ndarray, run: float = 0.7, of_film: bool = False
+) -> np.ndarray:
+    """Straight strips across a hand's window against the film's edge: collimation bands and
+    frames (brighter than the tissue threshold) that touch a fingertip or a forearm.
+
+    A band crosses most of the window (``run`` of its width, or with ``of_film`` of the film's
+    widest line, at most 20 degrees off its sides: tilted plates) with (almost) no film beyond
+    it. A straight edge of the anatomy (a forearm,
+    the side of a hand) has film beyond it, or is shorter. Returns the band pixels, grown by
+    2 px (their blurred edges)."""
+    import cv2
+
+    h, w = tissue.shape
+    d = int(np.ceil(np.hypot(h, w))) + 4
+    out = np.zeros((h, w), np.uint8)
+    for turn in (0, 1):
+        u8 = np.ascontiguousarray(np.rot90(tissue, turn)).astype(np.uint8)
+        film = np.ascontiguousarray(np.rot90(field, turn)).astype(np.uint8)
+        hh, ww = u8.shape
+        # thickened across, so that a thin line between two of the 2-degree steps stays whole
+        thick = cv2.dilate(u8, np.ones((5, 1), np.uint8))
+        length = max(3, int(run * ww))
+        if of_film:  # of the film's width (a plate on a scanner bed is narrower than the image)
+            length = max(3, int(run * float(np.rot90(field, turn).sum(axis=1).max())))
+        found = np.zeros((hh, ww), np.uint8)
+        for deg in range(-20, 21, 2):
+            rot = cv2.getRotationMatrix2D((ww / 2, hh / 2), deg, 1.0)
+            rot[:, 2] += ((d - ww) / 2, (d - hh) / 2)
+            big = cv2.warpAffine(thick, rot, (d, d), flags=cv2.INTER_NEAREST)
+            lines = _long_runs(big, length)
+            if lines is None:
+                continue
+            film_rows = cv2.warpAffine(film, rot, (d, d), flags=cv2.INTER_NEAREST).sum(axis=1)
+            rows = np.cumsum(film_rows)
+            keep = np.zeros(d, bool)  # rows of the rotated canvas holding a band
+            hit = np.flatnonzero(lines.any(axis=1))
+            for group in np.split(hit, np.flatnonzero(np.diff(hit) > 1) + 1):
+                y0, y1 = int(group[0]), int(group[-1]) + 1
+                beyond = min(rows[y0 - 1] if y0 > 0 else 0, rows[-1] - rows[y1 - 1])
+                keep[y0:y1] = beyond < 0.03 * rows[-1]
+            if keep.any():
+                back = cv2.invertAffineTransform(rot)
+                lines[~keep] = 0
+                moved = cv2.warpAffine(lines, back, (ww, hh), flags=cv2.INTER_NEAREST)
+                found |= np.asarray(moved, np.uint8)
+        out |= np.rot90(found & u8, -turn)
+    if not out.any():
+        return out.astype(bool)
+    return cv2.dilate(out, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def _long_runs(a: np.ndarray, length: int) -> np.ndarray | None:
+    """The pixels of ``a`` (uint8, 0/1) in horizontal runs at least ``length`` long (None: none)."""
+    rows = np.flatnonzero(a.sum(axis=1) >= length)
+    if not len(rows):
+        return None
+    sub = np.pad(a[rows].astype(np.int8), ((0, 0), (1, 1)))
+    d = np.diff(sub, axis=1)
+    starts, ends = np.argwhere(d == 1), np.argwhere(d == -1)  # row-major: paired per row
+    long = (ends[:, 1] - starts[:, 1]) >= length
+    if not long.any():
+        return None
+    out = np.zeros(a.shape, np.uint8)
+    for (r, x0), x1 in zip(starts[long], ends[long, 1], strict=True):
+        out[rows[r], x0:x1] = 1
+    return out
+
+
+def _largest(m: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece of a bool mask."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    if n < 3:
+        return m
+    return np.asarray(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+
+
+def _look(
+    m: np.ndarray, sm: SmallMask, img: np.ndarray, others: list[np.ndarray]
+) -> tuple[Any, ...]:
+    """:func:`_look_at` a hand, on its finer window where there is one; the mask and centre
+    returned stay those of the working mask (the film's other hands are blanked with them)."""
+    h, w = img.shape
+    win = _fine_window(img, sm, m, others)
+    if win is None:
+        if sm.field is not None:
+            band = _bands(m, sm.field)
+            if band.any() and (m & ~band).any():
+                return _look_at(_largest(m & ~band), sm.field & ~band, sm.scale, (w, h))
+        return _look_at(m, sm.field, sm.scale, (w, h))
+    found = _look_at(win.mask, win.field, win.scale, (w, h), win.origin)
+    mw = _clean(m, sm.field)
+    ys, xs = np.nonzero(mw)
+    return (*found[:6], mw, (float(xs.mean()), float(ys.mean())))
 
 
 def _refusal(view: str, reason: str, box: tuple[int, int, int, int]) -> FilmDecision:
@@ -604,6 +800,28 @@ def analyse(image: Any, hints: SideHints | None = None) -> list[FilmDecision]:
     return [d for d, _ in _analyse(as_float_image(image), hints)[0]]
 
 
+def _find(img: np.ndarray, sm: SmallMask) -> list[tuple[Any, ...]]:
+    """:func:`_look` at every hand-sized component of the film's mask (none: an empty list)."""
+    assert sm.mask is not None
+    comps = _components(sm.mask)
+    found = [_look(m, sm, img, [o for o in comps if o is not m]) for m in comps]
+    if len(found) == 2 and not all(t[3] == "hand" for t in found):
+        # two pieces that are not two whole hands are one anatomy (a wrist view cut in two)
+        found = [_look(comps[0] | comps[1], sm, img, [])]
+    if len(comps) == 1 and sm.field is not None:
+        # both hands of a film on a tilted plate can be joined by a band along the plate's edge
+        # (plates are narrower than the image): cut off, two whole hands are two hands
+        band = _bands(sm.mask, sm.field, of_film=True)
+        if band.any():
+            cut = replace(sm, mask=sm.mask & ~band, field=sm.field & ~band)
+            two = _components(sm.mask & ~band)
+            if len(two) == 2:
+                again = [_look(m, cut, img, [o for o in two if o is not m]) for m in two]
+                if all(t[3] == "hand" for t in again):
+                    return again
+    return found
+
+
 def _analyse(
     img: np.ndarray, hints: SideHints | None
 ) -> tuple[list[tuple[FilmDecision, np.ndarray | None]], SmallMask | None]:
@@ -611,21 +829,25 @@ def _analyse(
     h, w = img.shape
     whole = (0, 0, w, h)
     sm = small_mask(img)
-    mask, f = sm.mask, sm.scale
+    mask = sm.mask
     if mask is None or not mask.any():
         return [(_refusal("other", "no hand found: blank or featureless image", whole), None)], sm
-    comps = _components(mask)
-    if not comps:
+    found = _find(img, sm)
+    if all(t[3] == "other" for t in found):
+        # no hand outline at the tissue threshold: faint soft tissue (a child's hand) under a
+        # threshold that bright frames and markers pushed up to the bones; once more, lower
+        low = small_mask(img, low=True)
+        again = _find(img, low) if low.mask is not None and low.mask.any() else []
+        if any(t[3] in ("hand", "wrist_only") for t in again):
+            sm, mask, found = low, low.mask, again
+    if not found:
         return [(_refusal("other", "no hand found", whole), None)], sm
-    found = [_look_at(m, sm.field, f, (w, h)) for m in comps]
-    if len(found) == 2 and not all(t[3] == "hand" for t in found):
-        # two pieces that are not two whole hands are one anatomy (a wrist view cut in two)
-        found = [_look_at(comps[0] | comps[1], sm.field, f, (w, h))]
     if not any(t[3] == "hand" for t in found) and _inverted_is_a_hand(img):
         reason = "inverted greyscale (bone dark): export the film as MONOCHROME2"
         return [(_refusal("inverted", reason, whole), None)], sm
     # left to right as the patient's film is read once upright (the first hand's turn)
     k0 = found[0][0]
+    assert mask is not None
     centre = np.array([mask.shape[1] / 2, mask.shape[0] / 2])
 
     def upright_x(c: tuple[float, float]) -> float:
@@ -634,6 +856,7 @@ def _analyse(
         return float(v[0] * np.cos(a) + v[1] * np.sin(a))
 
     found.sort(key=lambda t: upright_x(t[7]))
+    found, guessed = _one_left_one_right(found)
     n = len(found)
     out = []
     for i, (k, tilt, shape, view, reason, box, m, _c) in enumerate(found):
@@ -651,6 +874,8 @@ def _analyse(
             warnings.insert(0, WRIST_ONLY_WARNING)
         if abs(shape.thumb_score) < 0.02:
             warnings.append("thumb side unclear: the anatomy barely tells left from right")
+        if i == guessed:
+            warnings.append(PAIR_WARNING)
         d = FilmDecision(
             hand_index=i,
             n_hands=n,
@@ -667,6 +892,27 @@ def _analyse(
         )
         out.append((d, m))
     return out, sm
+
+
+PAIR_WARNING = (
+    "thumb side unclear: both hands of the film looked like one side; this one, the less"
+    " clear, is taken as the other"
+)
+
+
+def _one_left_one_right(found: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int | None]:
+    """A both-hands film holds a left and a right hand: where the thumb sides of its two hands
+    agree, the less clear one (smaller thumb score) is turned round. Returns the hands and the
+    index of the one turned round (None: none)."""
+    if len(found) != 2 or any(t[3] in REFUSED_VIEWS for t in found):
+        return found, None
+    a, b = (float(t[2].thumb_score) for t in found)
+    if (a > 0) != (b > 0):
+        return found, None
+    i = 0 if abs(a) < abs(b) else 1
+    t = found[i]
+    turned = (*t[:2], replace(t[2], thumb_score=-t[2].thumb_score), *t[3:])
+    return [turned if j == i else found[j] for j in range(2)], i
 
 
 def canonicalise(image: Any, hints: SideHints | None = None) -> list[CanonicalHand]:

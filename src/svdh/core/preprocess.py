@@ -386,7 +386,8 @@ class SmallMask:
     grey level of the film around the hand (None when too little is visible); ``film``:
     (y0, y1, x0, x1), the box inside bright collimation bands; ``field``: bool, the film area
     itself (inside a tilted plate where one lies on a scanner bed); ``plate_deg``: the plate's
-    tilt (degrees, counter-clockwise), None where no plate was found.
+    tilt (degrees, counter-clockwise), None where no plate was found; ``threshold``: the grey
+    level (of the image as given) above which a pixel was counted as tissue.
     """
 
     mask: np.ndarray | None
@@ -395,6 +396,7 @@ class SmallMask:
     film: tuple[int, int, int, int] | None = None
     field: np.ndarray | None = None
     plate_deg: float | None = None
+    threshold: float | None = None
 
 
 def hand_mask_small(
@@ -406,11 +408,13 @@ def hand_mask_small(
     return sm.mask, sm.scale, sm.background, sm.film
 
 
-def small_mask(img: np.ndarray) -> SmallMask:
+def small_mask(img: np.ndarray, low: bool = False) -> SmallMask:
     """Find the hand(s) on a ~256 px copy of ``img``: see :class:`SmallMask`.
 
     A film laid as a (tilted) plate on a scanner bed is first turned upright and cut to the
     plate, so that the plate's edges and its collimation bands are film edges, not tissue.
+    ``low``: the tissue threshold is taken again below the usual one (background against faint
+    soft tissue), for films where the usual one found no hand outline.
     """
     import cv2
 
@@ -420,16 +424,16 @@ def small_mask(img: np.ndarray) -> SmallMask:
     sh, sw = small.shape
     plate = _find_plate(small)
     if plate is None:
-        mask, background, film = _mask_in_field(small)
+        mask, background, film, t = _mask_in_field(small, low)
         field = np.zeros((sh, sw), bool)
         if film is not None:
             field[film[0] : film[1], film[2] : film[3]] = True
-        return SmallMask(mask, f, background, film, field)
+        return SmallMask(mask, f, background, film, field, threshold=t)
     warp, (pw, ph), deg = plate
     upright = cv2.warpAffine(
         small, warp, (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    mask_u, background, film_u = _mask_in_field(upright)
+    mask_u, background, film_u, t = _mask_in_field(upright, low)
     inv = cv2.invertAffineTransform(warp)
     inside = np.zeros((ph, pw), np.uint8)
     if film_u is not None:
@@ -440,7 +444,7 @@ def small_mask(img: np.ndarray) -> SmallMask:
     mask = cv2.warpAffine(mask_u.astype(np.uint8), inv, (sw, sh), flags=cv2.INTER_NEAREST)
     ys, xs = np.nonzero(field)
     film = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1) if len(ys) else None
-    return SmallMask(mask.astype(bool) & field, f, background, film, field, deg)
+    return SmallMask(mask.astype(bool) & field, f, background, film, field, deg, t)
 
 
 def _work_image(img: np.ndarray) -> tuple[np.ndarray | None, float]:
@@ -522,9 +526,10 @@ def _find_plate(small: np.ndarray) -> tuple[np.ndarray, tuple[int, int], float] 
 
 
 def _mask_in_field(
-    small: np.ndarray,
-) -> tuple[np.ndarray | None, float | None, tuple[int, int, int, int] | None]:
-    """(mask, background, film) of a working image whose edges are the film's edges."""
+    small: np.ndarray, low: bool = False
+) -> tuple[np.ndarray | None, float | None, tuple[int, int, int, int] | None, float | None]:
+    """(mask, background, film, threshold) of a working image whose edges are the film's
+    edges; ``threshold`` in the image's grey levels."""
     import cv2
 
     span = float(np.subtract(*np.percentile(small, [99, 1])))
@@ -533,9 +538,9 @@ def _mask_in_field(
     # (b) The tissue threshold, computed inside the field so that the frame does not bias it.
     lo, hi = np.percentile(small[fy0:fy1, fx0:fx1], [0.5, 99.5])
     if hi - lo <= 1e-6:
-        return None, None, None
+        return None, None, None, None
     u8_all = np.clip((small - lo) / (hi - lo) * 255.0, 0, 255).astype(np.uint8)
-    t = _tissue_threshold(u8_all[fy0:fy1, fx0:fx1])
+    t = _tissue_threshold(u8_all[fy0:fy1, fx0:fx1], low)
     # Bright collimation bands (unexposed film) that the flat-line peel missed because they
     # are tilted or noisy: peel them by their grey level, so the forearm touching one does not
     # pull the band into the hand.
@@ -548,7 +553,7 @@ def _mask_in_field(
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     grown = _hand_components(mask, kernel)
     if grown is None:
-        return None, None, None
+        return None, None, None, None
     hand = mask & grown
     # The background level (for intensity normalisation): field pixels well away from the hand
     # and below the tissue threshold (markers and frames are above it).
@@ -557,7 +562,8 @@ def _mask_in_field(
     full = np.zeros(small.shape, np.uint8)
     full[fy0:fy1, fx0:fx1] = hand
     full = _reclaim_strips(full, u8_all, t, (fy0, fy1, fx0, fx1), bands, kernel)
-    return full.astype(bool), background, _film_box(u8_all, t, (fy0, fy1, fx0, fx1), bands)
+    film = _film_box(u8_all, t, (fy0, fy1, fx0, fx1), bands)
+    return full.astype(bool), background, film, float(lo + (t + 0.5) / 255.0 * (hi - lo))
 
 
 def _hand_components(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray | None:
@@ -655,7 +661,7 @@ def _film_box(
     return (film[0], film[1], film[2], film[3])
 
 
-def _tissue_threshold(u8: np.ndarray) -> float:
+def _tissue_threshold(u8: np.ndarray, low: bool = False) -> float:
     """Grey level separating background from soft tissue.
 
     A two-class Otsu threshold often falls between soft tissue and bone when the hand fills
@@ -679,10 +685,20 @@ def _tissue_threshold(u8: np.ndarray) -> float:
     except ValueError:  # too few grey levels for three classes
         candidates = [float(otsu)]
     n = u8.size
-    for t in candidates:
-        if float(hist[int(np.floor(t)) + 1 :].sum()) / n <= 0.85:
-            return t
-    return candidates[-1]
+    chosen = next(
+        (t for t in candidates if float(hist[int(np.floor(t)) + 1 :].sum()) / n <= 0.85),
+        candidates[-1],
+    )
+    if not low:
+        return chosen
+    # ``low``: Otsu's threshold among the grey levels below the chosen one (background against
+    # soft tissue, where brighter frames and markers made the three classes background, bone,
+    # frame)
+    below = u8[u8 <= chosen]
+    if below.size < 16 or int(below.max()) == int(below.min()):
+        return chosen
+    t_low, _ = cv2.threshold(below.reshape(1, -1), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t_low) if float(hist[int(t_low) + 1 :].sum()) / n <= 0.85 else chosen
 
 
 def _field(small: np.ndarray, tol: float) -> tuple[int, int, int, int]:
