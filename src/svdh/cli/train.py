@@ -22,7 +22,7 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "backbone": ("resnet18", "The backbone to pretrain (the SvdH model must use the same)."),
     "init": ("scratch", "scratch, imagenet or checkpoint:PATH."),
     # the bone-age recipe: measured on the RSNA images (docs/benchmarks.md, bone-age section)
-    "epochs": (15, "Maximum epochs (15: the measured CPU recipe; more help on a GPU)."),
+    "epochs": (12, "Maximum epochs (12: the measured CPU recipe; more help on a GPU)."),
     "batch_size": None,
     "image_size": (96, "Side of the square preprocessed image, in pixels."),
     "margin": None,
@@ -34,7 +34,11 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "test_fraction": (0.1, "Held-out test fraction; its MAE in months is the headline figure."),
     "use_sex": (True, "Give the model the sex of the child (RSNA 'male')."),
     "loss": ("huber", "huber, mse or l1 (the MAE itself)."),
-    "patience": (8, "Early-stopping patience in epochs (0: off)."),
+    "patience": (
+        0,
+        "Early-stopping patience in epochs (0: off; the best epoch is kept either way, and "
+        "early epochs at the peak learning rate are too noisy to stop on).",
+    ),
     "aug_strength": (0.5, "Scale of the augmentation ranges (1: svdh train's; 0.5 halves them)."),
     "aug_stretch": (
         0.3,
