@@ -40,31 +40,31 @@ def main() -> None:
     ap.add_argument("--loss", default="huber")
     ap.add_argument("--augment", type=int, default=1)
     ap.add_argument("--aug-strength", type=float, default=1.0)
+    ap.add_argument("--aug-stretch", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--sex", type=int, default=1)
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--precision", default="bf16-mixed")
     a = ap.parse_args()
     import torch
 
-    import svdh.train.loop as run_mod
     from svdh.data.cache import ensure_cache
     from svdh.evaluate.boneage import figures_of_table
     from svdh.train import TrainConfig
-    from svdh.train.data import LazyImages, radiograph_augmentation
+    from svdh.train.data import LazyImages
     from svdh.train.loop import RunData, assign_run_folds, train_run
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    if a.aug_strength != 1.0:
-        run_mod.radiograph_augmentation = lambda: radiograph_augmentation(a.aug_strength)
     src = f"rsna-boneage:{a.data}"
     cfg = TrainConfig(
         source=src, task="boneage", backbone=a.backbone, folds=1, val_fraction=0.15,
         test_fraction=0.1, epochs=a.epochs, batch_size=a.batch, image_size=a.size, lr=a.lr,
         loss=a.loss, use_sex=bool(a.sex), patience=0, accelerator="cpu", num_workers=0,
         augment=bool(a.augment), precision=a.precision, crop=bool(a.crop),
+        aug_strength=a.aug_strength, aug_stretch=a.aug_stretch, weight_decay=a.weight_decay,
     )  # fmt: skip
     pre = cfg.preprocess
-    cache = ensure_cache(src, a.size, cfg=pre, workers=2, progress=False)
+    cache = ensure_cache(src, a.size, cfg=pre, workers=1, progress=False)
     man = cache.manifest.copy()
     man.attrs["source"] = src
     man = assign_run_folds(cfg, man)

@@ -472,3 +472,47 @@ def test_train_options_and_the_experiment_schema_are_derived_from_train_config()
     assert set(schema.model_fields) == {f.name for f in fields(TrainConfig)}
     with pytest.raises(Exception, match="epochz"):
         schema.model_validate({"epochz": 3})
+
+
+def test_stretch_changes_the_aspect_ratio_and_keeps_the_centre():
+    """RandomStretch widens and shortens (or narrows and lengthens) a hand about the centre,
+    within the asked range; strength and stretch are TrainConfig settings, checked there."""
+    from svdh.core.errors import BadConfigError
+    from svdh.train.data import RandomStretch, radiograph_augmentation
+
+    x = torch.zeros(1, 96, 96)
+    x[:, 28:68, 40:56] = 1.0  # 40 high, 16 wide, centred
+    torch.manual_seed(0)
+    ratios = []
+    for _ in range(40):
+        y = RandomStretch(0.3)(x)[0] > 0.5
+        h, w = int(y.any(1).sum()), int(y.any(0).sum())
+        rows, cols = np.flatnonzero(y.any(1)), np.flatnonzero(y.any(0))
+        assert (
+            abs((rows[0] + rows[-1]) / 2 - 47.5) <= 1 and abs((cols[0] + cols[-1]) / 2 - 47.5) <= 1
+        )
+        ratios.append((w / h) / (16 / 40))
+    assert min(ratios) < 0.9 and max(ratios) > 1.1  # both ways
+    assert 1 / 1.3 - 0.08 <= min(ratios) and max(ratios) <= 1.3 + 0.08
+    assert torch.equal(RandomStretch(0.0)(x), x)
+    names = [type(t).__name__ for t in radiograph_augmentation(stretch=0.2).transforms]
+    assert "RandomStretch" in names
+    assert "RandomStretch" not in [type(t).__name__ for t in radiograph_augmentation().transforms]
+    with pytest.raises(BadConfigError, match="aug-stretch"):
+        TrainConfig(aug_stretch=1.5).validate()
+
+
+def test_pretrain_offers_the_bone_age_recipe_as_its_defaults():
+    """`svdh pretrain`'s defaults are the measured bone-age recipe (docs/benchmarks.md), and
+    they reach the run's TrainConfig when no option is given."""
+    import typer
+
+    from svdh.cli.main import app
+    from svdh.cli.train import PRETRAIN
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["pretrain"].params}
+    for name, over in PRETRAIN.items():
+        if over is not None:
+            assert params[name].default == over[0], name
+    assert params["image_size"].default <= 128  # a size a CPU can pretrain at
+    assert params["aug_stretch"].default > 0

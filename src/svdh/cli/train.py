@@ -21,9 +21,10 @@ import typer
 PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "backbone": ("resnet18", "The backbone to pretrain (the SvdH model must use the same)."),
     "init": ("scratch", "scratch, imagenet or checkpoint:PATH."),
-    "epochs": (30, "Maximum epochs."),
+    # the bone-age recipe: measured on the RSNA images (docs/benchmarks.md, bone-age section)
+    "epochs": (12, "Maximum epochs (12: the measured CPU recipe; more help on a GPU)."),
     "batch_size": None,
-    "image_size": None,
+    "image_size": (96, "Side of the square preprocessed image, in pixels."),
     "margin": None,
     "clahe": None,
     "crop": None,
@@ -33,9 +34,20 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "test_fraction": (0.1, "Held-out test fraction; its MAE in months is the headline figure."),
     "use_sex": (True, "Give the model the sex of the child (RSNA 'male')."),
     "loss": ("huber", "huber, mse or l1 (the MAE itself)."),
-    "patience": (8, "Early-stopping patience in epochs (0: off)."),
+    "patience": (
+        0,
+        "Early-stopping patience in epochs (0: off; the best epoch is kept either way, and "
+        "early epochs at the peak learning rate are too noisy to stop on).",
+    ),
+    "aug_strength": (0.5, "Scale of the augmentation ranges (1: svdh train's; 0.5 halves them)."),
+    "aug_stretch": (
+        0.3,
+        "Random aspect-ratio change of up to this fraction in training, so that squashed "
+        "copies and hands cropped from full films look alike to the model (0: off).",
+    ),
     "seed": (0, "Seed."),
     "max_minutes": (0.0, "Wall-clock limit in minutes (0: none)."),
+    "max_cpu_minutes": None,
     "accelerator": None,
     "devices": ("auto", "Devices per node."),
     "strategy": ("auto", "auto or ddp."),

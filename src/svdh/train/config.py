@@ -186,6 +186,16 @@ class TrainConfig:
         "Training augmentation (rotation, scale, shift, flip, brightness, contrast, gamma, noise).",
         "--augment/--no-augment",
     )
+    aug_strength: float = opt(
+        1.0,
+        "Scale of the augmentation ranges (rotation 10 deg, scale and shift 10%/5%, exposure, "
+        "noise at 1); 0.5 halves them.",
+    )
+    aug_stretch: float = opt(
+        0.0,
+        "Random aspect-ratio change of up to this fraction in training (0: off), so that "
+        "squashed and padded hands both look familiar.",
+    )
     max_minutes: float = opt(0.0, "Wall-clock limit per fold in minutes (0: none).")
     max_cpu_minutes: float = opt(
         0.0,
@@ -281,6 +291,8 @@ class TrainConfig:
             raise BadConfigError("--target-transform applies to regression and boneage tasks")
         if self.lr_scaling not in LR_SCALING:
             raise BadConfigError(f"--lr-scaling must be one of: {', '.join(LR_SCALING)}")
+        if not 0.0 <= self.aug_strength <= 3.0 or not 0.0 <= self.aug_stretch < 1.0:
+            raise BadConfigError("--aug-strength must be in [0, 3] and --aug-stretch in [0, 1)")
         if self.patience < 0 or self.num_workers < 0:
             raise BadConfigError("--patience and --num-workers must be >= 0")
         return self

@@ -29,17 +29,44 @@ class RandomGamma(torch.nn.Module):
         return v2.functional.adjust_gamma(x, g)
 
 
-def radiograph_augmentation(strength: float = 1.0, *, flip: bool = True) -> v2.Compose:
+class RandomStretch(torch.nn.Module):
+    """Random aspect-ratio change of a ``C x H x W`` tensor: width times ``sqrt(a)``, height
+    divided by it, ``a`` log-uniform in ``[1 / (1 + amount), 1 + amount]``, about the centre.
+
+    A hand's proportions differ with the film and with how it was resized (a copy squashed to
+    a square, a crop padded to one); this keeps the model from learning one of them."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.log_hi = float(np.log1p(amount))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log_hi <= 0:
+            return x
+        a = float(np.exp(torch.empty(1).uniform_(-self.log_hi, self.log_hi).item()))
+        # affine_grid maps output to input coordinates: divide by the output scale
+        theta = torch.tensor([[[a**-0.5, 0.0, 0.0], [0.0, a**0.5, 0.0]]], dtype=x.dtype)
+        grid = torch.nn.functional.affine_grid(theta, [1, *x.shape], align_corners=False)
+        out = torch.nn.functional.grid_sample(x[None], grid, align_corners=False)
+        return out[0]
+
+
+def radiograph_augmentation(
+    strength: float = 1.0, *, flip: bool = True, stretch: float = 0.0
+) -> v2.Compose:
     """Small rotation, scale and shift, left-right flip, brightness, contrast, gamma, noise.
 
     Ranges are those a re-positioned hand and another exposure give; a left-right flip turns
     a left hand into a right-hand-looking one, which carries the same score. ``flip=False``
     for canonical inputs (``PreprocessConfig.canonical``): every hand, in training and in
     prediction, is shown as a left-hand PA view, so a flipped one is a view the model never
-    scores.
+    scores. ``strength`` scales every range (1: the ranges above); ``stretch``, when
+    positive, adds a random aspect-ratio change of up to that fraction (:class:`RandomStretch`).
     """
     s = float(strength)
     steps: list[Any] = [v2.RandomHorizontalFlip()] if flip else []
+    if stretch > 0:
+        steps.append(RandomStretch(stretch))
     return v2.Compose(
         [
             *steps,

@@ -212,7 +212,14 @@ def _subset(t: Targets, rows: np.ndarray) -> Targets:
     )
 
 
-def make_dataset(data: RunData, targets: Targets, rows: np.ndarray, augment: bool) -> CacheDataset:
+def make_dataset(
+    data: RunData,
+    targets: Targets,
+    rows: np.ndarray,
+    augment: bool,
+    strength: float = 1.0,
+    stretch: float = 0.0,
+) -> CacheDataset:
     ci = (
         data.manifest["cache_index"].to_numpy(dtype=np.int64)
         if "cache_index" in data.manifest
@@ -223,7 +230,11 @@ def make_dataset(data: RunData, targets: Targets, rows: np.ndarray, augment: boo
         ci[rows],
         rows,
         _subset(targets, rows),
-        radiograph_augmentation(flip=not data.preprocess.get("canonical")) if augment else None,
+        radiograph_augmentation(
+            strength, flip=not data.preprocess.get("canonical"), stretch=stretch
+        )
+        if augment
+        else None,
     )
 
 
@@ -448,7 +459,7 @@ def fit_fold(
         )
     trainer = _trainer(cfg, rd, fd, callbacks, min_epochs)
     datamodule = FoldData(
-        make_dataset(data, targets, train_rows, cfg.augment),
+        make_dataset(data, targets, train_rows, cfg.augment, cfg.aug_strength, cfg.aug_stretch),
         make_dataset(data, targets, val_rows, False),
         cfg,
     )
