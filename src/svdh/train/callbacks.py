@@ -31,11 +31,39 @@ def _loader(
 
 
 class FoldData(L.LightningDataModule):
-    """One fold's training and validation sets."""
+    """One fold's training and validation sets, and the training images without augmentation
+    (``calib_ds``) over which BatchNorm statistics are re-estimated (precise BN)."""
 
-    def __init__(self, train_ds: CacheDataset, val_ds: CacheDataset, cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        train_ds: CacheDataset,
+        val_ds: CacheDataset,
+        cfg: TrainConfig,
+        calib_ds: CacheDataset | None = None,
+    ) -> None:
         super().__init__()
         self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
+        self.calib_ds = calib_ds
+
+    def calibration_dataloader(self) -> torch.utils.data.DataLoader | None:
+        """Shuffled batches of the training images as validation and prediction see them (no
+        augmentation): statistics taken over augmented batches differ from those of the
+        clean images the model is then applied to (bone age: MAE 19.7 -> 15.5 months by
+        re-estimating them on clean images; docs/benchmarks.md)."""
+        if self.calib_ds is None:
+            return None
+        drop_last = len(self.calib_ds) > self.cfg.batch_size
+        # its own generator: drawing these batches leaves the training's random stream as it was
+        self._calib_gen = getattr(self, "_calib_gen", None) or torch.Generator().manual_seed(
+            self.cfg.seed
+        )
+        return torch.utils.data.DataLoader(
+            self.calib_ds,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            generator=self._calib_gen,
+        )
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         # drop a last partial batch (BatchNorm cannot train on a batch of one image)

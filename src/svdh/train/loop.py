@@ -462,6 +462,7 @@ def fit_fold(
         make_dataset(data, targets, train_rows, cfg.augment, cfg.aug_strength, cfg.aug_stretch),
         make_dataset(data, targets, val_rows, False),
         cfg,
+        calib_ds=make_dataset(data, targets, train_rows, False),
     )
     last = _resume_point(fd)
     t0 = time.perf_counter()

@@ -140,10 +140,15 @@ class SvdhModule(L.LightningModule):
             self._precise_batchnorm(n)
 
     def _precise_batchnorm(self, n: int) -> None:
-        """Re-estimate BatchNorm statistics on up to ``n`` training batches before each
-        validation, so validation, the checkpoint and predictions use statistics of the
-        current weights (see ``recalibrate_batchnorm``)."""
-        loader = self.trainer.train_dataloader
+        """Re-estimate BatchNorm statistics on up to ``n`` batches of the training images,
+        without augmentation, before each validation, so validation, the checkpoint and
+        predictions use statistics of the current weights on images like theirs (see
+        ``recalibrate_batchnorm``)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        calib = getattr(dm, "calibration_dataloader", None)
+        loader = calib() if calib is not None else None
+        if loader is None:  # no un-augmented copy of the training images: use the training batches
+            loader = self.trainer.train_dataloader
         if loader is None:
             return
 
