@@ -176,8 +176,8 @@ class TrainConfig:
     dropout: float = opt(0.0, "Dropout before the head.")
     precise_bn_batches: int = opt(
         32,
-        "Training batches over which BatchNorm statistics are re-estimated before each "
-        "validation (precise BN; 0: off).",
+        "Batches of the training images, without augmentation, over which BatchNorm "
+        "statistics are re-estimated before each validation (precise BN; 0: off).",
     )
     ema_decay: float = opt(0.0, "EMA of the weights, e.g. 0.99 (0: off).")
     grad_clip: float = opt(0.0, "Gradient-norm clipping (0: off).")
