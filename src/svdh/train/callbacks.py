@@ -44,6 +44,8 @@ class FoldData(L.LightningDataModule):
         super().__init__()
         self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
         self.calib_ds = calib_ds
+        # its own generator: drawing these batches leaves the training's random stream as it was
+        self._calib_gen = torch.Generator().manual_seed(cfg.seed)
 
     def calibration_dataloader(self) -> torch.utils.data.DataLoader | None:
         """Shuffled batches of the training images as validation and prediction see them (no
@@ -53,10 +55,6 @@ class FoldData(L.LightningDataModule):
         if self.calib_ds is None:
             return None
         drop_last = len(self.calib_ds) > self.cfg.batch_size
-        # its own generator: drawing these batches leaves the training's random stream as it was
-        self._calib_gen = getattr(self, "_calib_gen", None) or torch.Generator().manual_seed(
-            self.cfg.seed
-        )
         return torch.utils.data.DataLoader(
             self.calib_ds,
             batch_size=self.cfg.batch_size,
