@@ -22,12 +22,17 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "backbone": ("resnet18", "The backbone to pretrain (the SvdH model must use the same)."),
     "init": ("scratch", "scratch, imagenet or checkpoint:PATH."),
     # the bone-age recipe: measured on the RSNA images (docs/benchmarks.md, bone-age section)
-    "epochs": (12, "Maximum epochs (12: the measured CPU recipe; more help on a GPU)."),
+    "epochs": (24, "Maximum epochs (24: the measured CPU recipe; more help on a GPU)."),
     "batch_size": None,
     "image_size": (96, "Side of the square preprocessed image, in pixels."),
     "margin": None,
     "clahe": None,
     "crop": None,
+    "canonical": (
+        True,
+        "Turn every hand fingers-up as a left-hand PA view before the crop, so a rotated or "
+        "mirrored film gives the same bone age (--no-canonical: the film as given).",
+    ),
     "lr": (1e-3, "Base learning rate."),
     "folds": (1, "1: one train/validation split (default); K: K-fold cross-validation."),
     "val_fraction": (0.15, "Validation fraction with --folds 1."),
@@ -57,7 +62,7 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "cache_dir": ("", "Where the preprocessed-image cache lives."),
     "cache": None,
 }
-PRETRAIN_FLAGS = {"use_sex": ("--use-sex/--no-sex",)}
+PRETRAIN_FLAGS = {"use_sex": ("--use-sex/--no-sex",), "canonical": ("--canonical/--no-canonical",)}
 
 
 def config_options(
