@@ -929,8 +929,7 @@ def canonicalise(image: Any, hints: SideHints | None = None) -> list[CanonicalHa
         if d.refused or m is None:
             hands.append(CanonicalHand(img, d))
             continue
-        others = [mm for dd, mm in results if mm is not None and mm is not m]
-        pixels, matrix = _cut_and_turn(img, d, m, others, sm)
+        pixels, matrix, d = _canonical_pixels(img, d, m, results, sm)
         hands.append(CanonicalHand(pixels, d, matrix))
     return hands
 
@@ -982,8 +981,7 @@ def model_inputs(image: Any, cfg: Any = None, hints: SideHints | None = None) ->
             continue
         matrix = np.eye(2, 3)
         if cfg.canonical:
-            others = [mm for dd, mm in results if mm is not None and mm is not m]
-            pixels, matrix = _cut_and_turn(img, d, m, others, sm)
+            pixels, matrix, d = _canonical_pixels(img, d, m, results, sm)
         elif d.n_hands == 1:
             pixels = img
         else:
@@ -993,6 +991,62 @@ def model_inputs(image: Any, cfg: Any = None, hints: SideHints | None = None) ->
         x, t = preprocess(pixels, cfg, return_transform=True)
         out.append(ModelInput(x, t, d, pixels, matrix))
     return out
+
+
+def _canonical_pixels(
+    img: np.ndarray,
+    d: FilmDecision,
+    m: np.ndarray,
+    results: list[tuple[FilmDecision, np.ndarray | None]],
+    sm: SmallMask | None,
+) -> tuple[np.ndarray, np.ndarray, FilmDecision]:
+    """The hand's canonical pixels, the 2 x 3 affine from the film, and the decision (its tilt
+    the one applied): :func:`_upright_again` where it agrees, else cut and turned at once."""
+    # a film already upright and left (no pixel move) is its own second look
+    again = _upright_again(img, d) if d.rotation_k % 4 or d.mirrored else None
+    if again is not None:
+        return again
+    others = [mm for _, mm in results if mm is not None and mm is not m]
+    pixels, matrix = _cut_and_turn(img, d, m, others, sm)
+    return pixels, matrix, d
+
+
+def _exact_turn(img: np.ndarray, k: int, mirrored: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The film turned by ``k`` counter-clockwise quarter turns, then mirrored: pixel moves
+    without resampling. Returns the image and the 3 x 3 matrix of the move."""
+    h, w = img.shape
+    up = np.rot90(img, k)
+    mat = _rot90_matrix(k, w, h)
+    if mirrored:
+        up = up[:, ::-1]
+        mat = np.array([[-1.0, 0, up.shape[1] - 1], [0, 1.0, 0], [0, 0, 1.0]]) @ mat
+    return np.ascontiguousarray(up), mat
+
+
+def _upright_again(
+    img: np.ndarray, d: FilmDecision
+) -> tuple[np.ndarray, np.ndarray, FilmDecision] | None:
+    """The hand cut from the film once the film itself is turned upright by the decision.
+
+    Quarter turns and mirrors are exact pixel moves, so the 8 rotations/mirrors of a film give
+    one upright film; analysed again there, its box, tilt and crop come out the same to the
+    pixel, where measuring each copy in its own orientation differs by a few pixels of
+    working-resolution sampling. None where the second look disagrees (the hand is not found
+    upright, or its thumb side turns): the caller then cuts and turns in one go."""
+    up, turn = _exact_turn(img, d.rotation_k, d.mirrored)
+    results, sm = _analyse(up, None)
+    x0, y0, x1, y1 = d.box
+    cx, cy = turn[:2] @ np.array([(x0 + x1) / 2, (y0 + y1) / 2, 1.0])
+    for d2, m2 in results:
+        bx0, by0, bx1, by1 = d2.box
+        if d2.refused or m2 is None or not (bx0 <= cx <= bx1 and by0 <= cy <= by1):
+            continue
+        if d2.rotation_k != 0 or d2.mirrored:
+            return None
+        others = [mm for _, mm in results if mm is not None and mm is not m2]
+        pixels, mat = _cut_and_turn(up, d2, m2, others, sm)
+        return pixels, (np.vstack([mat, [0, 0, 1.0]]) @ turn)[:2], replace(d, tilt_deg=d2.tilt_deg)
+    return None
 
 
 def _cut_and_turn(
