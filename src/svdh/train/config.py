@@ -109,10 +109,11 @@ class TrainConfig:
         "--crop/--no-crop",
     )
     canonical: bool = opt(
-        _PP.canonical,
+        True,
         "Turn every hand fingers-up and show it as a left-hand PA view before the crop "
-        "(docs/film-quality.md); prediction then does the same.",
-        "--canonical",
+        "(docs/film-quality.md), so rotated and mirrored films score alike; prediction then "
+        "does the same (--no-canonical: the film as given).",
+        "--canonical/--no-canonical",
     )
     lr: float = opt(
         1e-3,
