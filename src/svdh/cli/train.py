@@ -61,6 +61,7 @@ PRETRAIN: dict[str, tuple[Any, str] | None] = {
     "num_workers": None,
     "cache_dir": ("", "Where the preprocessed-image cache lives."),
     "cache": None,
+    "skip_invalid": None,
 }
 PRETRAIN_FLAGS = {"use_sex": ("--use-sex/--no-sex",), "canonical": ("--canonical/--no-canonical",)}
 

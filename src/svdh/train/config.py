@@ -224,6 +224,12 @@ class TrainConfig:
         "A cache folder built by `svdh prepare --out DIR`: train on it (its preprocessing must "
         "match --image-size/--margin/--clahe/--crop).",
     )
+    skip_invalid: bool = opt(
+        False,
+        "Leave out the images the cache cannot prepare (unreadable, or refused by the "
+        "canonical stage: feet, no hand outline), each named in the log, instead of stopping.",
+        "--skip-invalid",
+    )
     extra: dict[str, Any] = opt(
         {}, "Free-form notes carried to config.yaml.", cli=False, factory=dict
     )

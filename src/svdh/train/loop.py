@@ -121,6 +121,7 @@ def load_run_data(cfg: TrainConfig) -> RunData:
             cfg.image_size,
             cfg.cache_dir or None,
             cfg=cfg.preprocess,
+            skip_invalid=cfg.skip_invalid,
             progress=sys.stderr.isatty() and _is_main(),
         )
     manifest = cache.manifest.copy()
