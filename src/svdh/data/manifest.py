@@ -143,7 +143,7 @@ def whole_film_problems(df: pd.DataFrame) -> list[Problem]:
                     "a both-hands film with one patient-scope row: canonical training scores "
                     "each hand, so it needs each hand's own score (two rows side L and R of "
                     "this image); give them, leave the film out (--skip-invalid) or train "
-                    "without --canonical",
+                    "with --no-canonical",
                     i,
                 )
             )

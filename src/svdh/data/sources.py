@@ -634,8 +634,8 @@ def _csv(csv_path: Path, spec: str, skip_invalid: bool, split: bool = False) -> 
 
 _WHOLE_FILM = (
     "a both-hands film with a patient total only: canonical training scores each hand; give "
-    "two rows of this image, side L and R, each with its hand's score (or train without "
-    "--canonical)"
+    "two rows of this image, side L and R, each with its hand's score (or train with "
+    "--no-canonical)"
 )
 
 
