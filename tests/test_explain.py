@@ -242,6 +242,27 @@ def test_default_method_gives_normalised_maps_of_at_least_12x12_cells(backbone):
     assert maps.min() >= 0 and maps.max() <= 1 and (maps.max(axis=(1, 2)) > 0.99).all()
 
 
+def test_map_of_a_flip_tta_model_is_the_mean_of_both_views():
+    """The score of a flip-TTA model is the mean over the image and its mirror: so is its map
+    (before the fix, the hooks saw both views and the map explained the image's half only)."""
+    from svdh.models.net import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet18", "regression").eval()
+    net.set_target_stats([10.0], [5.0])
+    assert net.uses_flip_tta()
+    x = torch.rand(2, 1, 64, 64)
+    got = Explainer([[net]], [net.config], method="gradcam").explain(x).ensemble
+    net.config["tta_flip"] = False
+    one = Explainer([[net]], [net.config], method="gradcam")
+    a = one.explain(x).ensemble
+    b = one.explain(torch.flip(x, dims=[-1])).ensemble[..., ::-1]
+    ref = (a + b) / 2
+    ref /= ref.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.abs(got - a).max() > 0.05  # the mirror view does change the map
+
+
 def test_ensemble_map_is_the_weighted_member_mean():
     from svdh.models.net import build_model
 

@@ -2,9 +2,9 @@
 
 Heat maps come from `pytorch-grad-cam <https://github.com/jacobgil/pytorch-grad-cam>`_ (its
 CAM classes' hooks, gradient pooling, ReLU and per-image normalisation); this module chooses the
-method and target layers (:func:`parse_method`) and the target (score or class head), averages
-maps over the fold models of a member and over the members of an ensemble, and draws and writes
-overlays. Where the maps fall on a phantom's damaged joints is
+method and target layers (:func:`parse_method`), the target (score or class head), averages the
+maps of a flip-TTA model's two views (its score averages them), of the fold models of a member and
+of the members of an ensemble, and draws and writes overlays. Where the maps fall on a phantom's damaged joints is
 measured in :mod:`svdh.inference.localisation`; the methods were compared in
 docs/benchmarks.md (benchmarks/bench_cam_methods.py).
 """
@@ -199,6 +199,18 @@ def method_layers(method: CamMethod, backbone: str, image_size: int | None) -> l
 
 
 # --------------------------------------------------------------------------- Grad-CAM
+def _flip_tta(net: Any) -> bool:
+    """Whether ``net`` (an ``SvdhNet``, or any module) scores the mean of two mirror views."""
+    return bool(getattr(net, "uses_flip_tta", lambda: False)())
+
+
+def _one_view(net: Any) -> Any:
+    """What Grad-CAM runs: ``net`` itself, or one view of a flip-TTA net (``OneView``)."""
+    from svdh.models.net import OneView
+
+    return OneView(net) if _flip_tta(net) else net
+
+
 @dataclass
 class CamResult:
     """Heat maps for one batch: ``members[m, b]`` (mean over member m's fold models) and
@@ -254,6 +266,8 @@ class Explainer:
         self.head = head
         self.reps = representative_scores
         self.cams: list[list[Any]] = []
+        #: per member, per fold model: whether its score averages the image and its mirror
+        self.two_views: list[list[bool]] = []
         #: each member's target layers, joined by " x " where maps of two layers are fused
         self.layers: list[str] = []
         for member, arch in zip(models, self.archs, strict=True):
@@ -268,8 +282,9 @@ class Explainer:
                 for p in net.parameters():
                     p.requires_grad_(True)
                 layers = [resolve_layer(net, path) for path in paths]
-                cams.append(cam_cls(model=net, target_layers=layers))
+                cams.append(cam_cls(model=_one_view(net), target_layers=layers))
             self.cams.append(cams)
+            self.two_views.append([_flip_tta(net) for net in member])
 
     def _targets(self, task: str, n: int, classes: Sequence[int] | None) -> list[Any]:
         if self.head == "class" and task in ("classification", "ordinal"):
@@ -290,26 +305,42 @@ class Explainer:
         members = np.zeros((len(self.cams), b, x.shape[-2], x.shape[-1]), dtype=np.float32)
         for m, cams in enumerate(self.cams):
             task = str(self.archs[m].get("task", "regression"))
-            for cam in cams:
+            for cam, two in zip(cams, self.two_views[m], strict=True):
                 targets = self._targets(task, b, classes)
                 if any(t is None for t in targets):
+                    net = getattr(cam.model, "net", cam.model)
                     with torch.no_grad():
-                        out = cam.model(x)
+                        out = net(x)  # the class the model predicts (mirror view included)
                     pred = self._predicted_class(task, out)
                     targets = [ClassTarget(task, int(c)) for c in pred]
-                with torch.enable_grad():
-                    maps = cam(
-                        input_tensor=x,
-                        targets=targets,
-                        aug_smooth=self.spec.aug_smooth,
-                        eigen_smooth=self.spec.eigen_smooth,
-                    )
-                members[m] += np.nan_to_num(maps.astype(np.float32))
+                members[m] += self._model_map(cam, x, targets, two)
             members[m] /= max(len(cams), 1)
         ensemble = np.tensordot(self.weights.astype(np.float32), members, axes=1)
         return CamResult(
             members=members, ensemble=ensemble.astype(np.float32), member_names=self.names
         )
+
+    def _model_map(self, cam: Any, x: Any, targets: list[Any], two_views: bool) -> np.ndarray:
+        """One fold model's maps of ``x`` (B x S x S, each with maximum 1 or all 0). A model with
+        flip TTA scores the mean of the image's and its mirror's outputs: its map is the mean of
+        the two views' maps, the mirror's flipped back."""
+        import torch
+
+        maps = []
+        for flip in (False, True) if two_views else (False,):
+            view = torch.flip(x, dims=[-1]) if flip else x
+            with torch.enable_grad():
+                mp = cam(
+                    input_tensor=view,
+                    targets=targets,
+                    aug_smooth=self.spec.aug_smooth,
+                    eigen_smooth=self.spec.eigen_smooth,
+                )
+            mp = np.nan_to_num(np.asarray(mp, dtype=np.float32))
+            maps.append(mp[..., ::-1] if flip else mp)
+        out = np.clip(np.mean(maps, axis=0), 0, None)
+        peak = out.max(axis=(-2, -1), keepdims=True)
+        return (out / np.where(peak > 0, peak, 1)).astype(np.float32)
 
     def release(self) -> None:
         """Remove the hooks this explainer put on the models (before another explains them)."""
