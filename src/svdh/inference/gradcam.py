@@ -4,7 +4,10 @@ Heat maps come from `pytorch-grad-cam <https://github.com/jacobgil/pytorch-grad-
 CAM classes' hooks, gradient pooling, ReLU and per-image normalisation); this module chooses the
 method and target layers (:func:`parse_method`), the target (score or class head), averages the
 maps of a flip-TTA model's two views (its score averages them), of the fold models of a member and
-of the members of an ensemble, and draws and writes overlays. Where the maps fall on a phantom's damaged joints is
+of the members of an ensemble, and draws and writes overlays. The default
+(:data:`DEFAULT_CAM_METHOD`, ``gradcam+x-next``) is the product of the Grad-CAM map of the
+deepest layer giving at least 12 x 12 cells and that of the next deeper layer: the fine layer's
+cells, the deeper layer's sense of the task. Where the maps fall on a phantom's damaged joints is
 measured in :mod:`svdh.inference.localisation`; the methods were compared in
 docs/benchmarks.md (benchmarks/bench_cam_methods.py).
 """
@@ -149,8 +152,10 @@ CAM_OPTIONS: dict[str, dict[str, Any]] = {
     "aug": {"aug_smooth": True},
     "eigen": {"eigen_smooth": True},
 }
-#: The heat-map method of ``svdh predict --cam``, ``svdh explain`` and the web page.
-DEFAULT_CAM_METHOD = "gradcam"
+#: The heat-map method of ``svdh predict --cam``, ``svdh explain`` and the web page: of the
+#: methods compared (benchmarks/bench_cam_methods.py, docs/benchmarks.md) the only kind with at
+#: least twice a random map's mass on the damaged joints of both demo bundles.
+DEFAULT_CAM_METHOD = "gradcam+x-next"
 
 
 def parse_method(name: str) -> CamMethod:
