@@ -232,7 +232,10 @@ def test_default_method_gives_normalised_maps_of_at_least_12x12_cells(backbone):
     layers = method_layers(parse_method(DEFAULT_CAM_METHOD), backbone, 96)
     stride = dict(get_backbone(backbone).family.cam_layers)[layers[0].removeprefix("backbone.")]
     assert 96 // stride >= 12  # the finest layer of the map sets its cells
-    torch.manual_seed(0)
+    # seed 1: an untrained MobileNetV2 of seed 0 has no positive evidence at features.13 for
+    # any input, so its product map is blank (no member map of the demo bundles on 80 held-out
+    # hands was)
+    torch.manual_seed(1)
     net = build_model(backbone, "regression").eval()
     net.set_target_stats([10.0], [5.0])
     ex = Explainer([[net]], [net.config], image_size=96)

@@ -153,8 +153,8 @@ CAM_OPTIONS: dict[str, dict[str, Any]] = {
     "eigen": {"eigen_smooth": True},
 }
 #: The heat-map method of ``svdh predict --cam``, ``svdh explain`` and the web page: of the
-#: methods compared (benchmarks/bench_cam_methods.py, docs/benchmarks.md) the only kind with at
-#: least twice a random map's mass on the damaged joints of both demo bundles.
+#: methods compared (benchmarks/bench_cam_methods.py, docs/benchmarks.md), the one with the most
+#: mass on the damaged joints of both demo bundles (over twice a random map's).
 DEFAULT_CAM_METHOD = "gradcam+x-next"
 
 
