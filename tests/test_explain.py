@@ -12,7 +12,16 @@ import torch
 from predict_world import run_cli as svdh
 from svdh.core.errors import BadConfigError
 from svdh.core.preprocess import hand_mask
-from svdh.inference.gradcam import ClassTarget, Explainer, ScoreTarget, default_target_layer
+from svdh.inference.gradcam import (
+    DEFAULT_CAM_METHOD,
+    CamMethod,
+    ClassTarget,
+    Explainer,
+    ScoreTarget,
+    default_target_layer,
+    method_layers,
+    parse_method,
+)
 from svdh.inference.localisation import (
     HandLandmarks,
     damage_region,
@@ -196,6 +205,67 @@ def test_targets_and_layer_override():
         Explainer([[ordinal]], [ordinal.config], target_layer="backbone.layer9")
 
 
+def test_cam_method_names_and_their_layers():
+    assert parse_method("gradcam") == CamMethod("GradCAM")
+    assert parse_method("gradcam++" + "+x-next+aug") == CamMethod(
+        "GradCAMPlusPlus", deep="next", aug_smooth=True
+    )
+    x_next = parse_method("gradcam+x-next")
+    assert method_layers(x_next, "resnet18", 96) == ["backbone.layer2", "backbone.layer3"]
+    assert method_layers(x_next, "mobilenet_v2", 96) == [
+        "backbone.features.6",
+        "backbone.features.13",
+    ]
+    assert method_layers(parse_method("gradcam+fine"), "resnet18", 96) == ["backbone.layer1"]
+    # at 512 px the default is already the deepest layer: nothing deeper to fuse with
+    assert method_layers(parse_method("gradcam+x-deepest"), "resnet18", 512) == ["backbone.layer4"]
+    for bad in ("gradcam+", "gradcam+foo", "nocam", "gradcam++x"):
+        with pytest.raises(BadConfigError, match="unknown CAM method"):
+            parse_method(bad)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2"])
+def test_default_method_gives_normalised_maps_of_at_least_12x12_cells(backbone):
+    from svdh.models.backbones import get_backbone
+    from svdh.models.net import build_model
+
+    layers = method_layers(parse_method(DEFAULT_CAM_METHOD), backbone, 96)
+    stride = dict(get_backbone(backbone).family.cam_layers)[layers[0].removeprefix("backbone.")]
+    assert 96 // stride >= 12  # the finest layer of the map sets its cells
+    # seed 1: an untrained MobileNetV2 of seed 0 has no positive evidence at features.13 for
+    # any input, so its product map is blank (no member map of the demo bundles on 80 held-out
+    # hands was)
+    torch.manual_seed(1)
+    net = build_model(backbone, "regression").eval()
+    net.set_target_stats([10.0], [5.0])
+    ex = Explainer([[net]], [net.config], image_size=96)
+    assert ex.method == DEFAULT_CAM_METHOD and ex.layers == [" x ".join(layers)]
+    maps = ex.explain(torch.rand(3, 1, 96, 96)).ensemble
+    assert maps.shape == (3, 96, 96) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1 and (maps.max(axis=(1, 2)) > 0.99).all()
+
+
+def test_map_of_a_flip_tta_model_is_the_mean_of_both_views():
+    """The score of a flip-TTA model is the mean over the image and its mirror: so is its map
+    (before the fix, the hooks saw both views and the map explained the image's half only)."""
+    from svdh.models.net import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet18", "regression").eval()
+    net.set_target_stats([10.0], [5.0])
+    assert net.uses_flip_tta()
+    x = torch.rand(2, 1, 64, 64)
+    got = Explainer([[net]], [net.config], method="gradcam").explain(x).ensemble
+    net.config["tta_flip"] = False
+    one = Explainer([[net]], [net.config], method="gradcam")
+    a = one.explain(x).ensemble
+    b = one.explain(torch.flip(x, dims=[-1])).ensemble[..., ::-1]
+    ref = (a + b) / 2
+    ref /= ref.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.abs(got - a).max() > 0.05  # the mirror view does change the map
+
+
 def test_ensemble_map_is_the_weighted_member_mean():
     from svdh.models.net import build_model
 
@@ -242,7 +312,10 @@ def test_explain_cli_writes_localisation_that_evaluate_shows(world, tmp_path):
 
     spec = get_backbone("resnet18")
     assert set(loc["by_member"]) == {"reg", "ord"}
-    assert loc["target_layers"]["reg"] == f"backbone.{spec.cam_layer_for(64)}"
+    assert loc["method"] == DEFAULT_CAM_METHOD
+    layers = method_layers(parse_method(DEFAULT_CAM_METHOD), "resnet18", 64)
+    assert layers[0] == f"backbone.{spec.cam_layer_for(64)}"
+    assert loc["target_layers"]["reg"] == " x ".join(layers)
     assert spec.cam_map_size(64) >= 12
     gallery = sorted((ens / "cam_gallery").glob("*.png"))
     assert len(gallery) == 3

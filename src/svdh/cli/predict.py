@@ -114,8 +114,8 @@ def predict(
     target_layer: str | None = typer.Option(
         None,
         "--target-layer",
-        help="Grad-CAM layer (module path, e.g. "
-        "backbone.layer3); default: the backbone's last block.",
+        help="Grad-CAM layer (module path, e.g. backbone.layer3) instead of the default "
+        "method's two: the layer with >= 12 x 12 cells times the next deeper one.",
     ),
     cam_head: str = typer.Option("score", "--cam-head", help="Grad-CAM target: score or class."),
     workers: int | None = typer.Option(

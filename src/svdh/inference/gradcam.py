@@ -1,10 +1,15 @@
 """Grad-CAM heat maps for SvdH models: targets, the per-member and ensemble maps, overlays.
 
 Heat maps come from `pytorch-grad-cam <https://github.com/jacobgil/pytorch-grad-cam>`_ (its
-:class:`GradCAM` hooks, gradient pooling, ReLU and per-image normalisation); this module only
-chooses the target layer and the target (score or class head), averages maps over the fold models
-of a member and over the members of an ensemble, and draws and writes overlays. Where the maps
-fall on a phantom's damaged joints is measured in :mod:`svdh.inference.localisation`.
+CAM classes' hooks, gradient pooling, ReLU and per-image normalisation); this module chooses the
+method and target layers (:func:`parse_method`), the target (score or class head), averages the
+maps of a flip-TTA model's two views (its score averages them), of the fold models of a member and
+of the members of an ensemble, and draws and writes overlays. The default
+(:data:`DEFAULT_CAM_METHOD`, ``gradcam+x-next``) is the product of the Grad-CAM map of the
+deepest layer giving at least 12 x 12 cells and that of the next deeper layer: the fine layer's
+cells, the deeper layer's sense of the task. Where the maps fall on a phantom's damaged joints is
+measured in :mod:`svdh.inference.localisation`; the methods were compared in
+docs/benchmarks.md (benchmarks/bench_cam_methods.py).
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ def default_target_layer(backbone: str, image_size: int | None = None) -> str:
 
     spec = get_backbone(backbone)
     return f"backbone.{spec.cam_layer if image_size is None else spec.cam_layer_for(image_size)}"
+
+
+def relative_target_layer(backbone: str, image_size: int | None, which: str) -> str:
+    """Another Grad-CAM candidate of a backbone than :func:`default_target_layer`, as a module
+    path inside ``SvdhNet``: ``deepest`` (e.g. ``backbone.layer4``), ``next`` (the candidate just
+    deeper than the default, e.g. ``backbone.layer3``) or ``finer`` (just shallower,
+    ``backbone.layer1``); the default itself where there is none such."""
+    from svdh.models.backbones import get_backbone
+
+    spec = get_backbone(backbone)
+    paths = [p for p, _ in spec.family.cam_layers]  # deepest first
+    i = paths.index(spec.cam_layer if image_size is None else spec.cam_layer_for(image_size))
+    j = {"deepest": 0, "next": max(i - 1, 0), "finer": min(i + 1, len(paths) - 1)}[which]
+    return f"backbone.{paths[j]}"
 
 
 def resolve_layer(model: Any, path: str) -> Any:
@@ -94,7 +113,109 @@ class ClassTarget:
         raise BadConfigError(f"task {self.task!r} has no class head; use head='score'")
 
 
+# --------------------------------------------------------------------------- CAM methods
+@dataclass(frozen=True)
+class CamMethod:
+    """A heat-map method: a pytorch-grad-cam class at the backbone's default layer (``fine``:
+    the next shallower candidate, twice the cells), optionally
+    fused with a deeper layer's map (``deep``: ``deepest`` or ``next``; ``fuse``: ``mul``, the
+    product of the two normalised maps, or ``mean``) and with the library's smoothing options."""
+
+    cls: str
+    fine: bool = False
+    deep: str | None = None
+    fuse: str = "mul"
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
+
+
+#: The pytorch-grad-cam class behind each base method name.
+CAM_CLASSES: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "hirescam": "HiResCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "eigengradcam": "EigenGradCAM",
+    "layercam": "LayerCAM",
+    "ablationcam": "AblationCAM",
+    "scorecam": "ScoreCAM",
+    "random": "RandomCAM",
+}
+#: Options after a base name, joined by ``+`` (``gradcam+x-next+aug``).
+CAM_OPTIONS: dict[str, dict[str, Any]] = {
+    "x-next": {"deep": "next", "fuse": "mul"},
+    "x-deepest": {"deep": "deepest", "fuse": "mul"},
+    "mean-next": {"deep": "next", "fuse": "mean"},
+    "mean-deepest": {"deep": "deepest", "fuse": "mean"},
+    "fine": {"fine": True},
+    "aug": {"aug_smooth": True},
+    "eigen": {"eigen_smooth": True},
+}
+#: The heat-map method of ``svdh predict --cam``, ``svdh explain`` and the web page: of the
+#: methods compared (benchmarks/bench_cam_methods.py, docs/benchmarks.md), the one with the most
+#: mass on the damaged joints of both demo bundles (over twice a random map's).
+DEFAULT_CAM_METHOD = "gradcam+x-next"
+
+
+def parse_method(name: str) -> CamMethod:
+    """The :class:`CamMethod` of a name: a :data:`CAM_CLASSES` base, then any
+    :data:`CAM_OPTIONS` joined by ``+`` (e.g. ``gradcam+x-next``)."""
+    bases = [b for b in CAM_CLASSES if name == b or name.startswith(b + "+")]
+    base = max(bases, key=len, default="")  # gradcam++ before gradcam
+    options = name[len(base) + 1 :].split("+") if len(name) > len(base) else []
+    if not base or any(o not in CAM_OPTIONS for o in options):
+        raise BadConfigError(
+            f"unknown CAM method {name!r}: a base ({', '.join(CAM_CLASSES)}) "
+            f"then options joined by '+' ({', '.join(CAM_OPTIONS)})"
+        )
+    kwargs: dict[str, Any] = {}
+    for o in options:
+        kwargs.update(CAM_OPTIONS[o])
+    return CamMethod(CAM_CLASSES[base], **kwargs)
+
+
+def cam_class(method: CamMethod) -> Any:
+    """The pytorch-grad-cam class of ``method``; with ``deep``, a subclass that fuses the
+    per-layer maps (each already in [0, 1] at the input size) by product or mean instead of the
+    library's mean."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    base = getattr(pytorch_grad_cam, method.cls)
+    if method.deep is None or method.fuse == "mean":
+        return base
+
+    def aggregate_multi_layers(self: Any, cams: Sequence[np.ndarray]) -> np.ndarray:
+        return scale_cam_image(np.prod(np.maximum(np.concatenate(cams, axis=1), 0), axis=1))
+
+    return type(f"Fused{method.cls}", (base,), {"aggregate_multi_layers": aggregate_multi_layers})
+
+
+def method_layers(method: CamMethod, backbone: str, image_size: int | None) -> list[str]:
+    """The target layers of ``method`` on a backbone: the default (>= 12 x 12 cells) or the
+    finer one, then the deeper one it is fused with, if any."""
+    fine = method.fine and relative_target_layer(backbone, image_size, "finer")
+    layers = [fine or default_target_layer(backbone, image_size)]
+    if method.deep is not None:
+        deep = relative_target_layer(backbone, image_size, method.deep)
+        layers += [deep] if deep != layers[0] else []
+    return layers
+
+
 # --------------------------------------------------------------------------- Grad-CAM
+def _flip_tta(net: Any) -> bool:
+    """Whether ``net`` (an ``SvdhNet``, or any module) scores the mean of two mirror views."""
+    return bool(getattr(net, "uses_flip_tta", lambda: False)())
+
+
+def _one_view(net: Any) -> Any:
+    """What Grad-CAM runs: ``net`` itself, or one view of a flip-TTA net (``OneView``)."""
+    from svdh.models.net import OneView
+
+    return OneView(net) if _flip_tta(net) else net
+
+
 @dataclass
 class CamResult:
     """Heat maps for one batch: ``members[m, b]`` (mean over member m's fold models) and
@@ -109,9 +230,11 @@ class Explainer:
     """Grad-CAM for every fold model of every member, averaged per member and over the ensemble.
 
     ``models[m][k]`` are fold models of member ``m`` (as built by :meth:`Bundle.build_models`),
-    ``archs[m]`` their architecture dicts (``backbone``, ``task``). ``target_layer`` overrides the
-    backbone's default for ``image_size`` (a dotted module path, same for all members). ``weights`` weigh members in
-    the ensemble map (default equal). ``head`` is ``score`` or ``class``.
+    ``archs[m]`` their architecture dicts (``backbone``, ``task``). ``method`` names a method
+    (:func:`parse_method`; default :data:`DEFAULT_CAM_METHOD`), whose layers follow the backbone
+    and ``image_size`` (:func:`method_layers`); ``target_layer`` (a dotted module path, same for
+    all members) replaces them by that one layer. ``weights`` weigh members in the ensemble map
+    (default equal). ``head`` is ``score`` or ``class``.
     """
 
     def __init__(
@@ -125,17 +248,14 @@ class Explainer:
         image_size: int | None = None,
         head: str = "score",
         representative_scores: Sequence[float] | np.ndarray | None = None,
-        method: str = "gradcam",
+        method: str = DEFAULT_CAM_METHOD,
     ) -> None:
-        from pytorch_grad_cam import GradCAM, RandomCAM
-
         if head not in ("score", "class"):
             raise BadConfigError(f"Grad-CAM head must be 'score' or 'class', got {head!r}")
         if len(models) != len(archs):
             raise BadConfigError("one architecture per member is needed")
-        cam_cls = {"gradcam": GradCAM, "random": RandomCAM}.get(method)
-        if cam_cls is None:
-            raise BadConfigError(f"unknown CAM method {method!r} (gradcam or random)")
+        self.method, self.spec = method, parse_method(method)
+        cam_cls = cam_class(self.spec)
         self.archs = [dict(a) for a in archs]
         self.names = (
             list(names)
@@ -151,17 +271,25 @@ class Explainer:
         self.head = head
         self.reps = representative_scores
         self.cams: list[list[Any]] = []
+        #: per member, per fold model: whether its score averages the image and its mirror
+        self.two_views: list[list[bool]] = []
+        #: each member's target layers, joined by " x " where maps of two layers are fused
         self.layers: list[str] = []
         for member, arch in zip(models, self.archs, strict=True):
-            layer = target_layer or default_target_layer(str(arch.get("backbone")), image_size)
-            self.layers.append(layer)
+            backbone = str(arch.get("backbone"))
+            paths = (
+                [target_layer] if target_layer else method_layers(self.spec, backbone, image_size)
+            )
+            self.layers.append(" x ".join(paths))
             cams = []
             for net in member:
                 # Grad-CAM needs gradients at the target layer even for frozen or inference-only weights
                 for p in net.parameters():
                     p.requires_grad_(True)
-                cams.append(cam_cls(model=net, target_layers=[resolve_layer(net, layer)]))
+                layers = [resolve_layer(net, path) for path in paths]
+                cams.append(cam_cls(model=_one_view(net), target_layers=layers))
             self.cams.append(cams)
+            self.two_views.append([_flip_tta(net) for net in member])
 
     def _targets(self, task: str, n: int, classes: Sequence[int] | None) -> list[Any]:
         if self.head == "class" and task in ("classification", "ordinal"):
@@ -182,21 +310,48 @@ class Explainer:
         members = np.zeros((len(self.cams), b, x.shape[-2], x.shape[-1]), dtype=np.float32)
         for m, cams in enumerate(self.cams):
             task = str(self.archs[m].get("task", "regression"))
-            for cam in cams:
+            for cam, two in zip(cams, self.two_views[m], strict=True):
                 targets = self._targets(task, b, classes)
                 if any(t is None for t in targets):
+                    net = getattr(cam.model, "net", cam.model)
                     with torch.no_grad():
-                        out = cam.model(x)
+                        out = net(x)  # the class the model predicts (mirror view included)
                     pred = self._predicted_class(task, out)
                     targets = [ClassTarget(task, int(c)) for c in pred]
-                with torch.enable_grad():
-                    maps = cam(input_tensor=x, targets=targets)
-                members[m] += np.nan_to_num(maps.astype(np.float32))
+                members[m] += self._model_map(cam, x, targets, two)
             members[m] /= max(len(cams), 1)
         ensemble = np.tensordot(self.weights.astype(np.float32), members, axes=1)
         return CamResult(
             members=members, ensemble=ensemble.astype(np.float32), member_names=self.names
         )
+
+    def _model_map(self, cam: Any, x: Any, targets: list[Any], two_views: bool) -> np.ndarray:
+        """One fold model's maps of ``x`` (B x S x S, each with maximum 1 or all 0). A model with
+        flip TTA scores the mean of the image's and its mirror's outputs: its map is the mean of
+        the two views' maps, the mirror's flipped back."""
+        import torch
+
+        maps = []
+        for flip in (False, True) if two_views else (False,):
+            view = torch.flip(x, dims=[-1]) if flip else x
+            with torch.enable_grad():
+                mp = cam(
+                    input_tensor=view,
+                    targets=targets,
+                    aug_smooth=self.spec.aug_smooth,
+                    eigen_smooth=self.spec.eigen_smooth,
+                )
+            mp = np.nan_to_num(np.asarray(mp, dtype=np.float32))
+            maps.append(mp[..., ::-1] if flip else mp)
+        out = np.clip(np.mean(maps, axis=0), 0, None)
+        peak = out.max(axis=(-2, -1), keepdims=True)
+        return (out / np.where(peak > 0, peak, 1)).astype(np.float32)
+
+    def release(self) -> None:
+        """Remove the hooks this explainer put on the models (before another explains them)."""
+        for cams in self.cams:
+            for cam in cams:
+                cam.activations_and_grads.release()
 
     @staticmethod
     def _predicted_class(task: str, out: Any) -> np.ndarray:

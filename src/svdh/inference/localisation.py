@@ -377,7 +377,10 @@ def _summary(
             "radius_frac": radius_frac,
             "radius_definition": "radius_frac x diagonal of the hand's landmark bounding box",
             "damaged_definition": "joints with an erosion or JSN score > 0 in landmarks.json",
-            "method": "Grad-CAM (pytorch-grad-cam), mean over fold models, weighted over members",
+            "method": predictor.explainer.method,
+            "method_definition": "svdh.inference.gradcam.parse_method (pytorch-grad-cam); flip-TTA "
+            "models: mean of the image's and its mirror's maps; mean over fold models, weighted "
+            "over members",
             "head": predictor.cam_head,
             "target_layers": dict(zip(predictor.names, predictor.explainer.layers, strict=True)),
             "image_size": predictor.image_size,

@@ -122,7 +122,8 @@ class Predictor:
     ``bundle``: a :class:`Bundle` or a path to one. ``device``: ``cpu``, ``cuda``, ``auto``.
     ``backend``: ``torch`` or ``onnx`` (onnxruntime on the graph written by
     ``svdh export --onnx``; Grad-CAM always uses torch). ``folds``: use only these fold models of
-    each member (default all). ``target_layer``/``cam_head``: Grad-CAM options. ``workers``:
+    each member (default all). ``target_layer``/``cam_head``/``cam_method``: Grad-CAM options
+    (``cam_method``: see :func:`svdh.inference.gradcam.parse_method`). ``workers``:
     threads reading files ahead (default: none on a CPU, up to 4 beside a GPU). ``sex``: M or
     F for every image (bone-age bundles; else from the patients CSV or DICOM PatientSex).
     """
@@ -137,6 +138,7 @@ class Predictor:
         folds: Sequence[int] | None = None,
         target_layer: str | None = None,
         cam_head: str = "score",
+        cam_method: str | None = None,
         workers: int | None = None,
         sex: str | None = None,
     ) -> None:
@@ -181,7 +183,7 @@ class Predictor:
         path = self.bundle.path
         self.model_name = str(self.bundle.card.get("name") or (path.stem if path else "svdh model"))
         self.model_version = str(self.bundle.sha256)[:12] if self.bundle.sha256 else None
-        self.target_layer, self.cam_head = target_layer, cam_head
+        self.target_layer, self.cam_head, self.cam_method = target_layer, cam_head, cam_method
         self._models: list[list[Any]] | None = None
         self._session: Any = None
         self._explainer: Any = None
@@ -350,6 +352,7 @@ class Predictor:
                 image_size=self.image_size,
                 head=self.cam_head,
                 representative_scores=self.bins.representative_scores if self.bins else None,
+                **({"method": self.cam_method} if self.cam_method else {}),
             )
         return self._explainer
 

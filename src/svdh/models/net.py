@@ -253,6 +253,10 @@ class SvdhNet(nn.Module):
         raw = self.forward_raw(x, sex) if self.training else self.forward_raw_tta(x, sex)
         return self.decode(raw) if self.is_regression else raw
 
+    def uses_flip_tta(self) -> bool:
+        """Whether :meth:`forward` scores the mean over the image and its mirror (eval mode)."""
+        return not self.training and bool(self.config.get("tta_flip"))
+
     def cam_target_layer(self, name: str | None = None, image_size: int | None = None) -> nn.Module:
         """The Grad-CAM target layer: ``name`` (a module path) or the backbone's default for
         ``image_size`` (the registry's ``cam_layer_for``; the demo size when not given)."""
@@ -262,6 +266,21 @@ class SvdhNet(nn.Module):
             return _get_module(self, path)
         except (AttributeError, IndexError, TypeError):
             raise BadConfigError(f"model has no layer {path!r} for Grad-CAM") from None
+
+
+class OneView(nn.Module):
+    """``net``'s eval forward on the image as given, without the mirror view of flip TTA: what
+    Grad-CAM explains one view at a time (its hooks must see only that view's activations;
+    :class:`svdh.inference.gradcam.Explainer` averages the views' maps as the score averages
+    their outputs). The parameters are ``net``'s own."""
+
+    def __init__(self, net: SvdhNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, sex: torch.Tensor | None = None) -> torch.Tensor:
+        raw = self.net.forward_raw(x, sex)
+        return self.net.decode(raw) if self.net.is_regression else raw
 
 
 # --------------------------------------------------------------------------- BatchNorm statistics
