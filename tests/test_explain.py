@@ -266,6 +266,26 @@ def test_map_of_a_flip_tta_model_is_the_mean_of_both_views():
     assert np.abs(got - a).max() > 0.05  # the mirror view does change the map
 
 
+def test_scoring_between_maps_leaves_no_activations_on_the_hooks():
+    """The CAM's hooks are on the target layers only while a map is made: images scored in
+    between (a web service's uploads) neither pile up in its lists (a leak) nor change the
+    next map."""
+    from svdh.models.net import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet18", "regression").eval()
+    net.set_target_stats([10.0], [5.0])
+    ex = Explainer([[net]], [net.config])
+    x = torch.rand(2, 1, 64, 64)
+    first = ex.explain(x).ensemble
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(4, 1, 64, 64))
+    hooks = ex.cams[0][0].activations_and_grads
+    assert hooks.activations == [] and hooks.gradients == []
+    np.testing.assert_allclose(ex.explain(x).ensemble, first, atol=1e-6)
+
+
 def test_ensemble_map_is_the_weighted_member_mean():
     from svdh.models.net import build_model
 

@@ -14,7 +14,8 @@ docs/benchmarks.md (benchmarks/bench_cam_methods.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,26 @@ class CamResult:
     member_names: list[str]
 
 
+@contextlib.contextmanager
+def _hooked(cam: Any) -> Iterator[None]:
+    """``cam``'s activation and gradient hooks on its target layers for one call, then off.
+
+    pytorch-grad-cam hooks the layers when the CAM object is made and keeps them: every later
+    forward pass of the shared model (each scored image) would append its activations to the
+    CAM's lists until the next map, a leak in a long-running service."""
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    old = cam.activations_and_grads
+    cam.activations_and_grads = ActivationsAndGradients(
+        cam.model, cam.target_layers, cam.reshape_transform, old.detach
+    )
+    try:
+        yield
+    finally:
+        cam.activations_and_grads.release()
+        cam.activations_and_grads.activations, cam.activations_and_grads.gradients = [], []
+
+
 class Explainer:
     """Grad-CAM for every fold model of every member, averaged per member and over the ensemble.
 
@@ -287,7 +308,9 @@ class Explainer:
                 for p in net.parameters():
                     p.requires_grad_(True)
                 layers = [resolve_layer(net, path) for path in paths]
-                cams.append(cam_cls(model=_one_view(net), target_layers=layers))
+                cam = cam_cls(model=_one_view(net), target_layers=layers)
+                cam.activations_and_grads.release()  # hooked only while explaining: _hooked
+                cams.append(cam)
             self.cams.append(cams)
             self.two_views.append([_flip_tta(net) for net in member])
 
@@ -334,7 +357,7 @@ class Explainer:
         maps = []
         for flip in (False, True) if two_views else (False,):
             view = torch.flip(x, dims=[-1]) if flip else x
-            with torch.enable_grad():
+            with torch.enable_grad(), _hooked(cam):
                 mp = cam(
                     input_tensor=view,
                     targets=targets,
@@ -348,7 +371,7 @@ class Explainer:
         return (out / np.where(peak > 0, peak, 1)).astype(np.float32)
 
     def release(self) -> None:
-        """Remove the hooks this explainer put on the models (before another explains them)."""
+        """Remove the hooks this explainer put on the models (none are left between calls)."""
         for cams in self.cams:
             for cam in cams:
                 cam.activations_and_grads.release()
