@@ -286,6 +286,13 @@ def test_scoring_between_maps_leaves_no_activations_on_the_hooks():
     np.testing.assert_allclose(ex.explain(x).ensemble, first, atol=1e-6)
 
 
+def test_cam_method_option_is_checked_before_any_image_is_scored(world, tmp_path):
+    r = svdh("predict", world.cohort, "--model", world.run_bundle, "--cam", tmp_path / "maps",
+             "--cam-method", "gradcam+sharpen", "-o", tmp_path / "p.csv")  # fmt: skip
+    assert r.returncode != 0 and "unknown CAM method 'gradcam+sharpen'" in r.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_ensemble_map_is_the_weighted_member_mean():
     from svdh.models.net import build_model
 

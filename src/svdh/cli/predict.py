@@ -80,6 +80,13 @@ PATIENTS_OPTION = typer.Option(
 SEX_OPTION = typer.Option(
     None, "--sex", help="Bone age: M or F for every image (else --patients, DICOM PatientSex)."
 )
+CAM_METHOD_OPTION = typer.Option(
+    None,
+    "--cam-method",
+    help="Heat-map method (default gradcam+x-next): a pytorch-grad-cam method (gradcam, "
+    "hirescam, gradcam++, layercam...) and options joined by '+' (x-next, mean-next, fine, "
+    "aug); docs/benchmarks.md compares them.",
+)
 
 
 def predict(
@@ -118,6 +125,7 @@ def predict(
         "method's two: the layer with >= 12 x 12 cells times the next deeper one.",
     ),
     cam_head: str = typer.Option("score", "--cam-head", help="Grad-CAM target: score or class."),
+    cam_method: str | None = CAM_METHOD_OPTION,
     workers: int | None = typer.Option(
         None,
         "--workers",
@@ -151,6 +159,7 @@ def predict(
         batch_size=batch_size,
         target_layer=target_layer,
         cam_head=cam_head,
+        cam_method=cam_method,
         workers=workers,
         sex=sex,
     )
@@ -192,6 +201,7 @@ def explain(
         None, "--target-layer", help="Grad-CAM layer override."
     ),
     cam_head: str = typer.Option("score", "--cam-head", help="score or class."),
+    cam_method: str | None = CAM_METHOD_OPTION,
 ) -> None:
     """Measure where Grad-CAM heat maps fall on a phantom cohort with known joint damage.
 
@@ -209,6 +219,7 @@ def explain(
         batch_size=batch_size,
         target_layer=target_layer,
         cam_head=cam_head,
+        cam_method=cam_method,
     )
     s = explain_cohort(
         predictor,

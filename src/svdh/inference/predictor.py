@@ -184,6 +184,10 @@ class Predictor:
         self.model_name = str(self.bundle.card.get("name") or (path.stem if path else "svdh model"))
         self.model_version = str(self.bundle.sha256)[:12] if self.bundle.sha256 else None
         self.target_layer, self.cam_head, self.cam_method = target_layer, cam_head, cam_method
+        if cam_method:  # a bad name fails now, not after every image is scored
+            from svdh.inference.gradcam import parse_method
+
+            parse_method(cam_method)
         self._models: list[list[Any]] | None = None
         self._session: Any = None
         self._explainer: Any = None
