@@ -186,16 +186,21 @@ def prepare(
             failed[str(i)] = {"key": int(expected[i]), "error": msg}
     for k, v in failed.items():  # which file: --skip-invalid names what it left out
         v.setdefault("image", str(df["image"].iat[int(k)]))
+    problems = [
+        Problem(Path(df["image"].iat[int(i)]).name, v["error"])
+        for i, v in sorted(failed.items(), key=lambda kv: int(kv[0]))
+    ]
     if failed and not skip_invalid:
         _write_json(meta_path, {**meta, "failed": failed, "updated": _now()})
-        problems = [
-            Problem(Path(df["image"].iat[int(i)]).name, v["error"])
-            for i, v in sorted(failed.items(), key=lambda kv: int(kv[0]))
-        ]
         raise BadDatasetError(
             f"{spec}: {len(problems)} image(s) could not be prepared: {describe(problems)}; fix or "
             "remove them (rerunning redoes only those), or pass --skip-invalid to leave them out"
         )
+    if problems and todo:  # said once, when the cache is built; meta.json keeps the list
+        logging.getLogger("svdh.data").warning(
+            "%s: left out %d image(s) that could not be prepared: %s",
+            spec, len(problems), describe(problems),
+        )  # fmt: skip
     _finish(out, df, meta, failed, old, bool(todo))
     return out
 
