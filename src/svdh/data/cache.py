@@ -186,23 +186,32 @@ def prepare(
             failed[str(i)] = {"key": int(expected[i]), "error": msg}
     for k, v in failed.items():  # which file: --skip-invalid names what it left out
         v.setdefault("image", str(df["image"].iat[int(k)]))
+    if failed and not skip_invalid:
+        _write_json(meta_path, {**meta, "failed": failed, "updated": _now()})
+    _say_failures(spec, df, failed, skip_invalid, bool(todo))
+    _finish(out, df, meta, failed, old, bool(todo))
+    return out
+
+
+def _say_failures(
+    spec: str, df: pd.DataFrame, failed: dict[str, dict[str, Any]], skip: bool, built: bool
+) -> None:
+    """The images that could not be prepared, in one line: an error, or with ``skip`` (they are
+    left out) a warning, given once, when the cache is built (meta.json keeps the list)."""
     problems = [
         Problem(Path(df["image"].iat[int(i)]).name, v["error"])
         for i, v in sorted(failed.items(), key=lambda kv: int(kv[0]))
     ]
-    if failed and not skip_invalid:
-        _write_json(meta_path, {**meta, "failed": failed, "updated": _now()})
+    if problems and not skip:
         raise BadDatasetError(
             f"{spec}: {len(problems)} image(s) could not be prepared: {describe(problems)}; fix or "
             "remove them (rerunning redoes only those), or pass --skip-invalid to leave them out"
         )
-    if problems and todo:  # said once, when the cache is built; meta.json keeps the list
+    if problems and built:
         logging.getLogger("svdh.data").warning(
             "%s: left out %d image(s) that could not be prepared: %s",
             spec, len(problems), describe(problems),
         )  # fmt: skip
-    _finish(out, df, meta, failed, old, bool(todo))
-    return out
 
 
 def _new_folder(out: Path) -> None:
