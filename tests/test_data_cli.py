@@ -116,24 +116,47 @@ def test_prepare_command(
     spec = _source(tmp_path / "d")
     out_dir = tmp_path / "cache"
     code, out, _ = run(
-        ["prepare", spec, "--size", "32", "--out", str(out_dir), "--workers", "1"],
+        [
+            "prepare",
+            spec,
+            "--size",
+            "32",
+            "--out",
+            str(out_dir),
+            "--workers",
+            "1",
+            "--no-canonical",
+        ],
         capsys,
         monkeypatch,
     )
     assert code == 0 and "prepared 6 images at 32 px" in out
     assert np.load(out_dir / "images.npy").shape == (6, 32, 32)
     code, out, _ = run(
-        ["prepare", spec, "--size", "32", "--out", str(out_dir)], capsys, monkeypatch
+        ["prepare", spec, "--size", "32", "--out", str(out_dir), "--no-canonical"],
+        capsys,
+        monkeypatch,
     )
     assert code == 0 and out.startswith("cache up to date: 6 images")
 
     broken = _source(tmp_path / "b", broken=True)
     code, out, err = run(
-        ["prepare", broken, "--size", "32", "--out", str(tmp_path / "c2")], capsys, monkeypatch
+        ["prepare", broken, "--size", "32", "--out", str(tmp_path / "c2"), "--no-canonical"],
+        capsys,
+        monkeypatch,
     )
     assert code == 2 and err.count("\n") == 1 and "missing.png" in err
     code, out, err = run(
-        ["prepare", broken, "--size", "32", "--out", str(tmp_path / "c2"), "--skip-invalid"],
+        [
+            "prepare",
+            broken,
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "c2"),
+            "--skip-invalid",
+            "--no-canonical",
+        ],
         capsys,
         monkeypatch,
     )

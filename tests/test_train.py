@@ -96,6 +96,7 @@ def tiny(**kw) -> TrainConfig:
         accelerator="cpu",
         patience=0,
         lr=3e-3,
+        canonical=False,  # toy images, not radiographs: the canonical stage would refuse them
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -258,6 +259,7 @@ def test_resume_after_kill_9(tmp_path) -> None:
         "--accelerator",
         "cpu",
         "--no-augment",
+        "--no-canonical",
     ]
     proc = subprocess.Popen(
         args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -326,6 +328,7 @@ def test_ddp_on_two_cpu_processes(tmp_path) -> None:
             "2",
             "--strategy",
             "ddp",
+            "--no-canonical",
             "--scheme",
             "gradual",
             "--unfreeze-every",
@@ -425,6 +428,7 @@ def test_train_uses_a_prepared_cache_and_refuses_a_mismatched_one(tmp_path):
             str(cache),
             "--image-size",
             "64",
+            "--no-canonical",
         ],
         capture_output=True,
         text=True,

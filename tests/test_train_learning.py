@@ -1,7 +1,7 @@
 """The training engine learns: SvdH regression on phantom hands it never saw.
 
-Not plumbing: ResNet-18 and MobileNetV2 at 96 px, trained from scratch for 10 epochs on 150
-phantom patients drawn at 128 px (``svdh.synth``, uniform severity), must correlate with the
+Not plumbing: ResNet-18 and MobileNetV2 at 96 px, trained from scratch for 10 epochs
+(MobileNetV2 20) on 150 phantom patients drawn at 128 px (``svdh.synth``, uniform severity), must correlate with the
 true score on the hands of 30 patients held out of training and of model selection (the
 run's test split). Thresholds are the measured figures (docs/benchmarks.md, "learning
 protocol") less a margin for other seeds and machines. The CPU budget is enforced by the run
@@ -20,10 +20,12 @@ import torch
 from svdh.train import TrainConfig, train_run
 
 #: backbone -> (settings beyond the shared recipe, lowest acceptable held-out PCC)
-#: measured (seed 0, this protocol, flip TTA): ResNet-18 0.82, MobileNetV2 0.63
+#: measured (seed 0, this protocol, flip TTA): ResNet-18 0.82, MobileNetV2 0.63; on canonical
+#: hands (the default since 2026-12-07) MobileNetV2 needs more epochs: 0.44 at 10, 0.59 at 20
+#: on the benchmark's cohort (docs/benchmarks.md, "MobileNetV2 on canonical hands")
 LEARNERS = {
     "resnet18": ({"lr": 1e-3}, 0.7),
-    "mobilenet_v2": ({"lr": 3e-3, "grad_clip": 1.0}, 0.45),
+    "mobilenet_v2": ({"lr": 3e-3, "grad_clip": 1.0, "epochs": 20}, 0.45),
 }
 
 
@@ -52,16 +54,18 @@ def test_regression_learns_on_unseen_phantom_hands(
         folds=1,
         val_fraction=0.15,
         test_fraction=0.2,
-        image_size=96,
-        epochs=10,
-        batch_size=32,
-        augment=False,
-        patience=0,
-        max_cpu_minutes=3.0,
-        num_workers=0,
-        accelerator="cpu",
-        seed=0,
-        **extra,
+        **{
+            "image_size": 96,
+            "epochs": 10,
+            "batch_size": 32,
+            "augment": False,
+            "patience": 0,
+            "max_cpu_minutes": 3.0,
+            "num_workers": 0,
+            "accelerator": "cpu",
+            "seed": 0,
+            **extra,
+        },
     )
     cpu0 = time.process_time()
     metrics = train_run(cfg, tmp_path / "run", quiet=True)

@@ -98,6 +98,12 @@ def prepare(
     no_crop: bool = typer.Option(
         False, "--no-crop", help="Keep the whole film (pad and resize only)."
     ),
+    canonical: bool = typer.Option(
+        True,
+        "--canonical/--no-canonical",
+        help="Turn every hand fingers-up as a left-hand PA view, as `svdh train` does by "
+        "default (--no-canonical: the film as given, for `svdh train --no-canonical`).",
+    ),
     skip_invalid: bool = typer.Option(
         False,
         "--skip-invalid",
@@ -118,8 +124,10 @@ def prepare(
     from svdh.data.cache import prepare as build
 
     _quiet_data_log()
-    cfg = PreprocessConfig(size=size, crop=not no_crop, margin=margin, clahe=clahe)
-    df = load_source(source, skip_invalid=skip_invalid)
+    cfg = PreprocessConfig(
+        size=size, crop=not no_crop, margin=margin, clahe=clahe, canonical=canonical
+    )
+    df = load_source(source, skip_invalid=skip_invalid, split_both_hands=canonical)
     if df.attrs.get("n_skipped"):
         _warn(
             f"skipped {df.attrs['n_skipped']} row(s) with problems: "
