@@ -58,11 +58,9 @@ def prepare(predictor: Predictor, cohort: Path, max_images: int, radius: float) 
 
 def measure(predictor: Predictor, data: dict[str, Any], method: str) -> dict[str, Any]:
     """One method's localisation figures over the prepared hands, with seconds per hand."""
-    if predictor._explainer is not None:
-        predictor._explainer.release()
     predictor.cam_method, predictor._explainer = method, None
     x, bs = data["x"], predictor.batch_size
-    predictor.cam(x[:1])  # build the explainer (hooks) outside the timing
+    predictor.cam(x[:1])  # build the explainer outside the timing
     t0 = time.perf_counter()
     results = [predictor.cam(x[i : i + bs]) for i in range(0, len(x), bs)]
     seconds = time.perf_counter() - t0

@@ -574,10 +574,7 @@ def _clean(m: np.ndarray, field: np.ndarray | None = None) -> np.ndarray:
         across = cv2.morphologyEx(u8, cv2.MORPH_OPEN, np.ones((5, 1), np.uint8))
         along = cv2.morphologyEx(u8, cv2.MORPH_OPEN, np.ones((1, 5), np.uint8))
         out = (out & ~edge) | (across.astype(bool) & along.astype(bool) & edge)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(out.astype(np.uint8), connectivity=8)
-    if n < 2:
-        return m
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return _largest(out) if out.any() else m
 
 
 def _look_at(
@@ -661,10 +658,7 @@ def _fine_window(
     fine = cv2.GaussianBlur(fine, (0, 0), 1.0)
     jx = np.clip(((x0 + (np.arange(nw) + 0.5) / g) * sw / w).astype(int), 0, sw - 1)
     jy = np.clip(((y0 + (np.arange(nh) + 0.5) / g) * sh / h).astype(int), 0, sh - 1)
-    together = np.zeros(m.shape, np.uint8)
-    for o in others:
-        together |= o.astype(np.uint8)
-    other = cv2.dilate(together, np.ones((5, 5), np.uint8)) > 0
+    other = _union_grown(m.shape, others)
     field = sm.field[np.ix_(jy, jx)]
     tissue = (fine > sm.threshold) & field & ~other[np.ix_(jy, jx)]
     band = _bands(tissue, field)
@@ -986,7 +980,7 @@ def model_inputs(image: Any, cfg: Any = None, hints: SideHints | None = None) ->
             pixels = img
         else:
             flat = replace(d, rotation_k=0, tilt_deg=0.0, mirrored=False)
-            others = [mm for dd, mm in results if mm is not None and mm is not m]
+            others = _other_masks(results, m)
             pixels, matrix = _cut_and_turn(img, flat, m, others, sm)
         x, t = preprocess(pixels, cfg, return_transform=True)
         out.append(ModelInput(x, t, d, pixels, matrix))
@@ -1006,7 +1000,7 @@ def _canonical_pixels(
     again = _upright_again(img, d) if d.rotation_k % 4 or d.mirrored else None
     if again is not None:
         return again
-    others = [mm for _, mm in results if mm is not None and mm is not m]
+    others = _other_masks(results, m)
     pixels, matrix = _cut_and_turn(img, d, m, others, sm)
     return pixels, matrix, d
 
@@ -1019,7 +1013,7 @@ def _exact_turn(img: np.ndarray, k: int, mirrored: bool) -> tuple[np.ndarray, np
     mat = _rot90_matrix(k, w, h)
     if mirrored:
         up = up[:, ::-1]
-        mat = np.array([[-1.0, 0, up.shape[1] - 1], [0, 1.0, 0], [0, 0, 1.0]]) @ mat
+        mat = _mirror_matrix(up.shape[1]) @ mat
     return np.ascontiguousarray(up), mat
 
 
@@ -1043,8 +1037,7 @@ def _upright_again(
             continue
         if d2.rotation_k != 0 or d2.mirrored:
             return None
-        others = [mm for _, mm in results if mm is not None and mm is not m2]
-        pixels, mat = _cut_and_turn(up, d2, m2, others, sm)
+        pixels, mat = _cut_and_turn(up, d2, m2, _other_masks(results, m2), sm)
         return pixels, (np.vstack([mat, [0, 0, 1.0]]) @ turn)[:2], replace(d, tilt_deg=d2.tilt_deg)
     return None
 
@@ -1061,17 +1054,12 @@ def _cut_and_turn(
     Other hands and everything off the film (collimation bands, the bed around a plate) are
     blanked to the film's dark level first: turned by a tilt they would no longer be the
     straight bands along the edges that the crop peels off."""
-    import cv2
-
     h, w = img.shape
     x0, y0, x1, y1 = d.box
     pad = int(round(0.06 * max(x1 - x0, y1 - y0)))
     x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
     crop = img[y0:y1, x0:x1].copy()
-    together = np.zeros(m.shape, np.uint8)
-    for o in others:
-        together |= o.astype(np.uint8)
-    blank = cv2.dilate(together, np.ones((5, 5), np.uint8)) > 0
+    blank = _union_grown(m.shape, others)
     if sm is not None and sm.field is not None:
         blank = blank | ~sm.field
     if blank.any():
@@ -1089,7 +1077,7 @@ def _cut_and_turn(
     if d.mirrored:
         tw = turned.shape[1]
         turned = np.ascontiguousarray(turned[:, ::-1])
-        mat = np.array([[-1.0, 0, tw - 1], [0, 1.0, 0], [0, 0, 1.0]]) @ mat
+        mat = _mirror_matrix(tw) @ mat
     return turned, mat[:2]
 
 
@@ -1108,6 +1096,28 @@ def _upscale_window(
     xs = np.clip(((np.arange(x0, x1) + 0.5) * fx).astype(int), 0, sw - 1)
     ys = np.clip(((np.arange(y0, y1) + 0.5) * fy).astype(int), 0, sh - 1)
     return small[np.ix_(ys, xs)]
+
+
+def _other_masks(
+    results: list[tuple[FilmDecision, np.ndarray | None]], m: np.ndarray
+) -> list[np.ndarray]:
+    """The working masks of the film's hands other than ``m``."""
+    return [mm for _, mm in results if mm is not None and mm is not m]
+
+
+def _union_grown(shape: tuple[int, ...], masks: list[np.ndarray]) -> np.ndarray:
+    """The union of ``masks`` (bool, of ``shape``), grown by 2 px: what is blanked around them."""
+    import cv2
+
+    together = np.zeros(shape, np.uint8)
+    for o in masks:
+        together |= o.astype(np.uint8)
+    return np.asarray(cv2.dilate(together, np.ones((5, 5), np.uint8)) > 0)
+
+
+def _mirror_matrix(w: int) -> np.ndarray:
+    """(x, y) of a w-wide image to (x, y) of its left-right mirror, as a 3 x 3 matrix."""
+    return np.array([[-1.0, 0, w - 1.0], [0, 1.0, 0], [0, 0, 1.0]])
 
 
 def _rot90_matrix(k: int, w: int, h: int) -> np.ndarray:

@@ -370,12 +370,6 @@ class Explainer:
         peak = out.max(axis=(-2, -1), keepdims=True)
         return (out / np.where(peak > 0, peak, 1)).astype(np.float32)
 
-    def release(self) -> None:
-        """Remove the hooks this explainer put on the models (none are left between calls)."""
-        for cams in self.cams:
-            for cam in cams:
-                cam.activations_and_grads.release()
-
     @staticmethod
     def _predicted_class(task: str, out: Any) -> np.ndarray:
         o = out.detach().cpu().numpy()

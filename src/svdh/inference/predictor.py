@@ -342,7 +342,7 @@ class Predictor:
     @property
     def explainer(self) -> Any:
         if self._explainer is None:
-            from svdh.inference.gradcam import Explainer
+            from svdh.inference.gradcam import DEFAULT_CAM_METHOD, Explainer
 
             models = self._load_torch()
             meta = self.bundle.combine.get("meta_learner") or {}
@@ -356,7 +356,7 @@ class Predictor:
                 image_size=self.image_size,
                 head=self.cam_head,
                 representative_scores=self.bins.representative_scores if self.bins else None,
-                **({"method": self.cam_method} if self.cam_method else {}),
+                method=self.cam_method or DEFAULT_CAM_METHOD,
             )
         return self._explainer
 
